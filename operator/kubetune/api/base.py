@@ -1,0 +1,126 @@
+"""Shared building blocks of the kubetune API: the model base class and validated scalar types.
+
+Every kind's spec and status is built from these, so the rules for names, paths and quantities are
+written once and reused by the operator, the trainer, the server and the CRD generator.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "kubetune.dev"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected, docstrings as docs."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON form, without unset optional fields (what a user would write)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def nested_default(factory: type[BaseModel]) -> Any:
+    """A field whose omitted object is filled with its own defaults, here and in the CRD (`default: {}`)."""
+    return Field(default_factory=factory, json_schema_extra={"default": {}})
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+_QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _dns1123_label(value: str) -> str:
+    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid DNS-1123 label: use at most 63 lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit (e.g. 'sentiment-v1')"
+        )
+    return value
+
+
+def _dns1123_subdomain(value: str) -> str:
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid Kubernetes object name: use at most 253 lower-case letters, digits, "
+            "'-' and '.', starting and ending with a letter or digit (e.g. 'hf-token')"
+        )
+    return value
+
+
+def _hf_repo_id(value: str) -> str:
+    if not _HF_REPO_ID.match(value) or ".." in value or "--" in value:
+        raise ValueError(
+            f"{value!r} is not a Hugging Face repository id: expected 'org/name' of letters, digits, '-', '_' "
+            "and '.' (e.g. 'meta-llama/Llama-2-7b-hf'); for a model on a volume use 'pvc' instead"
+        )
+    return value
+
+
+def _relative_path(value: str) -> str:
+    if value.startswith("/") or "\\" in value:
+        raise ValueError(f"{value!r} must be a path relative to the volume root, without a leading '/'")
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"{value!r} must not contain '..': paths stay inside their volume")
+    if "\x00" in value:
+        raise ValueError("path must not contain NUL characters")
+    return value.strip("/")
+
+
+def _https_url(value: str) -> str:
+    if not value.startswith("https://") or len(value) <= len("https://"):
+        raise ValueError(f"{value!r} is not allowed: dataset URLs must use https:// (plain http is refused)")
+    if any(ch.isspace() for ch in value):
+        raise ValueError(f"{value!r} is not a valid URL: it contains white space")
+    return value
+
+
+def _quantity(value: int | str) -> str:
+    text = str(value)
+    if not _QUANTITY.match(text):
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity: use a number with an optional suffix "
+            "such as '500m', '4', '16Gi' or '1.5G'"
+        )
+    return text
+
+
+def _data_key(value: str) -> str:
+    if len(value) > 253 or not _SECRET_KEY.match(value):
+        raise ValueError(f"{value!r} is not a valid key: use letters, digits, '-', '_' and '.'")
+    return value
+
+
+def _int_as_text(value: Any) -> Any:
+    """Accept `cpu: 4` as well as `cpu: "4"`, as kubectl users write both."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Dns1123Label = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_dns1123_label)]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_dns1123_subdomain)]
+HfRepoId = Annotated[str, Field(min_length=3, max_length=193), AfterValidator(_hf_repo_id)]
+RelativePath = Annotated[str, Field(max_length=1024), AfterValidator(_relative_path)]
+HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048), AfterValidator(_https_url)]
+Quantity = Annotated[
+    int | str,
+    BeforeValidator(_int_as_text),
+    AfterValidator(_quantity),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+DataKey = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_data_key)]
+ShortText = Annotated[str, Field(max_length=253)]

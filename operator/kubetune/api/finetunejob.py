@@ -1,0 +1,483 @@
+"""The FineTuneJob kind: what to fine-tune, on what data, how, and where the adapter goes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import (
+    ApiModel,
+    HfRepoId,
+    HttpsUrl,
+    ObjectName,
+    Quantity,
+    DataKey,
+    ShortText,
+    nested_default,
+)
+from .conditions import Condition
+from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = "all-linear"
+
+DatasetFormat = Literal["alpaca", "chat", "qa", "text"]
+Method = Literal["lora", "qlora"]
+FineTuneJobPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class HfDataset(ApiModel):
+    """A dataset on the Hugging Face Hub."""
+
+    name: HfRepoId
+    """Repository id of the dataset, as 'org/name'."""
+
+    config: ShortText | None = None
+    """Dataset configuration (subset) name, when the dataset has several."""
+
+    split: ShortText = "train"
+    """Split to train on."""
+
+    revision: ShortText | None = None
+    """Branch, tag or commit of the dataset repository."""
+
+
+class ConfigMapKey(ApiModel):
+    """One key of a ConfigMap in the same namespace, holding a JSONL, JSON or CSV file."""
+
+    name: ObjectName
+    """Name of the ConfigMap."""
+
+    key: DataKey
+    """Key inside the ConfigMap; its extension (.jsonl, .json, .csv) tells the file type."""
+
+
+class DatasetSpec(ApiModel):
+    """Training data: exactly one source, its row format, and how the evaluation rows are chosen."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.hf), has(self.pvc), has(self.configMap), has(self.url)].exists_one(x, x)",
+                    "message": "dataset needs exactly one of hf, pvc, configMap, url",
+                },
+                {
+                    "rule": "!has(self.evalSplit) || has(self.hf)",
+                    "message": "dataset.evalSplit is only valid with dataset.hf",
+                },
+            ]
+        }
+    }
+
+    hf: HfDataset | None = None
+    """A Hugging Face Hub dataset."""
+
+    pvc: PvcPath | None = None
+    """A JSONL, JSON, CSV or Parquet file (or a folder of them) on a PersistentVolumeClaim."""
+
+    config_map: ConfigMapKey | None = None
+    """A small dataset stored in a ConfigMap key (ConfigMaps hold at most 1 MiB)."""
+
+    url: HttpsUrl | None = None
+    """An https:// address of a JSONL, JSON, CSV or Parquet file."""
+
+    format: DatasetFormat | None = None
+    """Row format: alpaca (instruction/input/output), chat (messages), qa (question/answer) or text.
+    Detected from the columns when empty."""
+
+    prompt_template: str | None = Field(default=None, max_length=8192)
+    """Python format string for alpaca and qa prompts, with {instruction} and {input}, or {question}.
+    Empty uses the built-in '### Instruction / ### Input / ### Response' layout."""
+
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    """Fraction of rows held out for evaluation, chosen with the training seed; 0 disables evaluation.
+    Not used when evalSplit is set."""
+
+    eval_split: ShortText | None = None
+    """A named split of the Hub dataset to evaluate on, instead of holding out evalFraction."""
+
+    max_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many training rows (the first ones after shuffling with the seed)."""
+
+    skip_invalid_rows: bool = False
+    """Skip rows that do not fit the format (counted and reported) instead of failing the job."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        exactly_one(self, ("hf", "pvc", "config_map", "url"), "dataset")
+        if self.eval_split is not None and self.hf is None:
+            raise ValueError("evalSplit is only valid with dataset.hf; use evalFraction for other sources")
+        return self
+
+
+class LoraSpec(ApiModel):
+    """LoRA adapter shape: low-rank matrices added to the chosen layers, the only weights trained."""
+
+    r: int = Field(default=16, ge=1, le=1024)
+    """Rank of the adapter matrices. Higher learns more and costs more memory (8-64 is typical)."""
+
+    alpha: float = Field(default=32, gt=0, le=4096)
+    """Scaling numerator: updates are scaled by alpha / r. Twice r is a common choice."""
+
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter input during training, against overfitting."""
+
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, max_length=64
+    )
+    """Layer names to adapt. The default covers the attention and MLP projections of Llama-style models;
+    ['all-linear'] adapts every linear layer except the output head."""
+
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases to train alongside the adapter."""
+
+    @model_validator(mode="after")
+    def _modules(self) -> LoraSpec:
+        for name in self.target_modules:
+            if not name or len(name) > 128 or any(ch.isspace() for ch in name):
+                raise ValueError(f"targetModules entry {name!r} must be a non-empty layer name without spaces")
+        if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError("targetModules: 'all-linear' must be the only entry when used")
+        return self
+
+
+Scheduler = Literal[
+    "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+]
+Optimizer = Literal[
+    "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "adafactor", "sgd"
+]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation hyperparameters. Effective batch = batchSize x gradientAccumulationSteps x GPUs."""
+
+    epochs: float = Field(default=3, gt=0, le=1000)
+    """Passes over the training data (fractions allowed)."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps, overriding epochs."""
+
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1)
+    """Peak learning rate."""
+
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    """Rows per device per forward pass. Lower it first when you run out of GPU memory."""
+
+    gradient_accumulation_steps: int = Field(default=4, ge=1, le=4096)
+    """Forward passes summed into one optimizer step; raise it to keep the effective batch when lowering batchSize."""
+
+    max_seq_length: int = Field(default=512, ge=16, le=131072)
+    """Longest tokenized row; longer rows are truncated. Shorter saves memory."""
+
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    """Fraction of steps over which the learning rate ramps up from zero."""
+
+    scheduler: Scheduler = "cosine"
+    """Learning-rate schedule after warmup."""
+
+    optimizer: Optimizer = "adamw_torch"
+    """Optimizer. paged_adamw_32bit / paged_adamw_8bit (bitsandbytes, GPU) save memory for QLoRA."""
+
+    weight_decay: float = Field(default=0.0, ge=0, lt=1)
+    """Decoupled weight decay on the adapter weights, against overfitting."""
+
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1000)
+    """Gradients are clipped to this norm; lower (e.g. 0.3) for unstable runs."""
+
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    """Seed for shuffling, the evaluation split and adapter initialisation."""
+
+    precision: Precision = "auto"
+    """Compute precision: auto picks bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about 30% slower, far less activation memory."""
+
+    packing: bool = False
+    """Pack several short rows into each sequence (fewer padding tokens, faster on short rows)."""
+
+    padding_free: bool = False
+    """Concatenate the batch without padding (needs a flash-attention capable model on GPU)."""
+
+    completion_only_loss: bool = True
+    """Train only on the answer tokens for alpaca, qa and chat data (ignored for text)."""
+
+    eval_steps: int | None = Field(default=None, ge=1)
+    """Evaluate every this many steps; empty evaluates at the end of each epoch."""
+
+    save_steps: int = Field(default=100, ge=1)
+    """Write a checkpoint every this many steps; a preempted job resumes from the newest."""
+
+    save_total_limit: int = Field(default=3, ge=1, le=100)
+    """Checkpoints kept on the volume; older ones are deleted."""
+
+    logging_steps: int = Field(default=10, ge=1)
+    """Record loss and learning rate every this many steps."""
+
+    @model_validator(mode="after")
+    def _packing(self) -> TrainingSpec:
+        if self.packing and self.padding_free:
+            raise ValueError("packing and paddingFree are alternatives: set at most one of them")
+        return self
+
+
+class EvaluationSpec(ApiModel):
+    """Optional generation-based evaluation after training, on held-out rows."""
+
+    generation_samples: int = Field(default=0, ge=0, le=10000)
+    """Generate answers for up to this many evaluation rows and score them with ROUGE-L and BLEU; 0 skips it."""
+
+    max_new_tokens: int = Field(default=128, ge=1, le=4096)
+    """Longest generated answer during this evaluation."""
+
+
+class ResourceSpec(ApiModel):
+    """Compute for the trainer pod and where it may run."""
+
+    gpus: int = Field(default=1, ge=0, le=64)
+    """GPUs per pod, requested as `gpuResourceName`; 0 trains on CPU (tiny models only)."""
+
+    gpu_resource_name: ShortText = "nvidia.com/gpu"
+    """Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu, or a MIG profile)."""
+
+    cpu: Quantity | None = None
+    """CPU request and limit, e.g. '8' or '7500m'."""
+
+    memory: Quantity | None = None
+    """Memory request and limit, e.g. '64Gi'. Loading a model needs about its size in host memory."""
+
+    shm_size: Quantity = "2Gi"
+    """Size of the memory-backed /dev/shm (data loader workers and NCCL need more than the 64 MiB default)."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    """Node labels the pod must match, e.g. {'nvidia.com/gpu.product': 'NVIDIA-A100-SXM4-80GB'}."""
+
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    """Taints the pod tolerates (GPU nodes are often tainted)."""
+
+    priority_class_name: ObjectName | None = None
+    """PriorityClass of the pod; lower priority jobs can be preempted and resume from checkpoints."""
+
+
+class HubPushSpec(ApiModel):
+    """Push the finished adapter to the Hugging Face Hub."""
+
+    repo: HfRepoId
+    """Target repository id, as 'org/name'; created if missing."""
+
+    private: bool = True
+    """Create the repository as private."""
+
+    token_secret_ref: SecretKeyRef
+    """Secret holding a Hub token with write access."""
+
+
+class OutputVolumeSpec(PvcPath):
+    """An existing PersistentVolumeClaim to write the adapter to."""
+
+
+class OutputSpec(ApiModel):
+    """Where the adapter, checkpoints and metrics are written."""
+
+    pvc: OutputVolumeSpec | None = None
+    """An existing claim to write into; empty makes the operator create one named after the job."""
+
+    storage_size: Quantity = "10Gi"
+    """Size of the claim the operator creates (checkpoints of large models need more)."""
+
+    storage_class_name: ObjectName | None = None
+    """StorageClass of the created claim; empty uses the cluster default."""
+
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
+    """Access mode of the created claim. ReadWriteMany (NFS, CephFS, EFS, Filestore) lets server replicas on
+    several nodes mount the adapter; ReadWriteOnce volumes attach to one node at a time."""
+
+    keep: bool = False
+    """Keep the created claim (and the adapter on it) when the FineTuneJob is deleted."""
+
+    hub: HubPushSpec | None = None
+    """Also push the adapter to the Hugging Face Hub after a successful run."""
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state of a FineTuneJob. Immutable after creation, except `suspend`."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
+                    "message": "quantization is required with method qlora and not allowed with method lora",
+                }
+            ]
+        }
+    }
+
+    base_model: ModelSource
+    """The model to fine-tune."""
+
+    dataset: DatasetSpec
+    """The training data."""
+
+    method: Method = "lora"
+    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory)."""
+
+    lora: LoraSpec = nested_default(LoraSpec)
+    """Adapter shape."""
+
+    quantization: QuantizationSpec | None = None
+    """Base-model quantization; required with method qlora, not allowed with lora."""
+
+    training: TrainingSpec = nested_default(TrainingSpec)
+    """Hyperparameters."""
+
+    evaluation: EvaluationSpec = nested_default(EvaluationSpec)
+    """Extra evaluation after training."""
+
+    resources: ResourceSpec = nested_default(ResourceSpec)
+    """Compute and placement of the trainer pod."""
+
+    output: OutputSpec = nested_default(OutputSpec)
+    """Where results go."""
+
+    image: ShortText | None = None
+    """Trainer image override; empty uses the operator's configured trainer image."""
+
+    backoff_limit: int = Field(default=2, ge=0, le=100)
+    """Pod failures retried before the job fails (each retry resumes from the newest checkpoint)."""
+
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the job when it runs longer than this."""
+
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the trainer Job and pods this long after it finishes; the FineTuneJob and its output stay."""
+
+    suspend: bool = False
+    """Stop the trainer (its pods are deleted) and keep the checkpoints; set false again to resume."""
+
+    @model_validator(mode="after")
+    def _quantization_matches_method(self) -> FineTuneJobSpec:
+        if self.method == "qlora" and self.quantization is None:
+            raise ValueError(
+                "method qlora requires quantization (e.g. quantization: {bits: 4, type: nf4}); "
+                "use method lora to train on the full-precision base"
+            )
+        if self.method == "lora" and self.quantization is not None:
+            raise ValueError("quantization is only allowed with method qlora (got method lora)")
+        return self
+
+
+class Progress(ApiModel):
+    """Training progress, updated by the trainer every few seconds."""
+
+    step: int = Field(default=0, ge=0)
+    """Optimizer steps done."""
+
+    total_steps: int = Field(default=0, ge=0)
+    """Optimizer steps planned."""
+
+    epoch: float = Field(default=0, ge=0)
+    """Epochs done (fractional)."""
+
+    percent: int = Field(default=0, ge=0, le=100)
+    """step / totalSteps in percent."""
+
+    loss: float | None = None
+    """Most recent training loss."""
+
+    eval_loss: float | None = None
+    """Most recent evaluation loss."""
+
+    eta_seconds: int | None = Field(default=None, ge=0)
+    """Estimated seconds to the end of training."""
+
+    updated: str | None = None
+    """When the trainer last reported (RFC 3339)."""
+
+
+class TrainingMetrics(ApiModel):
+    """Final metrics of a finished run (also in metrics.json next to the adapter)."""
+
+    train_loss: float | None = None
+    """Mean training loss over the run."""
+
+    eval_loss: float | None = None
+    """Loss on the evaluation rows at the end."""
+
+    perplexity: float | None = None
+    """exp(evalLoss)."""
+
+    steps: int | None = None
+    """Optimizer steps run."""
+
+    train_tokens: int | None = None
+    """Loss-bearing tokens seen in training."""
+
+    tokens_per_second: float | None = None
+    """Training throughput in loss-bearing tokens per second."""
+
+    wall_seconds: float | None = None
+    """Training wall time."""
+
+    peak_memory_bytes: int | None = None
+    """Peak accelerator (or host) memory."""
+
+    rouge_l: float | None = None
+    """ROUGE-L F1 of generated answers (when evaluation.generationSamples > 0)."""
+
+    bleu: float | None = None
+    """BLEU of generated answers (when evaluation.generationSamples > 0)."""
+
+
+class OutputStatus(ApiModel):
+    """Where the finished adapter is, for ModelServe and for people."""
+
+    pvc: PvcPath | None = None
+    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors)."""
+
+    base_model: ModelSource | None = None
+    """The base model the adapter was trained on."""
+
+    method: Method | None = None
+    """lora or qlora."""
+
+    hub_repo: HfRepoId | None = None
+    """Hub repository the adapter was pushed to, if any."""
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob, written by the operator and the trainer through the status subresource."""
+
+    phase: FineTuneJobPhase = "Pending"
+    """Pending, Running, Succeeded, Failed or Suspended."""
+
+    conditions: list[Condition] = Field(default_factory=list, max_length=32)
+    """Validated, JobCreated, Running, Succeeded, Failed (and Suspended) with reasons."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation the status describes."""
+
+    progress: Progress | None = None
+    """Live training progress."""
+
+    metrics: TrainingMetrics | None = None
+    """Final metrics."""
+
+    output: OutputStatus | None = None
+    """Location of the finished adapter."""
+
+    job_name: ObjectName | None = None
+    """Name of the batch/v1 Job running the trainer."""
+
+    start_time: str | None = None
+    """When training started (RFC 3339)."""
+
+    completion_time: str | None = None
+    """When the job finished (RFC 3339)."""
+
+    message: str | None = Field(default=None, max_length=32768)
+    """Latest human-readable message."""

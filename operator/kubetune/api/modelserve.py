@@ -1,0 +1,235 @@
+"""The ModelServe kind: serve a base model with one or more LoRA adapters over an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import ApiModel, Dns1123Label, ObjectName, Quantity, ShortText, nested_default
+from .conditions import Condition
+from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+
+ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
+MAX_ADAPTERS = 32
+
+
+class FineTuneJobRef(ApiModel):
+    """A FineTuneJob in the same namespace whose adapter is served once it has succeeded."""
+
+    name: ObjectName
+    """Name of the FineTuneJob."""
+
+
+class AdapterSpec(ApiModel):
+    """One LoRA adapter, selected by clients with `model: <name>`."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.fineTuneJobRef), has(self.pvc)].exists_one(x, x)",
+                    "message": "an adapter needs exactly one of fineTuneJobRef, pvc",
+                }
+            ]
+        }
+    }
+
+    name: Dns1123Label
+    """The model name clients send to use this adapter (DNS-1123 label, unique in this ModelServe)."""
+
+    fine_tune_job_ref: FineTuneJobRef | None = None
+    """Take the adapter a FineTuneJob produced; the server waits until that job has succeeded."""
+
+    pvc: PvcPath | None = None
+    """Take an adapter already on a volume (a folder with adapter_config.json)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdapterSpec:
+        exactly_one(self, ("fine_tune_job_ref", "pvc"), f"adapter {self.name!r}")
+        return self
+
+
+class ServeResourceSpec(ApiModel):
+    """Compute for each server replica and where it may run."""
+
+    gpus: int = Field(default=1, ge=0, le=16)
+    """GPUs per replica; 0 serves on CPU (small models only)."""
+
+    gpu_resource_name: ShortText = "nvidia.com/gpu"
+    """Extended resource name of the GPU."""
+
+    cpu: Quantity | None = None
+    """CPU request and limit, e.g. '4'."""
+
+    memory: Quantity | None = None
+    """Memory request and limit, e.g. '32Gi'."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    """Node labels the pods must match."""
+
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    """Taints the pods tolerate."""
+
+    priority_class_name: ObjectName | None = None
+    """PriorityClass of the server pods."""
+
+
+class ServiceSpec(ApiModel):
+    """How the server is exposed inside (or outside) the cluster."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Kubernetes Service type."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Service port for HTTP."""
+
+
+class GenerationSpec(ApiModel):
+    """Generation defaults and limits enforced by the server."""
+
+    max_new_tokens: int = Field(default=256, ge=1, le=32768)
+    """Default number of new tokens when a request does not say."""
+
+    max_new_tokens_limit: int = Field(default=2048, ge=1, le=32768)
+    """Largest max_tokens a request may ask for."""
+
+    max_prompt_tokens: int = Field(default=4096, ge=16, le=131072)
+    """Longest prompt accepted, in tokens."""
+
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    """Default sampling temperature (0 is greedy)."""
+
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    """Default nucleus sampling probability mass."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    """Most requests decoded together in one batch."""
+
+    @model_validator(mode="after")
+    def _limits(self) -> GenerationSpec:
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"maxNewTokens ({self.max_new_tokens}) must not exceed maxNewTokensLimit ({self.max_new_tokens_limit})"
+            )
+        return self
+
+
+class ModelServeSpec(ApiModel):
+    """Desired state of a ModelServe."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.baseModel) || size(self.adapters) > 0",
+                    "message": "a ModelServe needs baseModel or at least one adapter",
+                },
+                {
+                    "rule": "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+                    "message": "adapter names must be unique",
+                },
+                {
+                    "rule": "!has(self.mergeAdapter) || !self.mergeAdapter || size(self.adapters) == 1",
+                    "message": "mergeAdapter needs exactly one adapter",
+                },
+            ]
+        }
+    }
+
+    base_model: ModelSource | None = None
+    """The base model; empty uses the base model of the first adapter's FineTuneJob."""
+
+    adapters: list[AdapterSpec] = Field(default_factory=list, max_length=MAX_ADAPTERS)
+    """LoRA adapters to serve on the base model; a request's `model` field picks one (or the base)."""
+
+    quantization: QuantizationSpec | None = None
+    """Load the base model in 4 or 8 bits (GPU only) to save memory."""
+
+    merge_adapter: bool = False
+    """Merge the single adapter into the base weights for faster generation (no per-request adapter choice)."""
+
+    replicas: int = Field(default=1, ge=0, le=100)
+    """Server pods. Replicas on several nodes need ReadWriteMany or ReadOnlyMany adapter volumes."""
+
+    resources: ServeResourceSpec = nested_default(ServeResourceSpec)
+    """Compute and placement of each replica."""
+
+    service: ServiceSpec = nested_default(ServiceSpec)
+    """Service exposure."""
+
+    generation: GenerationSpec = nested_default(GenerationSpec)
+    """Generation defaults and limits."""
+
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the API key clients must send as 'Authorization: Bearer <key>'; empty means no auth."""
+
+    image: ShortText | None = None
+    """Server image override; empty uses the operator's configured server image."""
+
+    @model_validator(mode="after")
+    def _adapters(self) -> ModelServeSpec:
+        if self.base_model is None and not self.adapters:
+            raise ValueError("a ModelServe needs baseModel or at least one adapter")
+        names = [adapter.name for adapter in self.adapters]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+        if self.merge_adapter and len(self.adapters) != 1:
+            raise ValueError(f"mergeAdapter needs exactly one adapter (got {len(self.adapters)})")
+        if self.base_model is None and self.adapters[0].fine_tune_job_ref is None:
+            raise ValueError(
+                "baseModel is required when the first adapter comes from a pvc "
+                "(only a fineTuneJobRef says which base model it was trained on)"
+            )
+        return self
+
+
+class ResolvedAdapter(ApiModel):
+    """An adapter the server loads, with the volume it was resolved to."""
+
+    name: Dns1123Label
+    """Model name clients use."""
+
+    pvc: PvcPath
+    """Claim and folder holding the adapter."""
+
+    fine_tune_job: ObjectName | None = None
+    """The FineTuneJob it came from, if any."""
+
+
+class ModelServeStatus(ApiModel):
+    """Observed state of a ModelServe."""
+
+    phase: ModelServePhase = "Pending"
+    """Pending, WaitingForAdapters, Deploying, Ready or Failed."""
+
+    conditions: list[Condition] = Field(default_factory=list, max_length=32)
+    """AdaptersReady, Available (and Ready) with reasons."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation the status describes."""
+
+    ready_replicas: int = Field(default=0, ge=0)
+    """Server pods ready to answer."""
+
+    replicas: int = Field(default=0, ge=0)
+    """Server pods wanted."""
+
+    url: str | None = Field(default=None, max_length=2048)
+    """In-cluster base URL of the OpenAI-compatible API."""
+
+    adapters: list[ResolvedAdapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
+    """Adapters as resolved to volumes."""
+
+    adapter_names: str | None = Field(default=None, max_length=4096)
+    """Comma-separated adapter names (for kubectl get)."""
+
+    base_model: ModelSource | None = None
+    """The base model being served."""
+
+    deployment_name: ObjectName | None = None
+    """Name of the server Deployment."""
+
+    message: str | None = Field(default=None, max_length=32768)
+    """Latest human-readable message."""

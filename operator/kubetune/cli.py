@@ -1,0 +1,46 @@
+"""The `kubetune` command line: regenerate CRDs, and (in later commands) run jobs locally."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import generate
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _crds(args: argparse.Namespace) -> int:
+    root = Path(args.root) if args.root else _repo_root()
+    if args.check:
+        differing = generate.stale(root)
+        if differing:
+            print("out of date: " + ", ".join(differing) + " - run make generate", file=sys.stderr)
+            return 1
+        print("generated files are up to date")
+        return 0
+    for path in generate.write(root):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    crds = commands.add_parser("crds", help="regenerate crds/ from the API models")
+    crds.add_argument("--check", action="store_true", help="exit 1 when the files on disk differ")
+    crds.add_argument("--root", help="repository root to write into (default: this checkout)")
+    crds.set_defaults(handler=_crds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
