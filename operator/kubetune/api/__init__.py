@@ -18,6 +18,7 @@ from .finetunejob import (
     TrainingSpec,
 )
 from .modelserve import AdapterSpec, GenerationSpec, ModelServeSpec, ModelServeStatus, ResolvedAdapter
+from .serving import ServeConfig
 from .resources import FineTuneJob, ModelServe, ObjectMeta, parse_resource
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef
 
@@ -49,6 +50,7 @@ __all__ = [
     "ResolvedAdapter",
     "ResourceSpec",
     "SecretKeyRef",
+    "ServeConfig",
     "TrainingMetrics",
     "TrainingSpec",
     "format_validation_error",

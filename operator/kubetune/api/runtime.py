@@ -1,0 +1,103 @@
+"""The contract between the operator and the images: mount points, file names, env names, exit codes.
+
+The operator renders pods with these values and the trainer, the server and the local runner read them,
+so a path or variable is named here once. Volumes are mounted whole at `<root>/<claimName>` and a
+`PvcPath` resolves to `<root>/<claimName>/<path>`, which lets several references share one mount.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import IntEnum
+from pathlib import PurePosixPath
+
+from .sources import PvcPath
+
+# Mount points inside pods (and, under a local folder, for the local runner).
+PVC_ROOT = "/mnt/kubetune/pvc"
+CONFIGMAP_ROOT = "/mnt/kubetune/configmap"
+SPEC_DIR = "/etc/kubetune"
+SPEC_FILE = "spec.json"
+SERVE_CONFIG_FILE = "serve.json"
+DEFAULT_OUTPUT = "/workspace/output"
+HF_HOME_SUBDIR = ".cache/huggingface"
+SHM_DIR = "/dev/shm"
+TERMINATION_LOG = "/dev/termination-log"
+SERVER_PORT = 8000
+
+# Layout of a trainer output folder.
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "kubetune.json"
+LOCK_FILE = ".kubetune.lock"
+
+# Environment variables.
+ENV_SPEC = "KUBETUNE_SPEC"
+ENV_OUTPUT = "KUBETUNE_OUTPUT"
+ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"
+ENV_CONFIGMAP_ROOT = "KUBETUNE_CONFIGMAP_ROOT"
+ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
+ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
+ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_SERVE_CONFIG = "KUBETUNE_SERVE_CONFIG"
+ENV_API_KEY = "KUBETUNE_API_KEY"
+ENV_HOST = "KUBETUNE_HOST"
+ENV_PORT = "KUBETUNE_PORT"
+
+
+class TrainerExit(IntEnum):
+    """Trainer exit codes; the operator's podFailurePolicy and failure reasons key on them."""
+
+    OK = 0
+    ERROR = 1
+    """Anything unexpected: retried up to backoffLimit."""
+    INVALID_INPUT = 64
+    """Bad spec or dataset: retrying cannot help, the Job fails at once."""
+    MODEL_LOAD = 65
+    """The base model could not be loaded (missing path, no access, network): retried."""
+    OUT_OF_MEMORY = 66
+    """Accelerator or host out of memory: retrying the same recipe cannot help, the Job fails at once."""
+    OUTPUT_LOCKED = 67
+    """Another trainer holds the output folder's lock."""
+
+
+EXIT_REASONS = {
+    TrainerExit.INVALID_INPUT: "InvalidInput",
+    TrainerExit.MODEL_LOAD: "ModelLoadFailed",
+    TrainerExit.OUT_OF_MEMORY: "OutOfMemory",
+    TrainerExit.OUTPUT_LOCKED: "OutputLocked",
+    TrainerExit.ERROR: "TrainerError",
+}
+
+
+def pvc_root() -> str:
+    """Where claims are mounted: the pod default, or a local folder for the local runner and tests."""
+    return os.environ.get(ENV_PVC_ROOT, PVC_ROOT)
+
+
+def configmap_root() -> str:
+    return os.environ.get(ENV_CONFIGMAP_ROOT, CONFIGMAP_ROOT)
+
+
+def claim_mount_path(claim_name: str, root: str | None = None) -> str:
+    """Mount path of a whole claim."""
+    return str(PurePosixPath(root or pvc_root()) / claim_name)
+
+
+def resolve_pvc_path(ref: PvcPath, root: str | None = None) -> str:
+    """Filesystem path of a folder on a claim, as seen inside the pod (or under the local root)."""
+    base = PurePosixPath(claim_mount_path(ref.claim_name, root))
+    return str(base / ref.path) if ref.path else str(base)
+
+
+def configmap_file_path(name: str, key: str, root: str | None = None) -> str:
+    """Filesystem path of one ConfigMap key mounted as a file."""
+    return str(PurePosixPath(root or configmap_root()) / name / key)
+
+
+def adapter_path(output: PvcPath) -> PvcPath:
+    """Where a trainer writing to `output` leaves the finished adapter."""
+    return PvcPath(claim_name=output.claim_name, path=str(PurePosixPath(output.path or ".") / ADAPTER_DIR))

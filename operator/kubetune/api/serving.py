@@ -1,0 +1,38 @@
+"""The server's configuration file (`serve.json`): what the operator writes and the server reads.
+
+It lives in a ConfigMap mounted into the server pods, so kubelet refreshes it in place when the
+ModelServe changes; the server watches it and adds or removes adapters without a restart.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ApiModel
+from .modelserve import MAX_ADAPTERS, GenerationSpec, ResolvedAdapter
+from .sources import ModelSource, QuantizationSpec
+
+
+class ServeConfig(ApiModel):
+    """Everything the server needs to know about what to serve."""
+
+    base_model: ModelSource
+    """The base model."""
+
+    served_base_name: str = Field(default="base", max_length=253)
+    """The model name clients use for the bare base model."""
+
+    adapters: list[ResolvedAdapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
+    """Adapters by client-facing name and volume location."""
+
+    quantization: QuantizationSpec | None = None
+    """Load the base model quantized (GPU only)."""
+
+    merge_adapter: bool = False
+    """Merge the single adapter into the base weights."""
+
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    """Generation defaults and limits."""
+
+    ignore_base_mismatch: bool = False
+    """Load adapters even when their adapter_config.json names another base model."""
