@@ -8,6 +8,10 @@ import yaml
 
 from .api.crd import all_crds
 
+# Copies of the CRDs that install kubetune: the kustomize base (kustomize may not read files above its folder)
+# and the Helm chart, whose template adds the crds.install / crds.keep switches around them.
+CRD_COPY_DIRS = ("deploy/kustomize/base/crds", "deploy/helm/kubetune/files/crds")
+
 HEADER = "# Generated from operator/kubetune/api by `make generate` (kubetune crds). Do not edit by hand.\n"
 
 
@@ -18,7 +22,11 @@ def render_yaml(document: dict) -> str:
 
 def generated_files() -> dict[str, str]:
     """Relative path (from the repository root) -> content, for every generated file."""
-    return {f"crds/{name}": render_yaml(crd) for name, crd in all_crds().items()}
+    crds = {name: render_yaml(crd) for name, crd in all_crds().items()}
+    files = {f"crds/{name}": content for name, content in crds.items()}
+    for folder in CRD_COPY_DIRS:
+        files.update({f"{folder}/{name}": content for name, content in crds.items()})
+    return files
 
 
 def write(root: Path) -> list[str]:
