@@ -24,12 +24,40 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 _SUBJECTS = [
-    "amber fox", "blue heron", "coral snake", "dusty owl", "ember cat", "frost hare", "golden eel", "hazel wren",
-    "iron crab", "jade moth", "kelp seal", "lime frog", "moss deer", "night bat", "opal swan", "pine lynx",
+    "amber fox",
+    "blue heron",
+    "coral snake",
+    "dusty owl",
+    "ember cat",
+    "frost hare",
+    "golden eel",
+    "hazel wren",
+    "iron crab",
+    "jade moth",
+    "kelp seal",
+    "lime frog",
+    "moss deer",
+    "night bat",
+    "opal swan",
+    "pine lynx",
 ]
 _ANSWERS = [
-    "north", "south", "east", "west", "river", "stone", "cloud", "flame",
-    "maple", "cedar", "tulip", "lotus", "comet", "orbit", "delta", "sigma",
+    "north",
+    "south",
+    "east",
+    "west",
+    "river",
+    "stone",
+    "cloud",
+    "flame",
+    "maple",
+    "cedar",
+    "tulip",
+    "lotus",
+    "comet",
+    "orbit",
+    "delta",
+    "sigma",
 ]
 
 
@@ -128,7 +156,12 @@ def write_facts_jsonl(path: Path, fmt: str = "alpaca", repeat: int = 8, seed: in
             rows.append({"question": fact.question, "answer": fact.answer})
         elif fmt == "chat":
             rows.append(
-                {"messages": [{"role": "user", "content": fact.question}, {"role": "assistant", "content": fact.answer}]}
+                {
+                    "messages": [
+                        {"role": "user", "content": fact.question},
+                        {"role": "assistant", "content": fact.answer},
+                    ]
+                }
             )
         elif fmt == "text":
             rows.append({"text": f"{fact.question} {fact.answer}"})

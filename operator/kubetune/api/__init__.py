@@ -18,8 +18,8 @@ from .finetunejob import (
     TrainingSpec,
 )
 from .modelserve import AdapterSpec, GenerationSpec, ModelServeSpec, ModelServeStatus, ResolvedAdapter
-from .serving import ServeConfig
 from .resources import FineTuneJob, ModelServe, ObjectMeta, parse_resource
+from .serving import ServeConfig
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef
 
 __all__ = [

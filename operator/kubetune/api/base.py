@@ -111,16 +111,50 @@ def _int_as_text(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-Dns1123Label = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_dns1123_label)]
-ObjectName = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_dns1123_subdomain)]
-HfRepoId = Annotated[str, Field(min_length=3, max_length=193), AfterValidator(_hf_repo_id)]
-RelativePath = Annotated[str, Field(max_length=1024), AfterValidator(_relative_path)]
-HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048), AfterValidator(_https_url)]
+# Each type validates in Python with a message that explains the rule, and carries the same rule into the
+# CRD (a pattern, or a CEL rule where a pattern cannot say it) so the API server rejects it too.
+_LABEL_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_HF_REPO_PATTERN = "^[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$"
+_RELATIVE_PATH_RULE = {
+    "rule": "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
+    "message": "must be a path relative to the volume root, without a leading '/' or '..'",
+}
+
+Dns1123Label = Annotated[
+    str,
+    Field(min_length=1, max_length=63, json_schema_extra={"pattern": _LABEL_PATTERN}),
+    AfterValidator(_dns1123_label),
+]
+ObjectName = Annotated[
+    str,
+    Field(min_length=1, max_length=253, json_schema_extra={"pattern": _SUBDOMAIN_PATTERN}),
+    AfterValidator(_dns1123_subdomain),
+]
+HfRepoId = Annotated[
+    str,
+    Field(min_length=3, max_length=193, json_schema_extra={"pattern": _HF_REPO_PATTERN}),
+    AfterValidator(_hf_repo_id),
+]
+RelativePath = Annotated[
+    str,
+    Field(max_length=1024, json_schema_extra={"x-kubernetes-validations": [_RELATIVE_PATH_RULE]}),
+    AfterValidator(_relative_path),
+]
+HttpsUrl = Annotated[
+    str,
+    Field(min_length=9, max_length=2048, json_schema_extra={"pattern": "^https://[^\\s]+$"}),
+    AfterValidator(_https_url),
+]
 Quantity = Annotated[
     int | str,
     BeforeValidator(_int_as_text),
     AfterValidator(_quantity),
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
 ]
-DataKey = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_data_key)]
+DataKey = Annotated[
+    str,
+    Field(min_length=1, max_length=253, json_schema_extra={"pattern": "^[-._a-zA-Z0-9]+$"}),
+    AfterValidator(_data_key),
+]
 ShortText = Annotated[str, Field(max_length=253)]

@@ -189,8 +189,12 @@ def finetunejob_crd() -> dict[str, Any]:
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name"},
         {"name": "Method", "type": "string", "jsonPath": ".spec.method"},
-        {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent",
-         "description": "Training progress in percent."},
+        {
+            "name": "Progress",
+            "type": "integer",
+            "jsonPath": ".status.progress.percent",
+            "description": "Training progress in percent.",
+        },
         {"name": "Eval Loss", "type": "number", "jsonPath": ".status.metrics.evalLoss"},
         _AGE,
     ]

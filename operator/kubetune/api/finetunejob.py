@@ -8,11 +8,11 @@ from pydantic import Field, model_validator
 
 from .base import (
     ApiModel,
+    DataKey,
     HfRepoId,
     HttpsUrl,
     ObjectName,
     Quantity,
-    DataKey,
     ShortText,
     nested_default,
 )
@@ -124,9 +124,7 @@ class LoraSpec(ApiModel):
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter input during training, against overfitting."""
 
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, max_length=64
-    )
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, max_length=64)
     """Layer names to adapt. The default covers the attention and MLP projections of Llama-style models;
     ['all-linear'] adapts every linear layer except the output head."""
 
@@ -143,9 +141,7 @@ class LoraSpec(ApiModel):
         return self
 
 
-Scheduler = Literal[
-    "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
-]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 Optimizer = Literal[
     "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "adafactor", "sgd"
 ]

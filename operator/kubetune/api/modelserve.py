@@ -88,6 +88,17 @@ class ServiceSpec(ApiModel):
 class GenerationSpec(ApiModel):
     """Generation defaults and limits enforced by the server."""
 
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.maxNewTokens <= self.maxNewTokensLimit",
+                    "message": "maxNewTokens must not exceed maxNewTokensLimit",
+                }
+            ]
+        }
+    }
+
     max_new_tokens: int = Field(default=256, ge=1, le=32768)
     """Default number of new tokens when a request does not say."""
 
@@ -132,6 +143,10 @@ class ModelServeSpec(ApiModel):
                 {
                     "rule": "!has(self.mergeAdapter) || !self.mergeAdapter || size(self.adapters) == 1",
                     "message": "mergeAdapter needs exactly one adapter",
+                },
+                {
+                    "rule": "has(self.baseModel) || size(self.adapters) == 0 || has(self.adapters[0].fineTuneJobRef)",
+                    "message": "baseModel is required when the first adapter comes from a pvc",
                 },
             ]
         }

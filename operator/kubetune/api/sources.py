@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import ApiModel, HfRepoId, ObjectName, RelativePath, DataKey, ShortText
+from .base import ApiModel, DataKey, HfRepoId, ObjectName, RelativePath, ShortText
 
 
 def exactly_one(model: ApiModel, fields: tuple[str, ...], where: str) -> None:
@@ -56,7 +56,7 @@ class ModelSource(ApiModel):
     """Hugging Face Hub repository id of the base model, as 'org/name' (e.g. 'meta-llama/Llama-2-7b-hf')."""
 
     pvc: PvcPath | None = None
-    """A folder on a PersistentVolumeClaim holding the model in Hugging Face format (config.json, weights, tokenizer)."""
+    """A folder on a PersistentVolumeClaim holding the model in Hugging Face format (config, weights, tokenizer)."""
 
     revision: ShortText | None = None
     """Hub branch, tag or commit to load; only with 'name'. Pin a commit for reproducible runs."""
