@@ -1,4 +1,4 @@
-"""Write (or check) every file derived from the API models: the CRDs in crds/ and their copies."""
+"""Write (or check) every file derived from the API models: the CRDs in crds/, their copies, the reference."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from .api.crd import all_crds
+from .reference import render_reference
 
 # Copies of the CRDs that install kubetune: the kustomize base (kustomize may not read files above its folder)
 # and the Helm chart, whose template adds the crds.install / crds.keep switches around them.
@@ -26,6 +27,7 @@ def generated_files() -> dict[str, str]:
     files = {f"crds/{name}": content for name, content in crds.items()}
     for folder in CRD_COPY_DIRS:
         files.update({f"{folder}/{name}": content for name, content in crds.items()})
+    files["docs/reference.md"] = render_reference()
     return files
 
 

@@ -78,7 +78,15 @@ def _structural(node: Any) -> Any:
         node["type"] = _json_type(node["enum"][0])
     ordered = {key: node[key] for key in _LEADING_KEYS if key in node}
     ordered.update((key, node[key]) for key in sorted(node) if key not in ordered)
-    return {key: _structural(value) if key != "default" else value for key, value in ordered.items()}
+    result = {}
+    for key, value in ordered.items():
+        if key == "properties":
+            result[key] = {name: _structural(sub) for name, sub in value.items()}
+        elif key == "default":
+            result[key] = value
+        else:
+            result[key] = _structural(value)
+    return result
 
 
 def _json_type(value: Any) -> str:
