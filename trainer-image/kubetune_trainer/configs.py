@@ -1,0 +1,118 @@
+"""The one mapping from a FineTuneJob spec to trl/peft/bitsandbytes configuration objects.
+
+Everything the spec says about optimisation, adapters and quantization is translated here and nowhere
+else, so the mapping can be read (and tested) as one table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from kubetune.api import ALL_LINEAR, FineTuneJobSpec, QuantizationSpec
+from peft import LoraConfig, TaskType
+from transformers import BitsAndBytesConfig
+from trl import SFTConfig
+
+from .device import DeviceInfo, ResolvedPrecision, resolve_precision
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class TrainerConfigs:
+    """What `build_configs` returns: the trainer, adapter and (QLoRA only) quantization configs."""
+
+    sft: SFTConfig
+    lora: LoraConfig
+    quantization: BitsAndBytesConfig | None
+    precision: ResolvedPrecision
+
+
+def build_configs(
+    spec: FineTuneJobSpec, *, checkpoints_dir: Path | str, device: DeviceInfo, has_eval: bool
+) -> TrainerConfigs:
+    """Translate `spec` into SFTConfig, LoraConfig and BitsAndBytesConfig (None for plain LoRA)."""
+    training = spec.training
+    precision = resolve_precision(training.precision, device)
+    # trl refuses max_length with padding-free batches (it cannot truncate them); the tokenized rows are cut
+    # to maxSeqLength after trl prepares them instead (sft_trainer.truncate_tokenized), so the limit still holds.
+    max_length = None if training.padding_free else training.max_seq_length
+    eval_strategy = "no"
+    if has_eval:
+        eval_strategy = "steps" if training.eval_steps else "epoch"
+    sft = SFTConfig(
+        output_dir=str(checkpoints_dir),
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        learning_rate=training.learning_rate,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        max_length=max_length,
+        warmup_steps=training.warmup_ratio,  # transformers v5: a float below 1 is a ratio of the total steps
+        lr_scheduler_type=training.scheduler,
+        optim=training.optimizer,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        seed=training.seed,
+        data_seed=training.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not device.is_cuda,
+        gradient_checkpointing=training.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
+        packing=training.packing,
+        padding_free=training.padding_free,
+        completion_only_loss=training.completion_only_loss,
+        eval_strategy=eval_strategy,
+        eval_steps=training.eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=training.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=training.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=device.is_cuda,
+        ddp_find_unused_parameters=False,
+        load_best_model_at_end=False,
+    )
+    lora = LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=ALL_LINEAR if spec.lora.target_modules == [ALL_LINEAR] else list(spec.lora.target_modules),
+        bias=spec.lora.bias,
+        task_type=TaskType.CAUSAL_LM,
+    )
+    quantization = None
+    if spec.method == "qlora":
+        assert spec.quantization is not None  # the API enforces it for qlora
+        quantization = build_quantization_config(spec.quantization, device)
+    return TrainerConfigs(sft=sft, lora=lora, quantization=quantization, precision=precision)
+
+
+def quantization_compute_dtype(spec: QuantizationSpec, device: DeviceInfo) -> torch.dtype:
+    """The spec's compute dtype, except bfloat16 on a GPU without bf16 becomes float16 (it would fail)."""
+    if spec.compute_dtype == "bfloat16" and device.is_cuda and not device.bf16_supported:
+        log.warning("quantization.computeDtype bfloat16 is not supported by %s: using float16", device.name)
+        return torch.float16
+    return _DTYPES[spec.compute_dtype]
+
+
+def build_quantization_config(spec: QuantizationSpec, device: DeviceInfo) -> BitsAndBytesConfig:
+    """4-bit (nf4/fp4, optional double quant) or 8-bit bitsandbytes loading of the frozen base."""
+    if spec.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec.type,
+        bnb_4bit_use_double_quant=spec.double_quant,
+        bnb_4bit_compute_dtype=quantization_compute_dtype(spec, device),
+    )

@@ -1,0 +1,122 @@
+"""Load the raw rows of a dataset from wherever the spec points: the Hub, a volume, a ConfigMap, or https.
+
+Files are read with the `datasets` builders (JSONL/JSON, CSV, Parquet), so large files stream into Arrow
+instead of Python lists. Every failure becomes an InvalidInputError that says which source and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset
+from kubetune.api import DatasetSpec
+from kubetune.api.runtime import ENV_HF_TOKEN, configmap_file_path, resolve_pvc_path
+
+from .errors import InvalidInputError, TrainerFailure
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+URL_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Rows as found in the source; `eval` is set only when the spec names an evaluation split."""
+
+    train: Dataset
+    eval: Dataset | None
+    description: str
+
+
+def load_raw_data(spec: DatasetSpec, download_dir: Path | None = None) -> RawData:
+    """Dispatch on the one source the spec sets."""
+    if spec.hf is not None:
+        return _load_hub(spec)
+    if spec.pvc is not None:
+        path = Path(resolve_pvc_path(spec.pvc))
+        return RawData(load_files(path, "dataset.pvc"), None, f"pvc:{spec.pvc.claim_name}/{spec.pvc.path}".rstrip("/"))
+    if spec.config_map is not None:
+        path = Path(configmap_file_path(spec.config_map.name, spec.config_map.key))
+        return RawData(
+            load_files(path, "dataset.configMap"), None, f"configmap:{spec.config_map.name}/{spec.config_map.key}"
+        )
+    assert spec.url is not None  # the API guarantees exactly one source
+    target = download(spec.url, download_dir or Path(tempfile.mkdtemp(prefix="kubetune-data-")))
+    return RawData(load_files(target, "dataset.url"), None, spec.url)
+
+
+def _load_hub(spec: DatasetSpec) -> RawData:
+    from datasets import load_dataset
+
+    assert spec.hf is not None
+    token = os.environ.get(ENV_HF_TOKEN) or None
+
+    def split(name: str) -> Dataset:
+        try:
+            return load_dataset(spec.hf.name, spec.hf.config, split=name, revision=spec.hf.revision, token=token)  # type: ignore[return-value]
+        except Exception as error:  # datasets raises many types (FileNotFoundError, ValueError, HfHubHTTPError)
+            raise InvalidInputError(
+                f"dataset.hf: cannot load {spec.hf.name!r} (config {spec.hf.config!r}, split {name!r}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+    eval_rows = split(spec.eval_split) if spec.eval_split else None
+    return RawData(split(spec.hf.split), eval_rows, f"hf:{spec.hf.name}")
+
+
+def data_files(path: Path, field: str) -> tuple[str, list[str]]:
+    """The builder name and the files of `path` (a file, or a folder of files of one supported type)."""
+    if path.is_file():
+        builder = BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise InvalidInputError(
+                f"{field}: {path.name!r} has an unsupported extension; use one of {', '.join(BUILDERS)}"
+            )
+        return builder, [str(path)]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS)
+        builders = {BUILDERS[p.suffix.lower()] for p in files}
+        if not files:
+            raise InvalidInputError(f"{field}: folder {path} holds no {', '.join(BUILDERS)} files")
+        if len(builders) > 1:
+            raise InvalidInputError(f"{field}: folder {path} mixes file types ({', '.join(sorted(builders))})")
+        return builders.pop(), [str(p) for p in files]
+    raise InvalidInputError(f"{field}: {path} does not exist (is the volume mounted and the path right?)")
+
+
+def load_files(path: Path, field: str) -> Dataset:
+    """Read JSONL/JSON/CSV/Parquet file(s) into one Dataset."""
+    from datasets import load_dataset
+
+    builder, files = data_files(path, field)
+    try:
+        return load_dataset(builder, data_files=files, split="train")  # type: ignore[return-value]
+    except Exception as error:  # parse errors surface as several exception types
+        raise InvalidInputError(
+            f"{field}: cannot parse {path} as {builder}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def download(url: str, target_dir: Path) -> Path:
+    """Fetch an https dataset file (system CA bundle, honouring SSL_CERT_FILE) into `target_dir`."""
+    name = Path(url.split("?", 1)[0].rstrip("/")).name or "dataset.jsonl"
+    if Path(name).suffix.lower() not in BUILDERS:
+        raise InvalidInputError(f"dataset.url: {url!r} must end in one of {', '.join(BUILDERS)} to tell its type")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / name
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response, target.open("wb") as out:
+            shutil.copyfileobj(response, out)
+    except urllib.error.HTTPError as error:
+        message = f"dataset.url: cannot download {url}: HTTP {error.code} {error.reason}"
+        # 4xx will not fix itself (wrong address, no access); 5xx may, so it is retried as a plain failure.
+        raise (InvalidInputError if 400 <= error.code < 500 else TrainerFailure)(message) from error
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise TrainerFailure(f"dataset.url: cannot download {url}: {reason}") from error
+    return target

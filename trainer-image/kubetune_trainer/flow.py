@@ -1,0 +1,176 @@
+"""The training run, step by step: spec -> data -> configs -> model -> train -> adapter -> report.
+
+Each step lives in its own module; this file only orders them (in the spirit of trl's scripts/sft.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from kubetune.api import FineTuneJobSpec, Progress, TrainingMetrics
+from kubetune.api.runtime import CHECKPOINTS_DIR
+from transformers import set_seed
+
+from .checkpoints import CheckpointMarker, newest_complete_checkpoint, remove_incomplete_checkpoints
+from .configs import build_configs
+from .data import prepare_data
+from .device import configure_cpu_threads, detect_device
+from .distributed import ProcessInfo, barrier, process_info
+from .generation_eval import generation_scores
+from .hub_push import push_adapter
+from .manifest import build_manifest, spec_hash
+from .model_card import render_model_card
+from .model_loading import load_model, load_tokenizer, locate_model
+from .output_lock import OutputLock
+from .outputs import (
+    adapter_dir,
+    clear_partial_adapter,
+    finished_manifest,
+    partial_adapter_dir,
+    publish_adapter,
+    write_adapter_extras,
+)
+from .reporting import ProgressCallback, choose_sink
+from .settings import TrainerArgs, load_spec
+from .sft_trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def run(args: TrainerArgs) -> dict[str, Any]:
+    """Train (or resume) the job described by `args`; returns the summary for the termination message."""
+    spec = load_spec(args.spec_path)
+    me = process_info()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(args.output_dir).acquire() if me.is_main else None
+    try:
+        return _train(spec, args.output_dir, me)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str, Any]:
+    device = detect_device()
+    if not device.is_cuda:
+        configure_cpu_threads(processes=me.local_world_size)
+    set_seed(spec.training.seed)
+    data = prepare_data(spec.dataset, spec.training.seed, download_dir=output_dir / ".download")
+
+    done = finished_manifest(output_dir)
+    if done and done.get("specHash") == spec_hash(spec) and done.get("datasetFingerprint") == data.fingerprint:
+        log.info("the adapter for this spec and data is already complete in %s; nothing to train", output_dir)
+        return _summary_of_finished(output_dir, spec)
+
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    if me.is_main:
+        remove_incomplete_checkpoints(checkpoints)
+        clear_partial_adapter(output_dir)
+    resume_from = newest_complete_checkpoint(checkpoints)
+
+    configs = build_configs(spec, checkpoints_dir=checkpoints, device=device, has_eval=data.eval is not None)
+    location = locate_model(spec.base_model)
+    tokenizer = load_tokenizer(location)
+    model = load_model(location, configs.precision, device, configs.quantization, spec.training.gradient_checkpointing)
+
+    progress = ProgressCallback(choose_sink(output_dir))
+    trainer = build_trainer(
+        model, tokenizer, configs, data.train, data.eval, [CheckpointMarker(), progress], spec.training.max_seq_length
+    )
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    wall = time.monotonic() - started
+    final_eval = trainer.evaluate() if data.eval is not None else {}
+    loss_tokens = trainer.total_loss_tokens()
+
+    scores = None
+    if me.is_main:
+        scores = generation_scores(
+            trainer.model,
+            tokenizer,
+            data.eval or data.train,
+            spec.evaluation.generation_samples,
+            spec.evaluation.max_new_tokens,
+        )
+    eval_loss = final_eval.get("eval_loss")
+    metrics = TrainingMetrics(
+        train_loss=_finite(result.training_loss),
+        eval_loss=_finite(eval_loss),
+        perplexity=_finite(math.exp(min(eval_loss, 50.0))) if eval_loss is not None else None,
+        steps=trainer.state.global_step,
+        train_tokens=loss_tokens,
+        tokens_per_second=round(loss_tokens / wall, 2) if wall > 0 else None,
+        wall_seconds=round(wall, 2),
+        peak_memory_bytes=_peak_memory_bytes(device.is_cuda),
+        rouge_l=scores.rouge_l if scores else None,
+        bleu=scores.bleu if scores else None,
+    )
+
+    trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
+    summary: dict[str, Any] = {}
+    if me.is_main:
+        tokenizer.save_pretrained(str(partial_adapter_dir(output_dir)))
+        manifest = build_manifest(
+            spec,
+            data,
+            resolved_revision=getattr(model.config, "_commit_hash", None),
+            precision=configs.precision,
+            device_name=device.name,
+            steps=trainer.state.global_step,
+        )
+        write_adapter_extras(
+            partial_adapter_dir(output_dir),
+            render_model_card(spec, data, metrics, manifest),
+            metrics.to_wire(),
+            manifest,
+        )
+        final = publish_adapter(output_dir)
+        hub_repo = push_adapter(final, spec.output)
+        final_progress = progress.last_progress.model_copy(
+            update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
+        )
+        progress.sink.finish(Progress.model_validate(final_progress.model_dump()), metrics)
+        summary = _summary(final, metrics, data.skipped_rows, hub_repo)
+    barrier()
+    return summary
+
+
+def _summary(final: Path, metrics: TrainingMetrics, skipped_rows: int, hub_repo: str | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "exitReason": "Succeeded",
+        "adapterPath": str(final),
+        "metrics": metrics.to_wire(),
+        "skippedRows": skipped_rows,
+    }
+    if hub_repo:
+        summary["hubRepo"] = hub_repo
+    return summary
+
+
+def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, Any]:
+    import json
+
+    from kubetune.api.runtime import METRICS_FILE
+
+    final = adapter_dir(output_dir)
+    metrics = TrainingMetrics.model_validate(json.loads((final / METRICS_FILE).read_text(encoding="utf-8")))
+    hub_repo = push_adapter(final, spec.output) if process_info().is_main else None
+    return _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
+
+
+def _peak_memory_bytes(cuda: bool) -> int:
+    if cuda:
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,35 @@
+"""Optional upload of the finished adapter folder to the Hugging Face Hub (`output.hub`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from kubetune.api import OutputSpec
+from kubetune.api.runtime import ENV_HF_TOKEN, ENV_HUB_TOKEN
+
+from .errors import TrainerFailure
+
+log = logging.getLogger(__name__)
+
+
+def push_adapter(adapter_dir: Path, output: OutputSpec) -> str | None:
+    """Create the repo if needed and upload the folder; returns the repo id, or None when no push is asked."""
+    if output.hub is None:
+        return None
+    from huggingface_hub import HfApi
+
+    token = os.environ.get(ENV_HUB_TOKEN) or os.environ.get(ENV_HF_TOKEN)
+    if not token:
+        raise TrainerFailure(f"output.hub: no Hub token (set {ENV_HUB_TOKEN} from output.hub.tokenSecretRef)")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(output.hub.repo, private=output.hub.private, exist_ok=True)
+        api.upload_folder(folder_path=str(adapter_dir), repo_id=output.hub.repo, commit_message="kubetune adapter")
+    except Exception as error:  # hub errors come in many types; the token is never part of their message
+        raise TrainerFailure(
+            f"output.hub: pushing to {output.hub.repo!r} failed: {type(error).__name__}: {error}"
+        ) from error
+    log.info("pushed the adapter to the Hub repository %s", output.hub.repo)
+    return output.hub.repo

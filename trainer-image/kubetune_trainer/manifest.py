@@ -1,0 +1,61 @@
+"""`kubetune.json`: what produced this adapter (spec hash, data fingerprint, base model, library versions)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from typing import Any
+
+from kubetune.api import FineTuneJobSpec
+
+from .data import PreparedData
+from .reporting import now_rfc3339
+
+LIBRARIES = ("kubetune", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
+
+
+def spec_hash(spec: FineTuneJobSpec) -> str:
+    """Stable hash of the full spec (defaults included) in wire form."""
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_manifest(
+    spec: FineTuneJobSpec,
+    data: PreparedData,
+    *,
+    resolved_revision: str | None,
+    precision: str,
+    device_name: str,
+    steps: int,
+) -> dict[str, Any]:
+    """The manifest; `format` and `promptTemplate` let a server build prompts exactly as in training."""
+    return {
+        "specHash": spec_hash(spec),
+        "datasetFingerprint": data.fingerprint,
+        "datasetSource": data.source,
+        "format": data.format,
+        "promptTemplate": data.prompt_template,
+        "skippedRows": data.skipped_rows,
+        "trainRows": len(data.train),
+        "evalRows": len(data.eval) if data.eval is not None else 0,
+        "baseModel": spec.base_model.to_wire(),
+        "baseModelRevision": resolved_revision,
+        "method": spec.method,
+        "precision": precision,
+        "device": device_name,
+        "steps": steps,
+        "libraries": library_versions(),
+        "completedAt": now_rfc3339(),
+    }

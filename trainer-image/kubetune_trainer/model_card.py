@@ -1,0 +1,95 @@
+"""The adapter's README.md: what it is, how it was trained, how well it did, how to use it, and its limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api import FineTuneJobSpec, TrainingMetrics
+
+from .data import PreparedData
+
+
+def _value(number: float | int | None, digits: int = 4) -> str:
+    if number is None:
+        return "n/a"
+    return f"{number:.{digits}f}" if isinstance(number, float) else str(number)
+
+
+def render_model_card(
+    spec: FineTuneJobSpec, data: PreparedData, metrics: TrainingMetrics, manifest: dict[str, Any]
+) -> str:
+    """Markdown with Hub-style front matter (library_name: peft, base_model) so the Hub shows it properly."""
+    base = spec.base_model.describe()
+    eval_rows = len(data.eval) if data.eval is not None else 0
+    training = spec.training
+    target = ", ".join(spec.lora.target_modules)
+    quantization = ""
+    if spec.quantization is not None:
+        q = spec.quantization
+        quantization = (
+            f"| Quantization | {q.bits}-bit {q.type if q.bits == 4 else ''}, double quant {q.double_quant}, "
+            f"compute {q.compute_dtype} |\n"
+        )
+    load_base = repr(spec.base_model.name) if spec.base_model.name else '"/path/to/base-model"'
+    front_matter_base = f"base_model: {spec.base_model.name}\n" if spec.base_model.name else ""
+    return f"""---
+library_name: peft
+{front_matter_base}tags:
+- kubetune
+- {spec.method}
+- sft
+- trl
+---
+
+# LoRA adapter for {base}
+
+A {spec.method.upper()} adapter trained by kubetune with trl's SFTTrainer on `{data.source}`
+({data.format} format, {len(data.train)} training rows, {eval_rows} evaluation rows).
+
+## Training
+
+| Setting | Value |
+|---|---|
+| Base model | {base} (revision {manifest.get("baseModelRevision") or "default"}) |
+| Method | {spec.method} |
+| LoRA | r={spec.lora.r}, alpha={spec.lora.alpha:g}, dropout={spec.lora.dropout:g}, modules: {target} |
+{quantization}| Epochs / max steps | {training.epochs:g} / {training.max_steps or "-"} |
+| Learning rate | {training.learning_rate:g} ({training.scheduler}, warmup ratio {training.warmup_ratio:g}) |
+| Batch | {training.batch_size} x {training.gradient_accumulation_steps} accumulation per device |
+| Max sequence length | {training.max_seq_length} |
+| Precision | {manifest.get("precision")} on {manifest.get("device")} |
+| Loss | {"completion only" if training.completion_only_loss and data.format != "text" else "full sequence"} |
+| Seed | {training.seed} |
+
+## Results
+
+| Metric | Value |
+|---|---|
+| Train loss | {_value(metrics.train_loss)} |
+| Eval loss | {_value(metrics.eval_loss)} |
+| Perplexity | {_value(metrics.perplexity, 2)} |
+| ROUGE-L | {_value(metrics.rouge_l)} |
+| BLEU | {_value(metrics.bleu)} |
+| Steps | {_value(metrics.steps)} |
+| Loss-bearing tokens / s | {_value(metrics.tokens_per_second, 1)} |
+
+## Usage
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained({load_base})
+model = PeftModel.from_pretrained(base, "path/to/this/adapter")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/adapter")
+```
+
+Prompts must be built as in training: format `{data.format}`, template in `kubetune.json` (`promptTemplate`);
+chat data uses the tokenizer's chat template saved here.
+
+## Intended use and limits
+
+This adapter was trained on the data above only and was evaluated with the metrics shown, nothing more.
+It can produce wrong or made-up answers with confidence. Evaluate it on your own task before use, and do not
+use it for medical, legal or financial decisions without qualified human review.
+"""

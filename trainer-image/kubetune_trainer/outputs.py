@@ -1,0 +1,66 @@
+"""The finished adapter folder, written so that nothing half-done ever looks complete.
+
+Everything (weights, tokenizer, README.md, metrics.json, kubetune.json) goes into a temporary sibling
+folder first, which is renamed to `adapter/` in one step: a reader sees the old adapter, no adapter, or the
+complete new one. kubetune.json is written last inside the temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.runtime import ADAPTER_DIR, MANIFEST_FILE, METRICS_FILE
+
+from .reporting import write_json_atomically
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+README_FILE = "README.md"
+
+
+def adapter_dir(output_dir: Path) -> Path:
+    return output_dir / ADAPTER_DIR
+
+
+def partial_adapter_dir(output_dir: Path) -> Path:
+    return output_dir / f".{ADAPTER_DIR}{PARTIAL_SUFFIX}"
+
+
+def clear_partial_adapter(output_dir: Path) -> None:
+    """Remove leftovers of a run killed while writing its adapter."""
+    shutil.rmtree(partial_adapter_dir(output_dir), ignore_errors=True)
+
+
+def write_adapter_extras(folder: Path, readme: str, metrics: dict[str, Any], manifest: dict[str, Any]) -> None:
+    (folder / README_FILE).write_text(readme, encoding="utf-8")
+    write_json_atomically(folder / METRICS_FILE, metrics)
+    write_json_atomically(folder / MANIFEST_FILE, manifest)
+
+
+def publish_adapter(output_dir: Path) -> Path:
+    """Rename the temporary folder to `adapter/`, replacing an older adapter only once the new one is whole."""
+    partial, final = partial_adapter_dir(output_dir), adapter_dir(output_dir)
+    if not (partial / "adapter_config.json").is_file() or not (partial / MANIFEST_FILE).is_file():
+        raise RuntimeError(f"refusing to publish {partial}: adapter_config.json or {MANIFEST_FILE} is missing")
+    retired = output_dir / f".{ADAPTER_DIR}.old"
+    shutil.rmtree(retired, ignore_errors=True)
+    if final.exists():
+        final.rename(retired)
+    partial.rename(final)
+    shutil.rmtree(retired, ignore_errors=True)
+    log.info("adapter written to %s", final)
+    return final
+
+
+def finished_manifest(output_dir: Path) -> dict[str, Any] | None:
+    """The manifest of an adapter already published in this folder, if any."""
+    path = adapter_dir(output_dir) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
