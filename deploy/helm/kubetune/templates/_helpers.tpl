@@ -1,0 +1,93 @@
+{{/* Names and labels. With release name "kubetune" they equal the kustomize base's, which a test checks. */}}
+
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kubetune.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the operator's Deployment, ServiceAccount, roles and bindings. */}}
+{{- define "kubetune.operatorName" -}}
+{{- printf "%s-operator" (include "kubetune.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kubetune.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kubetune.labels" -}}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/part-of: kubetune
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* repository:tag, the tag defaulting to the chart's appVersion. Argument: the image values. */}}
+{{- define "kubetune.image" -}}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
+
+{{/*
+RBAC rules the operator needs inside every namespace it handles. Rendered into the cluster-wide ClusterRole or
+into one Role per watched namespace. Keep in step with deploy/kustomize (a test compares the renderings).
+*/}}
+{{- define "kubetune.namespacedRules" -}}
+# kopf: handler progress and errors as events.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# The custom resources: watch them, keep kopf's finalizer and annotations, write their status.
+- apiGroups: [kubetune.dev]
+  resources: [finetunejobs, modelserves]
+  verbs: [list, watch, patch]
+# finetunejobs/status get+patch is also what the per-job trainer Role grants: RBAC lets the operator create
+# that Role only because it holds these verbs itself (no escalate needed).
+- apiGroups: [kubetune.dev]
+  resources: [finetunejobs/status]
+  verbs: [get, patch]
+- apiGroups: [kubetune.dev]
+  resources: [modelserves/status]
+  verbs: [patch]
+# The children it creates and owns.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps, persistentvolumeclaims, services, serviceaccounts]
+  verbs: [get, create, patch, delete]
+# The per-job Role and RoleBinding of the trainer (no bind, no escalate: see docs/install.md).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch, delete]
+{{- end }}
+
+{{/* Annotations that let Argo CD create a peering object in the same sync as its CRD. */}}
+{{- define "kubetune.peeringAnnotations" -}}
+argocd.argoproj.io/sync-wave: "1"
+argocd.argoproj.io/sync-options: SkipDryRunOnMissingResource=true
+{{- end }}
