@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok, 64 bad spec/data, 65 model load, 66 out of memory, 67 output locked, 1 anything else."""
     configure_logging()
     args = parse_args(argv)
-    from .flow import run  # heavy imports (torch, trl) only after the arguments are known to parse
+    from .flow import quiet_progress_bars, run  # heavy imports (torch, trl) only once the arguments parse
+
+    quiet_progress_bars()
 
     try:
         summary = run(args)

@@ -43,6 +43,15 @@ from .sft_trainer import build_trainer
 log = logging.getLogger(__name__)
 
 
+def quiet_progress_bars() -> None:
+    """Pod logs are read by people and log collectors: keep the per-step log lines, drop the tqdm bars."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def run(args: TrainerArgs) -> dict[str, Any]:
     """Train (or resume) the job described by `args`; returns the summary for the termination message."""
     spec = load_spec(args.spec_path)

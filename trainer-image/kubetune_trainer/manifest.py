@@ -10,6 +10,7 @@ from typing import Any
 from kubetune.api import FineTuneJobSpec
 
 from .data import PreparedData
+from .data_formats import ALPACA_TEMPLATE_NO_INPUT
 from .reporting import now_rfc3339
 
 LIBRARIES = ("kubetune", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
@@ -40,13 +41,16 @@ def build_manifest(
     device_name: str,
     steps: int,
 ) -> dict[str, Any]:
-    """The manifest; `format` and `promptTemplate` let a server build prompts exactly as in training."""
+    """The manifest; `format` and `promptTemplate` let a server build prompts exactly as in training
+    (alpaca rows with an empty input use `promptTemplateWithoutInput` unless a custom template was given)."""
+    custom = spec.dataset.prompt_template is not None
     return {
         "specHash": spec_hash(spec),
         "datasetFingerprint": data.fingerprint,
         "datasetSource": data.source,
         "format": data.format,
         "promptTemplate": data.prompt_template,
+        "promptTemplateWithoutInput": ALPACA_TEMPLATE_NO_INPUT if data.format == "alpaca" and not custom else None,
         "skippedRows": data.skipped_rows,
         "trainRows": len(data.train),
         "evalRows": len(data.eval) if data.eval is not None else 0,
