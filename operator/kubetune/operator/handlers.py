@@ -1,0 +1,170 @@
+"""kopf handlers: thin glue from watch events to the reconcile services (registered on REGISTRY)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune.api.base import API_GROUP, API_VERSION
+
+from . import naming
+from .reconcile.finetunejob import job_phase
+from .services import OperatorContext
+
+REGISTRY = kopf.OperatorRegistry()
+FTJ = (API_GROUP, API_VERSION, "finetunejobs")
+MSV = (API_GROUP, API_VERSION, "modelserves")
+OWNED_BY_FTJ = {naming.LABEL_FINETUNEJOB: kopf.PRESENT}
+OWNED_BY_MSV = {naming.LABEL_MODELSERVE: kopf.PRESENT}
+
+
+def _ctx(memo: Any) -> OperatorContext:
+    return memo.ctx
+
+
+@kopf.on.startup(registry=REGISTRY)
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """kopf's bookkeeping under kubetune.dev, our finalizer, quiet event posting, metrics endpoint."""
+    ctx = _ctx(memo)
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True
+    settings.execution.max_workers = ctx.settings.workers
+    settings.peering.standalone = not ctx.settings.peering
+    if ctx.settings.peering:
+        settings.peering.name = ctx.settings.peering
+    settings.watching.server_timeout = 300
+    ctx.metrics.serve(ctx.settings.metrics_port)
+
+
+@kopf.on.cleanup(registry=REGISTRY)
+def shutdown(memo: Any, **_: Any) -> None:
+    _ctx(memo).metrics.stop()
+
+
+@kopf.on.login(registry=REGISTRY)
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf uses the same credentials as the operator's own client (one source of truth)."""
+    config = _ctx(memo).kube.client.configuration
+    token = (config.api_key or {}).get("authorization") or (config.api_key or {}).get("BearerToken")
+    scheme = None
+    if token and " " in token:
+        scheme, token = token.split(" ", 1)
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme or ("Bearer" if token else None),
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+# ---- FineTuneJob -------------------------------------------------------------------------------
+@kopf.on.create(*FTJ, registry=REGISTRY)
+def finetunejob_created(body: kopf.Body, name: str, namespace: str, memo: Any, **_: Any) -> None:
+    _ctx(memo).finetunejobs.reconcile(namespace, name, body=dict(body))
+
+
+@kopf.on.resume(*FTJ, registry=REGISTRY)
+def finetunejob_resumed(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    _ctx(memo).finetunejobs.reconcile(namespace, name)
+
+
+@kopf.on.update(*FTJ, field="spec", registry=REGISTRY)
+def finetunejob_updated(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    """Only `suspend` may change (CEL keeps the rest immutable); it is passed through to the Job."""
+    _ctx(memo).finetunejobs.reconcile(namespace, name)
+
+
+@kopf.on.delete(*FTJ, registry=REGISTRY)
+def finetunejob_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+    _ctx(memo).finetunejobs.stop(dict(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def trainer_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """Follow the trainer Job; skip events that do not change its state as the FineTuneJob sees it."""
+    ctx = _ctx(memo)
+    owner = body.get("metadata", {}).get("labels", {}).get(naming.LABEL_FINETUNEJOB)
+    owners = [
+        ref["name"] for ref in body.get("metadata", {}).get("ownerReferences", []) if ref.get("kind") == "FineTuneJob"
+    ]
+    owner = owners[0] if owners else owner
+    if not owner:
+        return
+    key = (namespace, body["metadata"]["name"])
+    deleted = event.get("type") == "DELETED"
+    phase = None if deleted else job_phase(dict(body))
+    if key in ctx.seen_job_phase and ctx.seen_job_phase[key] == phase and event.get("type") is not None:
+        return
+    ctx.seen_job_phase[key] = phase
+    ctx.finetunejobs.reconcile(namespace, owner, job=None if deleted else dict(body))
+
+
+@kopf.index(*MSV, registry=REGISTRY)
+def modelserves_by_job(name: str, namespace: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    """Which ModelServes wait on which FineTuneJob (in memory, no API calls)."""
+    return {
+        (namespace, adapter["fineTuneJobRef"]["name"]): name
+        for adapter in spec.get("adapters") or []
+        if isinstance(adapter, dict) and isinstance(adapter.get("fineTuneJobRef"), dict)
+    }
+
+
+@kopf.on.event(*FTJ, registry=REGISTRY)
+def finetunejob_phase_changed(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: Any,
+    modelserves_by_job: kopf.Index,
+    **_: Any,
+) -> None:
+    """Wake the ModelServes that use this FineTuneJob's adapter when its phase changes (or it goes away)."""
+    ctx = _ctx(memo)
+    uid = body["metadata"]["uid"]
+    phase = "Deleted" if event.get("type") == "DELETED" else (body.get("status") or {}).get("phase", "")
+    if ctx.seen_ftj_phase.get(uid) == phase:
+        return
+    ctx.seen_ftj_phase[uid] = phase
+    if phase == "Deleted":
+        ctx.seen_ftj_phase.pop(uid, None)
+    for serve in modelserves_by_job.get((namespace, name), []):
+        ctx.modelserves.reconcile(namespace, serve)
+
+
+# ---- ModelServe --------------------------------------------------------------------------------
+@kopf.on.create(*MSV, registry=REGISTRY)
+def modelserve_created(body: kopf.Body, name: str, namespace: str, memo: Any, **_: Any) -> None:
+    _ctx(memo).modelserves.reconcile(namespace, name, body=dict(body))
+
+
+@kopf.on.resume(*MSV, registry=REGISTRY)
+@kopf.on.update(*MSV, field="spec", registry=REGISTRY)
+def modelserve_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    _ctx(memo).modelserves.reconcile(namespace, name)
+
+
+@kopf.on.delete(*MSV, registry=REGISTRY, optional=True)
+def modelserve_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+    _ctx(memo).modelserves.forget(dict(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED_BY_MSV, registry=REGISTRY)
+@kopf.on.event("", "v1", "services", labels=OWNED_BY_MSV, registry=REGISTRY)
+def server_child_changed(body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """Follow the Deployment's rollout and repair drift of the Deployment or Service."""
+    owners = [
+        ref["name"] for ref in body.get("metadata", {}).get("ownerReferences", []) if ref.get("kind") == "ModelServe"
+    ]
+    if owners:
+        _ctx(memo).modelserves.reconcile(namespace, owners[0])

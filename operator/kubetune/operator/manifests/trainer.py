@@ -1,0 +1,198 @@
+"""Children of a FineTuneJob: spec ConfigMap, output claim, trainer RBAC and the batch/v1 Job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from kubetune.api import runtime
+from kubetune.api.base import API_GROUP
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.sources import PvcPath, SecretKeyRef
+
+from .. import naming
+from ..settings import OperatorSettings
+from . import pod
+from .meta import Owner, labels, object_meta
+
+TRAINER_MODULE = "kubetune_trainer"
+FAIL_AT_ONCE = (runtime.TrainerExit.INVALID_INPUT, runtime.TrainerExit.OUT_OF_MEMORY)
+
+
+def trainer_labels(owner: Owner) -> dict[str, str]:
+    return labels("trainer", owner.name, naming.LABEL_FINETUNEJOB)
+
+
+def output_location(name: str, spec: FineTuneJobSpec) -> PvcPath:
+    """The claim and folder the trainer writes to: the given claim, or the one the operator creates."""
+    if spec.output.pvc is not None:
+        return PvcPath(claim_name=spec.output.pvc.claim_name, path=spec.output.pvc.path)
+    return PvcPath(claim_name=naming.output_claim(name), path="")
+
+
+def spec_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The validated spec (defaults filled in, camelCase) as the trainer's input file."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(naming.spec_configmap(owner.name), owner, trainer_labels(owner)),
+        "data": {runtime.SPEC_FILE: json.dumps(spec.to_wire(), indent=2, sort_keys=True)},
+    }
+
+
+def output_claim(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The claim the operator creates when spec.output names none; unowned when output.keep is set."""
+    claim_spec: dict[str, Any] = {
+        "accessModes": [spec.output.access_mode],
+        "resources": {"requests": {"storage": str(spec.output.storage_size)}},
+    }
+    if spec.output.storage_class_name:
+        claim_spec["storageClassName"] = spec.output.storage_class_name
+    meta = object_meta(naming.output_claim(owner.name), owner, trainer_labels(owner), owned=not spec.output.keep)
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim_spec}
+
+
+def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
+    """ServiceAccount + Role + RoleBinding letting the trainer read and patch the status of this FineTuneJob only."""
+    name = naming.trainer_account(owner.name)
+    meta = object_meta(name, owner, trainer_labels(owner))
+    rules = [
+        {"apiGroups": [API_GROUP], "resources": ["finetunejobs"], "resourceNames": [owner.name], "verbs": ["get"]},
+        {
+            "apiGroups": [API_GROUP],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": [owner.name],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": True},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+        },
+    ]
+
+
+def _token_ref(spec: FineTuneJobSpec) -> SecretKeyRef | None:
+    """The Hub token: the base model's, else the push target's (one HF_TOKEN serves both)."""
+    if spec.base_model.token_secret_ref is not None:
+        return spec.base_model.token_secret_ref
+    return spec.output.hub.token_secret_ref if spec.output.hub is not None else None
+
+
+def trainer_volumes(owner: Owner, spec: FineTuneJobSpec) -> pod.Volumes:
+    """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), /dev/shm."""
+    volumes = pod.Volumes()
+    volumes.add(
+        pod.configmap_volume("spec", naming.spec_configmap(owner.name), [runtime.SPEC_FILE]),
+        pod.mount("spec", runtime.SPEC_DIR, read_only=True),
+    )
+    output = output_location(owner.name, spec)
+    volumes.add_claim("output", output.claim_name, runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT), False)
+    for source in (spec.base_model.pvc, spec.dataset.pvc):
+        if source is not None:
+            path = runtime.claim_mount_path(source.claim_name, runtime.PVC_ROOT)
+            volumes.add_claim(naming.volume_name("pvc", source.claim_name), source.claim_name, path, True)
+    if spec.dataset.config_map is not None:
+        name = spec.dataset.config_map.name
+        folder = str(PurePosixPath(runtime.CONFIGMAP_ROOT) / name)
+        volumes.add(
+            pod.configmap_volume(naming.volume_name("cm", name), name),
+            pod.mount(naming.volume_name("cm", name), folder, read_only=True),
+        )
+    volumes.add(*pod.shm_volume(str(spec.resources.shm_size)))
+    return volumes
+
+
+def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    output = output_location(owner.name, spec)
+    env = [
+        pod.env_value(runtime.ENV_JOB_NAME, owner.name),
+        pod.env_value(runtime.ENV_NAMESPACE, owner.namespace),
+        pod.env_value(
+            "HF_HOME",
+            str(PurePosixPath(runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT)) / runtime.HF_HOME_SUBDIR),
+        ),
+    ]
+    token = _token_ref(spec)
+    if token is not None:
+        env.append(pod.env_secret(runtime.ENV_HF_TOKEN, token))
+    return env
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Bad input and out-of-memory fail the Job at once; evictions and preemptions do not count."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": naming.TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": [int(code) for code in FAIL_AT_ONCE],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    output = output_location(owner.name, spec)
+    folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
+    volumes = trainer_volumes(owner, spec)
+    res = spec.resources
+    container = {
+        "name": naming.TRAINER_CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", TRAINER_MODULE],
+        "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
+        "env": trainer_env(owner, spec),
+        "resources": pod.resources(
+            res.cpu, res.memory, res.gpus, res.gpu_resource_name, settings.trainer_cpu, settings.trainer_memory
+        ),
+        "securityContext": pod.container_security_context(),
+        "volumeMounts": volumes.mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": naming.trainer_account(owner.name),
+        "securityContext": pod.pod_security_context(),
+        "containers": [container],
+        "volumes": volumes.volumes,
+        **pod.scheduling(res.node_selector, res.tolerations, res.priority_class_name),
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "suspend": spec.suspend,
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": {"labels": trainer_labels(owner)}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(naming.job_name(owner.name), owner, trainer_labels(owner)),
+        "spec": job_spec,
+    }
+
+
+def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """All children in creation order; the Job comes last, so an existing Job implies the rest exist."""
+    children = [spec_configmap(owner, spec)]
+    if spec.output.pvc is None:
+        children.append(output_claim(owner, spec))
+    children.extend(trainer_rbac(owner))
+    children.append(trainer_job(owner, spec, settings))
+    return children

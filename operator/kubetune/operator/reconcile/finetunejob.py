@@ -1,0 +1,192 @@
+"""FineTuneJob decisions: from the spec, the current status and the observed trainer Job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api.base import GROUP_VERSION
+from kubetune.api.finetunejob import FineTuneJobStatus, OutputStatus
+from kubetune.api.resources import FineTuneJob
+from kubetune.api.runtime import adapter_path
+
+from ..manifests.meta import Owner
+from ..manifests.trainer import output_location, trainer_children
+from ..settings import OperatorSettings
+from .conditions import is_true, raw_condition, set_condition
+from .plan import Event, Plan
+from .report import TrainerReport
+
+TERMINAL = ("Succeeded", "Failed")
+# Status fields the operator owns; `progress` (and `metrics` while running) belong to the trainer.
+OWNED_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "output",
+    "metrics",
+    "jobName",
+    "startTime",
+    "completionTime",
+    "message",
+)
+
+
+def owner_of(ftj: FineTuneJob) -> Owner:
+    meta = ftj.metadata
+    return Owner(GROUP_VERSION, "FineTuneJob", meta.name, meta.namespace or "default", meta.uid or "")
+
+
+def job_phase(job: dict[str, Any] | None) -> str | None:
+    """The trainer Job's state in FineTuneJob terms (None when there is no Job)."""
+    if job is None:
+        return None
+    if is_true(job, "Complete") or (is_true(job, "SuccessCriteriaMet") and not is_true(job, "FailureTarget")):
+        return "Succeeded"
+    if is_true(job, "Failed") or is_true(job, "FailureTarget"):
+        return "Failed"
+    if is_true(job, "Suspended") or (job.get("spec") or {}).get("suspend"):
+        return "Suspended"
+    if ((job.get("status") or {}).get("active") or 0) > 0:
+        return "Running"
+    return "Pending"
+
+
+def needs_report(status: FineTuneJobStatus, job: dict[str, Any] | None) -> bool:
+    """Read the trainer's termination message only when the Job just finished and something is missing."""
+    phase = job_phase(job)
+    if status.phase in TERMINAL or phase not in TERMINAL:
+        return False
+    return phase == "Failed" or status.metrics is None
+
+
+def status_patch(status: FineTuneJobStatus) -> dict[str, Any]:
+    """The owned fields as a merge patch; unset fields are sent as null so stale values are cleared."""
+    wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {name: wire.get(name) for name in OWNED_FIELDS}
+
+
+def _finish(plan: Plan, current: FineTuneJobStatus, nxt: FineTuneJobStatus) -> Plan:
+    plan.status = status_patch(nxt)
+    plan.phase = nxt.phase
+    if status_patch(current) == plan.status:
+        plan.status = {}
+    return plan
+
+
+def plan_invalid(ftj_status: FineTuneJobStatus, message: str, generation: int | None, now: str) -> Plan:
+    """An object that slipped past the CRD: Failed/InvalidSpec, no children, no retries."""
+    plan = Plan()
+    if ftj_status.phase in TERMINAL:
+        plan.phase = ftj_status.phase
+        return plan
+    nxt = ftj_status.model_copy(deep=True)
+    nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
+    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", "InvalidSpec", message, generation, now)
+    nxt.conditions = set_condition(nxt.conditions, "Failed", "True", "InvalidSpec", message, generation, now)
+    plan.events.append(Event("Warning", "InvalidSpec", message))
+    return _finish(plan, ftj_status, nxt)
+
+
+def _output_status(ftj: FineTuneJob) -> OutputStatus:
+    spec = ftj.spec
+    output = output_location(ftj.metadata.name, spec)
+    return OutputStatus(
+        pvc=adapter_path(output),
+        base_model=spec.base_model,
+        method=spec.method,
+        hub_repo=spec.output.hub.repo if spec.output.hub is not None else None,
+    )
+
+
+def _failure(job: dict[str, Any], report: TrainerReport | None) -> tuple[str, str]:
+    """(reason, message) of a failed Job: the Job controller's reason plus what the trainer said."""
+    condition = raw_condition(job, "Failed") or raw_condition(job, "FailureTarget") or {}
+    reason = condition.get("reason") or "JobFailed"
+    parts = [condition.get("message") or f"the trainer Job failed ({reason})"]
+    if report is not None:
+        said = ": ".join(part for part in (report.exit_reason, report.message) if part)
+        if said:
+            parts.append(f"trainer: {said}")
+    return reason, "; ".join(parts)
+
+
+def plan_finetunejob(
+    ftj: FineTuneJob,
+    job: dict[str, Any] | None,
+    report: TrainerReport | None,
+    settings: OperatorSettings,
+    now: str,
+) -> Plan:
+    """Next step for a valid FineTuneJob. A finished one is never touched again."""
+    current = ftj.status or FineTuneJobStatus()
+    plan = Plan(phase=current.phase)
+    if current.phase in TERMINAL:
+        return plan
+    spec, generation = ftj.spec, ftj.metadata.generation
+    nxt = current.model_copy(deep=True)
+    nxt.observed_generation = generation
+    conds = set_condition(nxt.conditions, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
+    phase = job_phase(job)
+
+    if job is None:
+        plan.create = trainer_children(owner_of(ftj), spec, settings)
+        recreated = current.job_name is not None
+        reason = "JobRecreated" if recreated else "JobCreated"
+        message = (
+            "the trainer Job disappeared while the FineTuneJob was not finished; recreated it "
+            "(the trainer resumes from its newest checkpoint)"
+            if recreated
+            else "created the trainer Job and its ConfigMap, volume claim and service account"
+        )
+        nxt.job_name = plan.create[-1]["metadata"]["name"]
+        nxt.phase = "Suspended" if spec.suspend else "Pending"
+        nxt.message = message
+        conds = set_condition(conds, "JobCreated", "True", reason, message, generation, now)
+        plan.events.append(Event("Normal", reason, f"{message}: Job {nxt.job_name}"))
+        nxt.conditions = conds
+        return _finish(plan, current, nxt)
+
+    nxt.job_name = job["metadata"]["name"]
+    conds = set_condition(conds, "JobCreated", "True", "JobCreated", f"trainer Job {nxt.job_name}", generation, now)
+    job_status = job.get("status") or {}
+    if phase not in TERMINAL and bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
+        plan.patches.append((job, {"spec": {"suspend": spec.suspend}}))
+
+    if phase == "Succeeded":
+        nxt.phase = "Succeeded"
+        nxt.output = _output_status(ftj)
+        if nxt.metrics is None and report is not None and report.metrics is not None:
+            nxt.metrics = report.metrics
+        nxt.start_time = nxt.start_time or job_status.get("startTime") or now
+        nxt.completion_time = job_status.get("completionTime") or now
+        assert nxt.output.pvc is not None
+        nxt.message = f"adapter written to {nxt.output.pvc.claim_name}/{nxt.output.pvc.path}"
+        conds = set_condition(conds, "Running", "False", "Completed", "the trainer finished", generation, now)
+        conds = set_condition(conds, "Succeeded", "True", "TrainingSucceeded", nxt.message, generation, now)
+    elif phase == "Failed":
+        reason, message = _failure(job, report)
+        nxt.phase, nxt.message = "Failed", message
+        nxt.completion_time = now
+        conds = set_condition(conds, "Running", "False", reason, message, generation, now)
+        conds = set_condition(conds, "Failed", "True", reason, message, generation, now)
+    elif spec.suspend:
+        nxt.phase, nxt.message = "Suspended", "suspended: the trainer pods are stopped, checkpoints are kept"
+        conds = set_condition(conds, "Running", "False", "Suspended", nxt.message, generation, now)
+        conds = set_condition(conds, "Suspended", "True", "Suspended", nxt.message, generation, now)
+    else:
+        if any(c.type == "Suspended" for c in conds):
+            conds = set_condition(conds, "Suspended", "False", "Resumed", "resumed", generation, now)
+        if phase == "Running":
+            nxt.phase, nxt.message = "Running", "the trainer is running"
+            nxt.start_time = nxt.start_time or job_status.get("startTime") or now
+            conds = set_condition(conds, "Running", "True", "TrainerRunning", nxt.message, generation, now)
+        else:
+            nxt.phase = "Pending"
+            nxt.message = "waiting for the trainer pod to start"
+    nxt.conditions = conds
+    if nxt.phase != current.phase:
+        kind = "Warning" if nxt.phase == "Failed" else "Normal"
+        reason = {"Running": "Started", "Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}
+        event_reason = "Resumed" if current.phase == "Suspended" else reason.get(nxt.phase, nxt.phase)
+        plan.events.append(Event(kind, event_reason, nxt.message or nxt.phase))
+    return _finish(plan, current, nxt)

@@ -1,0 +1,218 @@
+"""ModelServe decisions: resolve adapters from FineTuneJobs, then render and follow the server Deployment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune.api.base import GROUP_VERSION
+from kubetune.api.finetunejob import FineTuneJobStatus
+from kubetune.api.modelserve import ModelServeStatus, ResolvedAdapter
+from kubetune.api.resources import ModelServe
+from kubetune.api.serving import ServeConfig
+from kubetune.api.sources import ModelSource
+
+from ..manifests.meta import Owner
+from ..manifests.server import serve_configmap, server_deployment, server_service, service_url
+from ..settings import OperatorSettings
+from .conditions import raw_condition, set_condition
+from .drift import drifted, repair_patch
+from .plan import Event, Plan
+
+OWNED_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "readyReplicas",
+    "replicas",
+    "url",
+    "adapters",
+    "adapterNames",
+    "baseModel",
+    "deploymentName",
+    "message",
+)
+
+
+@dataclass
+class Resolution:
+    """Adapters resolved to volumes, or why not (yet)."""
+
+    adapters: list[ResolvedAdapter] = field(default_factory=list)
+    base_model: ModelSource | None = None
+    waiting: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
+
+
+def owner_of(msv: ModelServe) -> Owner:
+    meta = msv.metadata
+    return Owner(GROUP_VERSION, "ModelServe", meta.name, meta.namespace or "default", meta.uid or "")
+
+
+def _job_status(job: dict[str, Any]) -> FineTuneJobStatus:
+    try:
+        return FineTuneJobStatus.model_validate(job.get("status") or {})
+    except ValidationError:
+        return FineTuneJobStatus()
+
+
+def resolve_adapters(msv: ModelServe, jobs: dict[str, dict[str, Any] | None]) -> Resolution:
+    """Each adapter's volume; a fineTuneJobRef must name a FineTuneJob that succeeded."""
+    spec = msv.spec
+    result = Resolution(base_model=spec.base_model)
+    for adapter in spec.adapters:
+        if adapter.pvc is not None:
+            result.adapters.append(ResolvedAdapter(name=adapter.name, pvc=adapter.pvc))
+            continue
+        assert adapter.fine_tune_job_ref is not None
+        job_name = adapter.fine_tune_job_ref.name
+        job = jobs.get(job_name)
+        if job is None:
+            result.failed.append(
+                ("FineTuneJobNotFound", f"adapter {adapter.name!r}: FineTuneJob {job_name!r} does not exist")
+            )
+            continue
+        status = _job_status(job)
+        if status.phase == "Failed":
+            why = f": {status.message}" if status.message else ""
+            result.failed.append(
+                ("FineTuneJobFailed", f"adapter {adapter.name!r}: FineTuneJob {job_name!r} failed{why}")
+            )
+        elif status.phase != "Succeeded" or status.output is None or status.output.pvc is None:
+            result.waiting.append(f"FineTuneJob {job_name!r} is {status.phase} (adapter {adapter.name!r})")
+        else:
+            result.adapters.append(ResolvedAdapter(name=adapter.name, pvc=status.output.pvc, fine_tune_job=job_name))
+            trained_on = status.output.base_model
+            if result.base_model is None:
+                result.base_model = trained_on
+            elif trained_on is not None and trained_on.describe() != result.base_model.describe():
+                result.failed.append(
+                    (
+                        "BaseModelMismatch",
+                        f"adapter {adapter.name!r} was trained on {trained_on.describe()} but this ModelServe "
+                        f"serves {result.base_model.describe()}",
+                    )
+                )
+    return result
+
+
+def status_patch(status: ModelServeStatus) -> dict[str, Any]:
+    wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {name: wire.get(name) for name in OWNED_FIELDS}
+
+
+def serve_config(msv: ModelServe, resolution: Resolution) -> ServeConfig:
+    spec = msv.spec
+    assert resolution.base_model is not None
+    return ServeConfig(
+        base_model=resolution.base_model,
+        adapters=resolution.adapters,
+        quantization=spec.quantization,
+        merge_adapter=spec.merge_adapter,
+        generation=spec.generation,
+    )
+
+
+def desired_children(msv: ModelServe, resolution: Resolution, settings: OperatorSettings) -> list[dict[str, Any]]:
+    owner, config = owner_of(msv), serve_config(msv, resolution)
+    return [
+        serve_configmap(owner, config),
+        server_deployment(owner, msv.spec, config, settings),
+        server_service(owner, msv.spec),
+    ]
+
+
+def _deployment_state(deployment: dict[str, Any] | None, wanted: int) -> tuple[str, str, str, int]:
+    """(phase, reason, message, readyReplicas) from the observed Deployment."""
+    if deployment is None:
+        return "Deploying", "Creating", "creating the server Deployment", 0
+    status = deployment.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    progressing = raw_condition(deployment, "Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return "Failed", "ProgressDeadlineExceeded", progressing.get("message") or "the rollout did not finish", ready
+    if ready >= 1 and ready >= min(wanted, 1):
+        return "Ready", "MinimumReplicasAvailable", f"{ready}/{wanted} server replicas ready", ready
+    if wanted == 0:
+        return "Deploying", "ScaledToZero", "replicas is 0: no server pod runs", ready
+    return "Deploying", "WaitingForReplicas", f"{ready}/{wanted} server replicas ready", ready
+
+
+def plan_modelserve(
+    msv: ModelServe,
+    status: ModelServeStatus,
+    jobs: dict[str, dict[str, Any] | None],
+    observed: dict[str, dict[str, Any] | None],
+    settings: OperatorSettings,
+    now: str,
+) -> Plan:
+    """`observed` maps each desired child's kind ('ConfigMap', 'Deployment', 'Service') to what exists."""
+    plan = Plan()
+    generation = msv.metadata.generation
+    nxt = status.model_copy(deep=True)
+    nxt.observed_generation = generation
+    nxt.replicas = msv.spec.replicas
+    resolution = resolve_adapters(msv, jobs)
+    conds = nxt.conditions
+    if resolution.failed:
+        reason, _ = resolution.failed[0]
+        message = "; ".join(text for _, text in resolution.failed)
+        nxt.phase, nxt.message = "Failed", message
+        conds = set_condition(conds, "AdaptersReady", "False", reason, message, generation, now)
+        conds = set_condition(conds, "Ready", "False", reason, message, generation, now)
+    elif resolution.waiting:
+        message = "waiting for " + "; ".join(resolution.waiting)
+        nxt.phase, nxt.message = "WaitingForAdapters", message
+        conds = set_condition(conds, "AdaptersReady", "False", "WaitingForFineTuneJob", message, generation, now)
+        conds = set_condition(conds, "Ready", "False", "WaitingForFineTuneJob", message, generation, now)
+    else:
+        owner = owner_of(msv)
+        deployment = observed.get("Deployment")
+        for child in desired_children(msv, resolution, settings):
+            current = observed.get(child["kind"])
+            if current is None:
+                plan.create.append(child)
+            elif drifted(current, child):
+                plan.patches.append((current, repair_patch(child)))
+        if any(child["kind"] == "Deployment" for child in plan.create):
+            deployment = None
+        phase, reason, message, ready = _deployment_state(deployment, msv.spec.replicas)
+        nxt.phase, nxt.message, nxt.ready_replicas = phase, message, ready
+        nxt.adapters = resolution.adapters
+        nxt.adapter_names = ",".join(adapter.name for adapter in resolution.adapters) or None
+        nxt.base_model = resolution.base_model
+        nxt.deployment_name = next(c for c in desired_children(msv, resolution, settings) if c["kind"] == "Deployment")[
+            "metadata"
+        ]["name"]
+        nxt.url = service_url(owner, msv.spec, settings.cluster_domain)
+        count = len(resolution.adapters)
+        conds = set_condition(
+            conds, "AdaptersReady", "True", "Resolved", f"{count} adapter(s) resolved", generation, now
+        )
+        available = "True" if ready >= 1 else "False"
+        conds = set_condition(conds, "Available", available, reason, message, generation, now)
+        conds = set_condition(conds, "Ready", "True" if phase == "Ready" else "False", reason, message, generation, now)
+    nxt.conditions = conds
+    plan.phase = nxt.phase
+    if nxt.phase != status.phase:
+        kind = "Warning" if nxt.phase == "Failed" else "Normal"
+        plan.events.append(Event(kind, nxt.phase, nxt.message or nxt.phase))
+    plan.status = status_patch(nxt)
+    if status_patch(status) == plan.status:
+        plan.status = {}
+    return plan
+
+
+def plan_invalid(status: ModelServeStatus, message: str, generation: int | None, now: str) -> Plan:
+    """A ModelServe that slipped past the CRD: Failed/InvalidSpec, nothing deployed."""
+    nxt = status.model_copy(deep=True)
+    nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
+    nxt.conditions = set_condition(nxt.conditions, "Ready", "False", "InvalidSpec", message, generation, now)
+    plan = Plan(phase="Failed", status=status_patch(nxt))
+    if status_patch(status) == plan.status:
+        plan.status = {}
+    elif status.phase != "Failed":
+        plan.events.append(Event("Warning", "InvalidSpec", message))
+    return plan

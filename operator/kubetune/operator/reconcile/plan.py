@@ -1,0 +1,30 @@
+"""What a reconcile decided: children to create, patches, the next status and the events to post."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the custom resource."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    """Children to create when missing (in order)."""
+
+    patches: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    """(child as observed, merge patch) pairs."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    """The operator-owned status fields, as a merge patch (None clears a field)."""
+
+    events: list[Event] = field(default_factory=list)
+    phase: str = "Pending"

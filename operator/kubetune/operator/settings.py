@@ -1,0 +1,94 @@
+"""Operator settings, read once from environment variables into one typed, validated object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kubetune.api.base import _quantity
+
+ENV_PREFIX = "KUBETUNE_"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+DEFAULT_SERVER_IMAGE = "ghcr.io/kubetune/server:0.1.0"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is malformed; the message names the variable."""
+
+
+class OperatorSettings(BaseModel):
+    """Everything configurable about the operator. Field `x` is read from env `KUBETUNE_X`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Image of the trainer Job, unless a FineTuneJob sets spec.image."""
+
+    server_image: str = DEFAULT_SERVER_IMAGE
+    """Image of the server Deployment, unless a ModelServe sets spec.image."""
+
+    image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    """imagePullPolicy of both images."""
+
+    watch_namespaces: tuple[str, ...] = ()
+    """Namespaces to watch (comma-separated); empty watches the whole cluster."""
+
+    trainer_cpu: str | None = None
+    """CPU request/limit of trainer pods whose FineTuneJob does not set resources.cpu."""
+
+    trainer_memory: str | None = None
+    """Memory request/limit of trainer pods whose FineTuneJob does not set resources.memory."""
+
+    server_cpu: str | None = None
+    """CPU request/limit of server pods whose ModelServe does not set resources.cpu."""
+
+    server_memory: str | None = None
+    """Memory request/limit of server pods whose ModelServe does not set resources.memory."""
+
+    peering: str = ""
+    """kopf peering object name for several operator replicas; empty runs standalone (one replica)."""
+
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the Prometheus /metrics endpoint; 0 disables it."""
+
+    liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
+    """kopf's liveness endpoint URL; empty disables it."""
+
+    cluster_domain: str = "cluster.local"
+    """DNS domain of the cluster, used in ModelServe status.url."""
+
+    workers: int = Field(default=16, ge=1, le=256)
+    """Threads running synchronous handlers (each reconcile blocks one while it calls the API)."""
+
+    kubeconfig: str | None = None
+    """kubeconfig file to use outside a cluster (default: in-cluster config, then $KUBECONFIG)."""
+
+    @field_validator("trainer_cpu", "trainer_memory", "server_cpu", "server_memory")
+    @classmethod
+    def _quantities(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else _quantity(value)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Read `KUBETUNE_<FIELD>` variables (and KUBECONFIG); unknown KUBETUNE_ names are not settings."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get("KUBECONFIG") if name == "kubeconfig" else env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if name == "watch_namespaces":
+                values[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else "?"
+                variable = "KUBECONFIG" if field == "kubeconfig" else ENV_PREFIX + field.upper()
+                problems.append(f"{variable}={values.get(field)!r}: {error['msg'].removeprefix('Value error, ')}")
+            raise SettingsError("invalid operator settings: " + "; ".join(problems)) from None

@@ -1,0 +1,98 @@
+"""pytest fixtures for operator tests: mock cluster, operator thread, kubelet, request record.
+
+Other test packages reuse them with `from tests.support.kube.fixtures import *` in their conftest.
+Set KUBETUNE_API_REQUESTS_FILE=path.json to collect every (verb, apiGroup, resource) the operator used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubetune.operator.runner import OperatorThread
+from kubetune.operator.settings import OperatorSettings
+
+from .kubelet import KUBELET_AGENT, Kubelet
+from .recorder import REQUESTS_FILE_ENV, dump_permissions
+from .server import KubeTestClient, MockCluster
+
+
+@pytest.fixture(scope="session")
+def api_permissions() -> Iterator[set[tuple[str, str, str]]]:
+    """Union of the operator's requests over the session, written to $KUBETUNE_API_REQUESTS_FILE at the end."""
+    collected: set[tuple[str, str, str]] = set()
+    yield collected
+    target = os.environ.get(REQUESTS_FILE_ENV)
+    if target and collected:
+        dump_permissions(collected, target)
+
+
+@pytest.fixture
+def cluster(api_permissions: set[tuple[str, str, str]]) -> Iterator[MockCluster]:
+    """A fresh mock API server; the test fails if the operator sent an invalid manifest."""
+    with MockCluster() as mock:
+        yield mock
+        api_permissions.update(mock.recorder.permissions())
+    if mock.validator is not None and mock.validator.errors:
+        pytest.fail("the operator sent invalid manifests:\n" + "\n".join(mock.validator.errors))
+
+
+@pytest.fixture
+def kubeconfig(cluster: MockCluster, tmp_path: Path) -> Path:
+    return cluster.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def operator_settings(kubeconfig: Path) -> OperatorSettings:
+    return OperatorSettings(
+        kubeconfig=str(kubeconfig),
+        metrics_port=0,
+        liveness_endpoint="",
+        trainer_image="kubetune/trainer:test",
+        server_image="kubetune/server:test",
+    )
+
+
+class OperatorControl:
+    """Start, stop and restart the operator (kill the thread, start a new one) within a test."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.current: OperatorThread | None = None
+
+    def start(self) -> OperatorThread:
+        self.current = OperatorThread(self.settings).start()
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+    def restart(self) -> OperatorThread:
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture
+def operator(operator_settings: OperatorSettings) -> Iterator[OperatorControl]:
+    control = OperatorControl(operator_settings)
+    control.start()
+    yield control
+    control.stop()
+
+
+@pytest.fixture
+def kube(cluster: MockCluster) -> Iterator[KubeTestClient]:
+    client = cluster.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def kubelet(cluster: MockCluster) -> Iterator[Kubelet]:
+    client = cluster.client(KUBELET_AGENT)
+    yield Kubelet(client)
+    client.close()
