@@ -47,7 +47,9 @@ def test_default_install_is_cluster_wide_with_kept_crds(helm_default):
     assert "--all-namespaces" in _container(helm_default)["args"]
     assert not render.by_kind(helm_default, "Role")
     render.one(helm_default, "ClusterKopfPeering", "kubetune")
-    kubetune_crds = [m for m in render.by_kind(helm_default, "CustomResourceDefinition") if m["spec"]["group"] == "kubetune.dev"]
+    kubetune_crds = [
+        m for m in render.by_kind(helm_default, "CustomResourceDefinition") if m["spec"]["group"] == "kubetune.dev"
+    ]
     assert len(kubetune_crds) == 2
     for crd in kubetune_crds:
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
@@ -80,7 +82,13 @@ def test_custom_values_reach_the_deployment(helm_custom):
     assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
     assert container["resources"] == operator["resources"]
     args = container["args"]
-    for expected in ("--namespace=ml-prod", "--peering=kubetune-prod", "--priority=100", "--log-format=json", "--debug"):
+    for expected in (
+        "--namespace=ml-prod",
+        "--peering=kubetune-prod",
+        "--priority=100",
+        "--log-format=json",
+        "--debug",
+    ):
         assert expected in args
     assert "--all-namespaces" not in args
     assert "--liveness=http://0.0.0.0:8181/healthz" in args
@@ -110,11 +118,22 @@ def test_custom_values_reach_the_other_objects(helm_custom):
 
 def test_switches_turn_objects_off():
     manifests = render.helm_template(
-        {"crds": {"install": False, "keep": True}, "rbac": {"create": False}, "serviceAccount": {"create": False, "name": "existing"}},
+        {
+            "crds": {"install": False, "keep": True},
+            "rbac": {"create": False},
+            "serviceAccount": {"create": False, "name": "existing"},
+        },
         include_crds=False,
     )
     kinds = {m["kind"] for m in manifests}
-    assert not kinds & {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"}
+    assert not kinds & {
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    }
     assert render.one(manifests, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
 
 

@@ -46,7 +46,13 @@ def test_operator_deployment_shape(cluster_wide):
 
 
 def test_everything_namespaced_lands_in_the_kubetune_namespace(cluster_wide):
-    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterKopfPeering",
+    }
     for manifest in cluster_wide:
         namespace = manifest["metadata"].get("namespace")
         if manifest["kind"] in cluster_scoped:

@@ -124,7 +124,8 @@ def _restricted(pod: dict[str, Any]) -> Iterator[str]:
     for volume in pod.get("volumes") or []:
         kinds = set(volume) - {"name"}
         if not kinds <= RESTRICTED_VOLUME_TYPES:
-            yield f"volume {volume.get('name')!r} of type {sorted(kinds)} is not allowed (only {sorted(RESTRICTED_VOLUME_TYPES)})"
+            allowed = ", ".join(sorted(RESTRICTED_VOLUME_TYPES))
+            yield f"volume {volume.get('name')!r} of type {sorted(kinds)} is not allowed (only {allowed})"
     if pod_context.get("runAsUser") == 0:
         yield "spec.securityContext.runAsUser must not be 0"
     pod_seccomp = (pod_context.get("seccompProfile") or {}).get("type")
@@ -138,7 +139,7 @@ def _restricted(pod: dict[str, Any]) -> Iterator[str]:
             yield f"{where}: runAsUser must not be 0"
         seccomp = (context.get("seccompProfile") or {}).get("type") or pod_seccomp
         if seccomp not in ALLOWED_SECCOMP:
-            yield f"{where}: seccompProfile.type must be RuntimeDefault or Localhost (pod or container), got {seccomp!r}"
+            yield f"{where}: seccompProfile.type must be RuntimeDefault or Localhost (pod or container): {seccomp!r}"
         capabilities = context.get("capabilities") or {}
         if "ALL" not in (capabilities.get("drop") or []):
             yield f"{where}: capabilities.drop must include ALL"

@@ -1,0 +1,77 @@
+"""Least privilege, checked on every rendering: no wildcards, no Secrets, no RBAC escalation verbs."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import rbac, render
+from .conftest import CUSTOM_VALUES, NAMESPACED_VALUES
+
+FORBIDDEN_VERBS = {"*", "bind", "escalate", "impersonate", "deletecollection", "update"}
+FORBIDDEN_RESOURCES = {
+    "*",
+    "secrets",
+    "pods/exec",
+    "pods/attach",
+    "pods/portforward",
+    "nodes/proxy",
+    "serviceaccounts/token",
+}
+CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+
+CASES = {
+    "kustomize:cluster-wide": lambda: render.kustomize(render.OVERLAYS / "cluster-wide"),
+    "kustomize:namespaced": lambda: render.kustomize(render.OVERLAYS / "namespaced"),
+    "helm:default": lambda: render.helm_template(),
+    "helm:namespaced": lambda: render.helm_template(NAMESPACED_VALUES),
+    "helm:custom": lambda: render.helm_template(CUSTOM_VALUES),
+}
+
+
+def least_privilege_problems(manifests: list[dict]) -> list[str]:
+    problems = []
+    for manifest in manifests:
+        if manifest["kind"] not in ("Role", "ClusterRole"):
+            continue
+        name = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        for rule in manifest.get("rules") or []:
+            if "nonResourceURLs" in rule:
+                problems.append(f"{name}: nonResourceURLs {rule['nonResourceURLs']}")
+            for key in ("apiGroups", "resources", "verbs"):
+                if "*" in rule.get(key, []):
+                    problems.append(f"{name}: wildcard in {key}")
+        for verb, group, resource in rbac.rule_permissions(manifest.get("rules") or []):
+            if verb in FORBIDDEN_VERBS or resource in FORBIDDEN_RESOURCES:
+                problems.append(f"{name}: {verb} {group or 'core'}/{resource}")
+    return problems
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_wildcards_secrets_or_escalation(case):
+    assert least_privilege_problems(CASES[case]()) == []
+
+
+def test_the_check_can_fail():
+    role = {"kind": "ClusterRole", "metadata": {"name": "bad"}, "rules": [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate", "bind"]},
+        {"apiGroups": ["*"], "resources": ["pods"], "verbs": ["list"]},
+    ]}  # fmt: skip
+    assert len(least_privilege_problems([role])) == 4
+
+
+@pytest.mark.parametrize("case", ["kustomize:namespaced", "helm:namespaced"])
+def test_namespaced_mode_keeps_the_cluster_role_to_cluster_scoped_reads(case):
+    manifests = CASES[case]()
+    cluster = set().union(*rbac.roles(manifests, "ClusterRole").values())
+    assert {resource for _, _, resource in cluster} <= CLUSTER_SCOPED_RESOURCES
+    assert {verb for verb, _, _ in cluster} <= {"list", "watch"}
+
+
+def test_per_job_role_can_be_delegated_without_escalate(cluster_wide):
+    """RBAC lets a subject create a Role only with permissions it holds: the trainer's get/patch on
+    finetunejobs/status must therefore be in the operator's own rules (docs/install.md explains it)."""
+    granted = rbac.granted_in_namespace(cluster_wide, "any-namespace")
+    assert {("get", "kubetune.dev", "finetunejobs/status"), ("patch", "kubetune.dev", "finetunejobs/status")} <= granted
+    assert ("create", "rbac.authorization.k8s.io", "roles") in granted
+    assert ("create", "rbac.authorization.k8s.io", "rolebindings") in granted
