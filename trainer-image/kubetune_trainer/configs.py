@@ -64,8 +64,9 @@ def build_configs(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not device.is_cuda,
-        gradient_checkpointing=training.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
+        # transformers v5 name of gradient checkpointing; setting it overrides trl's default of True.
+        activation_checkpointing=training.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if training.gradient_checkpointing else None,
         packing=training.packing,
         padding_free=training.padding_free,
         completion_only_loss=training.completion_only_loss,
