@@ -44,6 +44,9 @@ class AdapterSet:
         """Served adapter name -> folder."""
         return {name: path for name, (_, path) in self._current.items()}
 
+    def retiring(self) -> list[str]:
+        return sorted(self._retired)
+
     def internal_id(self, name: str) -> str | None:
         entry = self._current.get(name)
         return entry[0] if entry else None

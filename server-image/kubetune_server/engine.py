@@ -176,6 +176,10 @@ class Engine:
             return [self._merged_name]
         return [self.base_name, *sorted(self._adapters.names())]
 
+    def retiring_adapters(self) -> list[str]:
+        """Internal versions of removed or replaced adapters still in use by running rows."""
+        return self._adapters.retiring() if self._adapters else []
+
     def adapter_folders(self) -> dict[str, str]:
         if self._adapters is None:
             return {}
@@ -222,15 +226,16 @@ class Engine:
     # ----- worker -----
     def _work(self) -> None:
         while True:
+            self._apply_ops()  # before admitting, so a version in use by a row about to join is never collected
             with self._cond:
                 idle = not self._waiting and self._state is None
                 if idle and self._stopping:
                     break
-                if idle and not self._ops:
-                    self._cond.wait(timeout=0.5)
+                if idle:
+                    if not self._ops:
+                        self._cond.wait(timeout=0.5)
                     continue
                 admitted = self._admit()
-            self._apply_ops()
             try:
                 if admitted:
                     self._prefill(admitted)
@@ -239,6 +244,7 @@ class Engine:
             except Exception as exc:  # a failed forward fails its rows, never the worker
                 log.exception("generation step failed")
                 self._fail_all(admitted, f"generation failed: {type(exc).__name__}")
+        self._apply_ops()
 
     def _admit(self) -> list[SequenceHandle]:
         room = self.config.generation.max_batch_size - len(self._rows)
