@@ -1,4 +1,4 @@
-"""The `kubetune` command line: regenerate CRDs, and (in later commands) run jobs locally."""
+"""The `kubetune` command line: regenerate CRDs, run jobs locally, run the demo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import generate
+from .local import cli as local_cli
 
 
 def _repo_root() -> Path:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="exit 1 when the files on disk differ")
     crds.add_argument("--root", help="repository root to write into (default: this checkout)")
     crds.set_defaults(handler=_crds)
+    local_cli.add_commands(commands)
     return parser
 
 

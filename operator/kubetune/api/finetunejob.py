@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -354,6 +356,11 @@ class FineTuneJobSpec(ApiModel):
 
     suspend: bool = False
     """Stop the trainer (its pods are deleted) and keep the checkpoints; set false again to resume."""
+
+    def fingerprint(self) -> str:
+        """Stable hash of the whole spec with defaults: equal fingerprints mean the same training run."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     @model_validator(mode="after")
     def _quantization_matches_method(self) -> FineTuneJobSpec:

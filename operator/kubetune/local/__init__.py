@@ -1,0 +1,1 @@
+"""The local runner: run a FineTuneJob (and serve it) on this machine, with no cluster and no Docker."""
