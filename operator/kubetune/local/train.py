@@ -14,7 +14,6 @@ from typing import Any
 
 from kubetune.api import FineTuneJob, PvcPath
 from kubetune.api.runtime import (
-    ADAPTER_DIR,
     CHECKPOINTS_DIR,
     ENV_JOB_NAME,
     ENV_TERMINATION_LOG,
