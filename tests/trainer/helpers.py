@@ -31,7 +31,8 @@ LEARNING_TRAINING = {
 
 
 def base_spec(data_file: str = "facts.jsonl", **overrides: Any) -> dict[str, Any]:
-    """A FineTuneJob spec (wire form) training the tiny model on a data file of the data claim."""
+    """A FineTuneJob spec (wire form) training the tiny model on a data file of the data claim.
+    `training` overrides are merged into the learning recipe; other sections are replaced."""
     spec: dict[str, Any] = {
         "baseModel": {"pvc": {"claimName": MODEL_CLAIM, "path": MODEL_PATH}},
         "dataset": {"pvc": {"claimName": DATA_CLAIM, "path": data_file}, "evalFraction": 0.1},
@@ -39,7 +40,7 @@ def base_spec(data_file: str = "facts.jsonl", **overrides: Any) -> dict[str, Any
         "resources": {"gpus": 0},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+        if key in ("training", "evaluation") and isinstance(spec.get(key), dict):
             spec[key] = {**spec[key], **value}
         else:
             spec[key] = value

@@ -167,7 +167,7 @@ def test_auto_precision_follows_the_hardware(device, precision, bf16, fp16, use_
 
 
 def test_explicit_precision_the_hardware_lacks_is_a_clear_error():
-    with pytest.raises(InvalidInputError, match="training.precision: 'fp16' needs a CUDA GPU"):
+    with pytest.raises(InvalidInputError, match=r"training\.precision: 'fp16' needs a CUDA GPU"):
         resolve_precision("fp16", CPU)
     with pytest.raises(InvalidInputError, match="'bf16' is not supported by Tesla T4"):
         resolve_precision("bf16", TURING)

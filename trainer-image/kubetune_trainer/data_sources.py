@@ -94,6 +94,8 @@ def load_files(path: Path, field: str) -> Dataset:
     from datasets import load_dataset
 
     builder, files = data_files(path, field)
+    if all(Path(name).stat().st_size == 0 for name in files):
+        raise InvalidInputError(f"{field}: {path} is empty: it has no rows")
     try:
         return load_dataset(builder, data_files=files, split="train")  # type: ignore[return-value]
     except Exception as error:  # parse errors surface as several exception types
