@@ -1,7 +1,7 @@
 # kubetune operator image. Build from the repository root:
 #   docker build -f deploy/operator.Dockerfile -t ghcr.io/kubetune/kubetune-operator:0.1.0 .
 # Slim Python, only the `operator` extra (kopf, kubernetes client, prometheus-client: no torch), non-root, and
-# nothing written at run time, so it runs with readOnlyRootFilesystem.
+# nothing written at run time, so it runs with readOnlyRootFilesystem. Entry point: `kubetune operator` (kopf).
 
 FROM python:3.12-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -28,6 +28,6 @@ COPY --from=build /opt/kubetune /opt/kubetune
 # 65532: the conventional "nonroot" uid; the Deployment also sets runAsUser/runAsNonRoot.
 USER 65532:65532
 WORKDIR /tmp
-EXPOSE 8080 9090
-ENTRYPOINT ["kopf", "run", "--module=kubetune.operator", "--liveness=http://0.0.0.0:8080/healthz"]
-CMD ["--all-namespaces", "--peering=kubetune"]
+# 8080: Prometheus metrics, 8081: kopf liveness (/healthz). Settings come from KUBETUNE_* variables.
+EXPOSE 8080 8081
+ENTRYPOINT ["kubetune", "operator"]

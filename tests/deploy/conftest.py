@@ -14,11 +14,10 @@ CUSTOM_VALUES = {
     "operator": {
         "image": {"repository": "registry.example.com/kubetune/operator", "tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": ["registry-credentials"],
-        "logFormat": "json",
-        "verbosity": "debug",
-        "peering": {"name": "kubetune-prod", "priority": 100},
+        "peering": {"name": "kubetune-prod"},
         "healthPort": 8181,
         "metrics": {"enabled": False, "port": 9191},
+        "workers": 4,
         "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
         "nodeSelector": {"kubernetes.io/os": "linux", "node-role.example.com/system": "true"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],
@@ -36,8 +35,16 @@ CUSTOM_VALUES = {
         "podLabels": {"team": "platform"},
         "extraEnv": [{"name": "EXTRA_SETTING", "value": "1"}],
     },
-    "trainer": {"image": {"repository": "registry.example.com/kubetune/trainer", "tag": "1.2.3-cuda"}},
-    "server": {"image": {"repository": "registry.example.com/kubetune/server", "tag": ""}},
+    "trainer": {
+        "image": {"repository": "registry.example.com/kubetune/trainer", "tag": "1.2.3-cuda"},
+        "defaultResources": {"cpu": "8", "memory": "64Gi"},
+    },
+    "server": {
+        "image": {"repository": "registry.example.com/kubetune/server", "tag": ""},
+        "defaultResources": {"cpu": "4", "memory": ""},
+    },
+    "workloadImagePullPolicy": "Always",
+    "clusterDomain": "corp.example",
     "serviceAccount": {"create": True, "name": "tuner", "annotations": {"iam.example.com/role": "kubetune"}},
     "crds": {"install": True, "keep": False},
 }

@@ -44,7 +44,7 @@ def test_images_default_to_the_app_version(helm_default):
 
 
 def test_default_install_is_cluster_wide_with_kept_crds(helm_default):
-    assert "--all-namespaces" in _container(helm_default)["args"]
+    assert "KUBETUNE_WATCH_NAMESPACES" not in _env(_container(helm_default))
     assert not render.by_kind(helm_default, "Role")
     render.one(helm_default, "ClusterKopfPeering", "kubetune")
     kubetune_crds = [
@@ -81,22 +81,24 @@ def test_custom_values_reach_the_deployment(helm_custom):
     assert deployment["spec"]["template"]["metadata"]["annotations"] == operator["podAnnotations"]
     assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
     assert container["resources"] == operator["resources"]
-    args = container["args"]
-    for expected in (
-        "--namespace=ml-prod",
-        "--peering=kubetune-prod",
-        "--priority=100",
-        "--log-format=json",
-        "--debug",
-    ):
-        assert expected in args
-    assert "--all-namespaces" not in args
-    assert "--liveness=http://0.0.0.0:8181/healthz" in args
+    assert container["command"] == ["kubetune", "operator"]
     assert {"name": "health", "containerPort": 8181, "protocol": "TCP"} in container["ports"]
-    env = _env(container)
-    assert env["KUBETUNE_TRAINER_IMAGE"] == "registry.example.com/kubetune/trainer:1.2.3-cuda"
-    assert env["KUBETUNE_SERVER_IMAGE"] == f"registry.example.com/kubetune/server:{APP_VERSION}"
-    assert env["EXTRA_SETTING"] == "1"
+    assert "metrics" not in {port["name"] for port in container["ports"]}
+    assert _env(container) == {
+        "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cuda",
+        "KUBETUNE_SERVER_IMAGE": f"registry.example.com/kubetune/server:{APP_VERSION}",
+        "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+        "KUBETUNE_PEERING": "kubetune-prod",
+        "KUBETUNE_LIVENESS_ENDPOINT": "http://0.0.0.0:8181/healthz",
+        "KUBETUNE_METRICS_PORT": "0",
+        "KUBETUNE_WATCH_NAMESPACES": "ml-prod",
+        "KUBETUNE_TRAINER_CPU": "8",
+        "KUBETUNE_TRAINER_MEMORY": "64Gi",
+        "KUBETUNE_SERVER_CPU": "4",
+        "KUBETUNE_CLUSTER_DOMAIN": "corp.example",
+        "KUBETUNE_WORKERS": "4",
+        "EXTRA_SETTING": "1",
+    }
 
 
 def test_custom_values_reach_the_other_objects(helm_custom):
@@ -146,8 +148,9 @@ def test_release_name_changes_the_object_names():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
-        ({"operator": {"verbosity": "loud"}}, "/operator/verbosity"),
+        ({"workloadImagePullPolicy": "Sometimes"}, "/workloadImagePullPolicy"),
+        ({"trainer": {"defaultResources": {"memory": "lots"}}}, "/trainer/defaultResources/memory"),
+        ({"operator": {"workers": 0}}, "/operator/workers"),
         ({"watch": {"namespaces": ["Team_A"]}}, "/watch/namespaces/0"),
         ({"crds": {"install": "yes"}}, "/crds/install"),
         ({"operator": {"imageTag": "1.0"}}, "imageTag"),

@@ -7,6 +7,10 @@ import pytest
 from . import render
 
 
+def _env(deployment: dict) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 @pytest.mark.parametrize("folder", render.kustomizations(), ids=lambda p: str(p.relative_to(render.DEPLOY)))
 def test_every_kustomization_builds(folder):
     assert render.kustomize(folder), f"{folder} rendered nothing"
@@ -24,8 +28,8 @@ def test_cluster_wide_installs_everything(cluster_wide):
         render.one(cluster_wide, kind)
     assert render.one(cluster_wide, "ClusterKopfPeering")["metadata"]["name"] == "kubetune"
     assert not render.by_kind(cluster_wide, "Role")
-    args = render.one(cluster_wide, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--all-namespaces" in args and "--peering=kubetune" in args
+    env = _env(render.one(cluster_wide, "Deployment"))
+    assert "KUBETUNE_WATCH_NAMESPACES" not in env and env["KUBETUNE_PEERING"] == "kubetune"
 
 
 def test_operator_deployment_shape(cluster_wide):
@@ -36,7 +40,10 @@ def test_operator_deployment_shape(cluster_wide):
     container = pod["containers"][0]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     health = next(p for p in container["ports"] if p["name"] == "health")
-    assert f"--liveness=http://0.0.0.0:{health['containerPort']}/healthz" in container["args"]
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")
+    env = _env(deployment)
+    assert env["KUBETUNE_LIVENESS_ENDPOINT"] == f"http://0.0.0.0:{health['containerPort']}/healthz"
+    assert env["KUBETUNE_METRICS_PORT"] == str(metrics["containerPort"])
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["serviceAccountName"] == render.one(cluster_wide, "ServiceAccount")["metadata"]["name"]
@@ -62,16 +69,30 @@ def test_everything_namespaced_lands_in_the_kubetune_namespace(cluster_wide):
 
 
 def test_namespaced_overlay_watches_only_its_namespaces(namespaced):
-    deployment = render.one(namespaced, "Deployment")
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--all-namespaces" not in args
-    watched = sorted(arg.split("=", 1)[1] for arg in args if arg.startswith("--namespace="))
+    watched = sorted(_env(render.one(namespaced, "Deployment"))["KUBETUNE_WATCH_NAMESPACES"].split(","))
     assert watched == ["team-a", "team-b"]
     role_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "Role"))
     binding_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "RoleBinding"))
     peering_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "KopfPeering"))
     assert role_namespaces == binding_namespaces == peering_namespaces == watched
     assert not render.by_kind(namespaced, "ClusterKopfPeering")
+    assert not render.by_kind(namespaced, "ClusterRole") and not render.by_kind(namespaced, "ClusterRoleBinding")
     for binding in render.by_kind(namespaced, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": "kubetune"}]
         assert binding["roleRef"]["kind"] == "Role"
+
+
+def test_operator_settings_accept_every_rendering(cluster_wide, namespaced, helm_custom):
+    """The Deployment's KUBETUNE_* variables are settings the operator knows, with values it accepts."""
+    from kubetune.operator.settings import ENV_PREFIX, OperatorSettings
+
+    for manifests in (cluster_wide, namespaced, helm_custom):
+        env = {k: v for k, v in _env(render.one(manifests, "Deployment")).items() if k.startswith(ENV_PREFIX)}
+        unknown = {name for name in env if name.removeprefix(ENV_PREFIX).lower() not in OperatorSettings.model_fields}
+        assert not unknown, f"the operator has no such settings: {sorted(unknown)}"
+        settings = OperatorSettings.from_env(env)
+        assert settings.peering and settings.liveness_endpoint.endswith("/healthz")
+    assert OperatorSettings.from_env(_env(render.one(namespaced, "Deployment"))).watch_namespaces == (
+        "team-a",
+        "team-b",
+    )

@@ -54,36 +54,46 @@ RBAC rules the operator needs inside every namespace it handles. Rendered into t
 into one Role per watched namespace. Keep in step with deploy/kustomize (a test compares the renderings).
 */}}
 {{- define "kubetune.namespacedRules" -}}
-# kopf: handler progress and errors as events.
+# kopf: handler errors and the operator's own progress as Events on the custom resources.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# The custom resources: watch them, keep kopf's finalizer and annotations, write their status.
+# The custom resources: kopf lists and watches them and keeps its finalizer and annotations on them (patch);
+# the operator reads a FineTuneJob again before each step and when a ModelServe refers to it (get).
 - apiGroups: [kubetune.dev]
-  resources: [finetunejobs, modelserves]
-  verbs: [list, watch, patch]
-# finetunejobs/status get+patch is also what the per-job trainer Role grants: RBAC lets the operator create
-# that Role only because it holds these verbs itself (no escalate needed).
+  resources: [finetunejobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kubetune.dev]
+  resources: [modelserves]
+  verbs: [list, watch]
+# Status is written by the operator (patch). get+patch is also exactly what the per-job trainer Role grants
+# on its own FineTuneJob: RBAC lets the operator create that Role only because it holds these verbs itself.
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/status]
   verbs: [get, patch]
-- apiGroups: [kubetune.dev]
-  resources: [modelserves/status]
-  verbs: [patch]
-# The children it creates and owns.
+# The trainer Job: created, watched for its phase, suspended/resumed (patch).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
+# Trainer pods are only read, for the termination message (final metrics, failure reason).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+# The server Deployment and Service of a ModelServe: watched for readiness.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch]
 - apiGroups: [""]
-  resources: [configmaps, persistentvolumeclaims, services, serviceaccounts]
-  verbs: [get, create, patch, delete]
-# The per-job Role and RoleBinding of the trainer (no bind, no escalate: see docs/install.md).
+  resources: [services]
+  verbs: [list, watch]
+# Children created once per FineTuneJob (spec ConfigMap, output claim, trainer ServiceAccount) and the trainer's
+# Role and RoleBinding. Create only: they are never changed, and garbage collection deletes them with their owner.
+- apiGroups: [""]
+  resources: [configmaps, persistentvolumeclaims, serviceaccounts]
+  verbs: [create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch, delete]
+  verbs: [create]
 {{- end }}
 
 {{/* Annotations that let Argo CD create a peering object in the same sync as its CRD. */}}
