@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 from tests.support.kube.server import FTJ, KubeTestClient
@@ -59,3 +60,26 @@ def wait_phase(kube: KubeTestClient, name: str, *phases: str, res: tuple[str, st
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def event_reasons(kube: KubeTestClient, name: str) -> list[str]:
+    return [e["reason"] for e in kube.list(("v1", "events"), NS) if e["involvedObject"]["name"] == name]
+
+
+def wait_event(kube: KubeTestClient, name: str, reason: str, timeout: float = 10) -> list[str]:
+    """Wait until an Event with `reason` is posted on `name`; returns all reasons so far."""
+    deadline = time.monotonic() + timeout
+    while reason not in (reasons := event_reasons(kube, name)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {reason} event on {name} after {timeout} s; events: {reasons}")
+        time.sleep(0.02)
+    return reasons
+
+
+def wait_call(cluster, since: int, verb: str, resource: str, timeout: float = 10) -> None:
+    """Wait until the operator has sent `verb resource` after request number `since` (e.g. a resume ran)."""
+    deadline = time.monotonic() + timeout
+    while not any(c.verb == verb and c.resource == resource for c in cluster.recorder.of()[since:]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the operator sent no {verb} {resource} within {timeout} s")
+        time.sleep(0.02)

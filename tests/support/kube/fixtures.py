@@ -7,6 +7,7 @@ Set KUBETUNE_API_REQUESTS_FILE=path.json to collect every (verb, apiGroup, resou
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,16 +56,28 @@ def operator_settings(kubeconfig: Path) -> OperatorSettings:
     )
 
 
+OPERATOR_WATCHES = {"finetunejobs", "modelserves", "jobs", "deployments", "services"}
+
+
 class OperatorControl:
     """Start, stop and restart the operator (kill the thread, start a new one) within a test."""
 
-    def __init__(self, settings: OperatorSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: OperatorSettings, cluster: MockCluster) -> None:
+        self.settings, self.cluster = settings, cluster
         self.current: OperatorThread | None = None
 
-    def start(self) -> OperatorThread:
+    def start(self, timeout: float = 20) -> OperatorThread:
+        """Start and wait until kopf watches everything it serves (so no test races its startup)."""
+        already = len(self.cluster.recorder.calls)
         self.current = OperatorThread(self.settings).start()
-        return self.current
+        deadline = time.monotonic() + timeout
+        while True:
+            watched = {call.resource for call in self.cluster.recorder.calls[already:] if call.verb == "watch"}
+            if watched >= OPERATOR_WATCHES:
+                return self.current
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the operator watches only {sorted(watched)} after {timeout} s")
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.current is not None:
@@ -77,8 +90,8 @@ class OperatorControl:
 
 
 @pytest.fixture
-def operator(operator_settings: OperatorSettings) -> Iterator[OperatorControl]:
-    control = OperatorControl(operator_settings)
+def operator(operator_settings: OperatorSettings, cluster: MockCluster) -> Iterator[OperatorControl]:
+    control = OperatorControl(operator_settings, cluster)
     control.start()
     yield control
     control.stop()

@@ -72,6 +72,7 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
     validator: Validator | None = None
     validate_agents: tuple[str, ...] = OPERATOR_AGENTS
     recent: deque[str] = attrs.field(factory=lambda: deque(maxlen=500), init=False)
+    closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -173,7 +174,7 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
             else:
                 cursor = int(start)
             deadline = loop.time() + timeout if timeout else None
-            while True:
+            while not self.closing:
                 wake.clear()
                 try:
                     events, reached = state.events_since(kind, cursor, route.namespace, label_selector, field_selector)
@@ -200,6 +201,12 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
         finally:
             state.listeners.remove(listener)
         return response
+
+    def close_watches(self) -> None:
+        """End every watch stream (the server is going away; clients reconnect elsewhere)."""
+        self.closing = True
+        for listener in list(self.state.listeners):
+            listener()
 
     @staticmethod
     async def _send(response: aiohttp.web.StreamResponse, event_type: str, obj: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,20 @@ CRD_DIR = REPO_ROOT / "crds"
 IMMUTABLE_SPEC_FIELDS = {("batch", "jobs"): ("template", "selector", "podFailurePolicy", "completionMode")}
 
 
+@functools.cache
 def load_crds(crd_dir: Path = CRD_DIR) -> list[dict[str, Any]]:
-    """The generated CustomResourceDefinitions of this repository."""
+    """The generated CustomResourceDefinitions of this repository (parsed once; treat as read-only)."""
     return [yaml.safe_load(path.read_text()) for path in sorted(crd_dir.glob("*.yaml"))]
 
 
 def builtin_kinds() -> tuple[kmock.ResourcesArray, list[Kind]]:
-    """kmock's bundled K3s resource list, as discovery info and as store kinds."""
+    """kmock's bundled K3s resource list, as discovery info and as store kinds (a fresh list each call)."""
+    array, kinds = _builtin_kinds()
+    return array, list(kinds)
+
+
+@functools.cache
+def _builtin_kinds() -> tuple[kmock.ResourcesArray, tuple[Kind, ...]]:
     array = kmock.ResourcesArray()
     array.load_bundled()
     kinds = []
@@ -43,7 +51,7 @@ def builtin_kinds() -> tuple[kmock.ResourcesArray, list[Kind]]:
                 immutable_spec_fields=IMMUTABLE_SPEC_FIELDS.get(key, ()),
             )
         )
-    return array, kinds
+    return array, tuple(kinds)
 
 
 def crd_kind(crd: dict[str, Any]) -> tuple[str, kmock.ResourceInfo, Kind]:

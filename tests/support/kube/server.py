@@ -41,6 +41,7 @@ class MockCluster:
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self.api.close_watches)
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
