@@ -37,3 +37,24 @@ def test_hadolint_fails_on_a_bad_dockerfile(tmp_path):
     bad.write_text("FROM python:latest\nRUN apt-get install curl\n")
     result = subprocess.run([str(hadolint()), "--no-color", str(bad)], capture_output=True, text=True, check=False)
     assert result.returncode != 0 and "DL3007" in result.stdout
+
+
+def _instruction(dockerfile, name: str) -> str:
+    lines = [line for line in dockerfile.read_text().splitlines() if line.startswith(name + " ")]
+    return lines[-1].removeprefix(name + " ")
+
+
+def test_operator_image_runs_what_the_deployment_runs(cluster_wide):
+    import json
+
+    from . import render
+
+    dockerfile = REPO_ROOT / "deploy" / "operator.Dockerfile"
+    container = render.one(cluster_wide, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert json.loads(_instruction(dockerfile, "ENTRYPOINT")) == container["command"]
+    exposed = {int(port) for port in _instruction(dockerfile, "EXPOSE").split()}
+    assert exposed == {port["containerPort"] for port in container["ports"]}
+    user = _instruction(dockerfile, "USER").split(":")[0]
+    assert (
+        int(user) == render.one(cluster_wide, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    )
