@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
 from tests.support.binaries import REPO_ROOT, hadolint
+
+from . import render
 
 SKIPPED_DIRS = {".git", ".venv", ".tools", "node_modules", "build", "dist"}
 
@@ -45,10 +48,6 @@ def _instruction(dockerfile, name: str) -> str:
 
 
 def test_operator_image_runs_what_the_deployment_runs(cluster_wide):
-    import json
-
-    from . import render
-
     dockerfile = REPO_ROOT / "deploy" / "operator.Dockerfile"
     container = render.one(cluster_wide, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert json.loads(_instruction(dockerfile, "ENTRYPOINT")) == container["command"]
