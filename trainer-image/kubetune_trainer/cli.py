@@ -26,6 +26,8 @@ def configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok, 64 bad spec/data, 65 model load, 66 out of memory, 67 output locked, 1 anything else."""
     configure_logging()
+    # Tokenizer threads fork badly with data loader workers; the trainer parallelises elsewhere.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
     from .flow import quiet_progress_bars, run  # heavy imports (torch, trl) only once the arguments parse
 

