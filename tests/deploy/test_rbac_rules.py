@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from . import rbac, render
@@ -75,3 +77,21 @@ def test_per_job_role_can_be_delegated_without_escalate(cluster_wide):
     assert {("get", "kubetune.dev", "finetunejobs/status"), ("patch", "kubetune.dev", "finetunejobs/status")} <= granted
     assert ("create", "rbac.authorization.k8s.io", "roles") in granted
     assert ("create", "rbac.authorization.k8s.io", "rolebindings") in granted
+
+
+def documented_permissions() -> set[rbac.Permission]:
+    """The RBAC table of docs/install.md, expanded like the ClusterRole's rules."""
+    text = (render.REPO_ROOT / "docs" / "install.md").read_text()
+    table = text[text.index("| API group | Resource | Verbs | Why |") :].split("\n\n", 1)[0].splitlines()[2:]
+    documented = set()
+    for row in table:
+        group, resources, verbs = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        group = "" if group == "core" else group.strip("`")
+        names = re.findall(r"`([^`]+)`", resources.split("(")[0])
+        documented |= {(verb.strip(), group, name) for name in names for verb in verbs.split(",")}
+    return documented
+
+
+def test_install_docs_list_exactly_the_cluster_role(cluster_wide):
+    granted = set().union(*rbac.roles(cluster_wide, "ClusterRole").values())
+    assert documented_permissions() == granted

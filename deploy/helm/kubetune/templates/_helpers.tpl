@@ -54,42 +54,49 @@ RBAC rules the operator needs inside every namespace it handles. Rendered into t
 into one Role per watched namespace. Keep in step with deploy/kustomize (a test compares the renderings).
 */}}
 {{- define "kubetune.namespacedRules" -}}
-# kopf: handler errors and the operator's own progress as Events on the custom resources.
+# Events on the custom resources: the operator's steps (JobCreated, Started, Succeeded, ...) and kopf's errors.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
 # The custom resources: kopf lists and watches them and keeps its finalizer and annotations on them (patch);
-# the operator reads a FineTuneJob again before each step and when a ModelServe refers to it (get).
+# the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
-  resources: [finetunejobs]
+  resources: [finetunejobs, modelserves]
   verbs: [get, list, watch, patch]
-- apiGroups: [kubetune.dev]
-  resources: [modelserves]
-  verbs: [list, watch]
-# Status is written by the operator (patch). get+patch is also exactly what the per-job trainer Role grants
-# on its own FineTuneJob: RBAC lets the operator create that Role only because it holds these verbs itself.
+# Status is written by the operator (patch). On finetunejobs/status, get+patch is also exactly what the per-job
+# trainer Role grants: RBAC lets the operator create that Role only because it holds these verbs itself.
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/status]
   verbs: [get, patch]
-# The trainer Job: created, watched for its phase, suspended/resumed (patch).
+- apiGroups: [kubetune.dev]
+  resources: [modelserves/status]
+  verbs: [patch]
+# The trainer Job: created, followed, suspended and resumed (patch), stopped when its FineTuneJob is deleted
+# unfinished (delete frees the GPUs at once instead of waiting for garbage collection).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Trainer pods are only read, for the termination message (final metrics, failure reason).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# The server Deployment and Service of a ModelServe: watched for readiness.
+# The server Deployment of a ModelServe: created, watched for readiness, repaired or updated (patch).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch]
+  verbs: [get, list, watch, create, patch]
+# The server Service: created and watched.
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch]
-# Children created once per FineTuneJob (spec ConfigMap, output claim, trainer ServiceAccount) and the trainer's
-# Role and RoleBinding. Create only: they are never changed, and garbage collection deletes them with their owner.
+  verbs: [get, list, watch, create]
+# ConfigMaps: a FineTuneJob's validated spec (create) and a server's serve.json (get, create, patch to hot-add
+# adapters).
 - apiGroups: [""]
-  resources: [configmaps, persistentvolumeclaims, serviceaccounts]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+# A FineTuneJob's output claim and trainer ServiceAccount, and the trainer's Role and RoleBinding: created once,
+# never changed; garbage collection deletes them with their FineTuneJob.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims, serviceaccounts]
   verbs: [create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
