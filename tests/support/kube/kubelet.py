@@ -8,8 +8,17 @@ command on this machine for the end-to-end tests.
 from __future__ import annotations
 
 import datetime
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
+from kubetune.api import runtime
+
+from . import hostrun
 from .server import DEPLOYMENTS, JOBS, PODS, KubeTestClient
 
 KUBELET_AGENT = "kubetune-test-kubelet/1"
@@ -212,6 +221,39 @@ class Kubelet:
             status = {"conditions": conditions}
         return self.client.patch(JOBS, namespace, name, {"status": status}, "status")
 
+    def run_job(
+        self, namespace: str, name: str, root: Path, claims_root: Path | None = None, timeout: float = 600
+    ) -> hostrun.HostRun:
+        """Start the Job's pod, run its real container command on the host, finish the pod with the outcome."""
+        self.start_job(namespace, name)
+        job = self.job(namespace, name)
+        host = hostrun.prepare(self.client, namespace, job["spec"]["template"], root, claims_root, pod_name=f"{name}-0")
+        result = hostrun.run(host, timeout)
+        self.finish_job(namespace, name, result.returncode, result.message)
+        return result
+
+    def serve_deployment(
+        self, namespace: str, name: str, root: Path, claims_root: Path | None = None, timeout: float = 120
+    ) -> ServerProcess:
+        """Run the Deployment's container on the host on a free port; once its readiness probe passes,
+        mark the Deployment ready. Stop it with `.stop()`."""
+        deployment = self.client.get(DEPLOYMENTS, namespace, name)
+        template = deployment["spec"]["template"]
+        host = hostrun.prepare(self.client, namespace, template, root, claims_root, pod_name=f"{name}-0")
+        container = template["spec"]["containers"][0]
+        port = _free_port()
+        env = {runtime.ENV_PORT: str(port), runtime.ENV_HOST: "127.0.0.1"}
+        process = hostrun.start(host, env, root / f"{name}.log")
+        ready_path = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path", "/")
+        server = ServerProcess(process, f"http://127.0.0.1:{port}", root / f"{name}.log")
+        try:
+            server.wait_ready(ready_path, timeout)
+        except BaseException:
+            server.stop()
+            raise
+        self.deployment_ready(namespace, name)
+        return server
+
     # ---- Deployment controller --------------------------------------------------------------
     def deployment_ready(self, namespace: str, name: str, ready: int | None = None) -> dict[str, Any]:
         deployment = self.client.get(DEPLOYMENTS, namespace, name)
@@ -254,3 +296,40 @@ def _deployment_condition(type_: str, status: str, reason: str, message: str = "
         "lastUpdateTime": now,
         "lastTransitionTime": now,
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A server container running on the host."""
+
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def wait_ready(self, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url}{path} not ready after {timeout} s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

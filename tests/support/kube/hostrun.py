@@ -1,0 +1,182 @@
+"""Run a pod's container on this machine: the manifest's command, args and env, volumes as folders.
+
+Every mountPath `/x/y` becomes `<root>/fs/x/y`, a link to the volume's folder: a claim's folder lives
+under `claims_root/<claimName>` and survives the pod (the server can later read what the trainer
+wrote); ConfigMaps and Secrets are written out from the API; emptyDirs are fresh folders. Paths in
+args and env values are rewritten the same way, and KUBETUNE_PVC_ROOT / KUBETUNE_CONFIGMAP_ROOT /
+KUBETUNE_TERMINATION_LOG point the images at the mapped folders.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import runtime
+
+from .server import CONFIGMAPS, SECRETS, KubeTestClient
+
+LOG_TAIL_LINES = 80
+
+
+@dataclass
+class HostPod:
+    """A container ready to run on the host."""
+
+    argv: list[str]
+    env: dict[str, str]
+    fs: Path
+    termination_log: Path
+    fallback_to_logs: bool
+    mounts: dict[str, Path] = field(default_factory=dict)
+
+    def host_path(self, path: str) -> Path:
+        """Where a path inside the container lives on the host."""
+        return self.fs / path.lstrip("/")
+
+
+@dataclass
+class HostRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    message: str
+
+
+def _write_items(folder: Path, data: dict[str, bytes], items: list[dict[str, Any]] | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mapping = {item["key"]: item.get("path", item["key"]) for item in items} if items else {k: k for k in data}
+    for key, relative in mapping.items():
+        if key in data:
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data[key])
+
+
+def _configmap_data(client: KubeTestClient, namespace: str, name: str) -> dict[str, bytes]:
+    cm = client.get(CONFIGMAPS, namespace, name)
+    data = {key: value.encode() for key, value in (cm.get("data") or {}).items()}
+    data.update({key: base64.b64decode(value) for key, value in (cm.get("binaryData") or {}).items()})
+    return data
+
+
+def _secret_data(client: KubeTestClient, namespace: str, name: str) -> dict[str, bytes]:
+    secret = client.get(SECRETS, namespace, name)
+    data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+    data.update({key: value.encode() for key, value in (secret.get("stringData") or {}).items()})
+    return data
+
+
+def _volume_folder(
+    client: KubeTestClient, namespace: str, volume: dict[str, Any], root: Path, claims_root: Path
+) -> Path:
+    name = volume["name"]
+    if "persistentVolumeClaim" in volume:
+        folder = claims_root / volume["persistentVolumeClaim"]["claimName"]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    folder = root / "volumes" / name
+    if "configMap" in volume:
+        source = volume["configMap"]
+        _write_items(folder, _configmap_data(client, namespace, source["name"]), source.get("items"))
+    elif "secret" in volume:
+        source = volume["secret"]
+        _write_items(folder, _secret_data(client, namespace, source["secretName"]), source.get("items"))
+    elif "emptyDir" in volume:
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        raise ValueError(f"volume {name!r}: only persistentVolumeClaim, configMap, secret and emptyDir run on the host")
+    return folder
+
+
+def prepare(
+    client: KubeTestClient,
+    namespace: str,
+    pod: dict[str, Any],
+    root: Path,
+    claims_root: Path | None = None,
+    container: str | None = None,
+    pod_name: str = "host-pod",
+) -> HostPod:
+    """Lay out the container's filesystem view under `root` and resolve its command and env."""
+    spec = pod.get("spec", pod)
+    claims_root = claims_root or root / "claims"
+    chosen = next(c for c in spec["containers"] if container in (None, c["name"]))
+    fs = root / "fs"
+    folders = {v["name"]: _volume_folder(client, namespace, v, root, claims_root) for v in spec.get("volumes") or []}
+    host = HostPod(
+        argv=[],
+        env={},
+        fs=fs,
+        termination_log=fs / runtime.TERMINATION_LOG.lstrip("/"),
+        fallback_to_logs=chosen.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+    )
+    mount_paths = []
+    for mount in chosen.get("volumeMounts") or []:
+        source = folders[mount["name"]] / mount.get("subPath", "")
+        link = host.host_path(mount["mountPath"])
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(source, target_is_directory=source.is_dir())
+        host.mounts[mount["mountPath"]] = source
+        mount_paths.append(mount["mountPath"].rstrip("/"))
+    host.termination_log.parent.mkdir(parents=True, exist_ok=True)
+
+    def mapped(text: str) -> str:
+        for prefix in sorted([*mount_paths, runtime.TERMINATION_LOG], key=len, reverse=True):
+            if text == prefix or text.startswith(prefix + "/"):
+                return str(host.host_path(text))
+        return text
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KUBETUNE_")}
+    env["HOME"] = str(root / "home")
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    for item in chosen.get("env") or []:
+        env[item["name"]] = _env_value(client, namespace, item, pod_name, mapped)
+    env[runtime.ENV_PVC_ROOT] = str(host.host_path(runtime.PVC_ROOT))
+    env[runtime.ENV_CONFIGMAP_ROOT] = str(host.host_path(runtime.CONFIGMAP_ROOT))
+    env[runtime.ENV_TERMINATION_LOG] = str(host.termination_log)
+    argv = [mapped(part) for part in (chosen.get("command") or []) + (chosen.get("args") or [])]
+    if not argv:
+        raise ValueError(f"container {chosen['name']!r} sets no command: the image's entrypoint cannot run on the host")
+    if argv[0] in {"python", "python3"}:
+        argv[0] = sys.executable
+    host.argv, host.env = argv, env
+    return host
+
+
+def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any) -> str:
+    if "value" in item:
+        return mapped(item["value"])
+    source = item.get("valueFrom") or {}
+    if "secretKeyRef" in source:
+        ref = source["secretKeyRef"]
+        return _secret_data(client, namespace, ref["name"])[ref["key"]].decode()
+    if "configMapKeyRef" in source:
+        ref = source["configMapKeyRef"]
+        return _configmap_data(client, namespace, ref["name"])[ref["key"]].decode()
+    if "fieldRef" in source:
+        return {"metadata.namespace": namespace, "metadata.name": pod_name}[source["fieldRef"]["fieldPath"]]
+    raise ValueError(f"env {item['name']!r}: unsupported valueFrom {sorted(source)}")
+
+
+def run(host: HostPod, timeout: float = 600) -> HostRun:
+    """Run to completion; the termination message is what the kubelet would report."""
+    done = subprocess.run(host.argv, env=host.env, cwd=host.fs, capture_output=True, text=True, timeout=timeout)
+    message = host.termination_log.read_text() if host.termination_log.exists() else ""
+    if not message.strip() and host.fallback_to_logs and done.returncode != 0:
+        message = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
+    return HostRun(done.returncode, done.stdout, done.stderr, message)
+
+
+def start(host: HostPod, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+    """Start a long-running container (a server); output goes to `log`."""
+    out = open(log or host.fs.parent / "container.log", "w")  # noqa: SIM115 - owned by the process
+    return subprocess.Popen(
+        host.argv, env={**host.env, **(env or {})}, cwd=host.fs, stdout=out, stderr=subprocess.STDOUT
+    )
