@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import generate
 from .local import cli as local_cli
+from .operator import cli as operator_cli
 
 
 def _repo_root() -> Path:
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--root", help="repository root to write into (default: this checkout)")
     crds.set_defaults(handler=_crds)
     local_cli.add_commands(commands)
+    operator_cli.add_commands(commands)
     return parser
 
 

@@ -142,3 +142,25 @@ def test_merge_patch_semantics():
         "a": {"c": 2, "d": 3},
         "l": [3],
     }
+
+
+def test_json_patch_operations():
+    from tests.support.kube.patching import PatchTestFailed, json_patch
+
+    doc = {"a": {"b": [1, 2]}, "c": 1}
+    out = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/a/b/-", "value": 3},
+            {"op": "replace", "path": "/c", "value": 2},
+            {"op": "copy", "from": "/c", "path": "/d"},
+            {"op": "move", "from": "/d", "path": "/e"},
+            {"op": "remove", "path": "/a/b/0"},
+            {"op": "add", "path": "/x~1y", "value": True},
+        ],
+    )
+    assert out == {"a": {"b": [2, 3]}, "c": 2, "e": 2, "x/y": True} and doc["c"] == 1
+    with pytest.raises(PatchTestFailed):
+        json_patch(doc, [{"op": "test", "path": "/c", "value": 5}])
+    with pytest.raises(PatchTestFailed):
+        json_patch(doc, [{"op": "test", "path": "/missing", "value": 5}])

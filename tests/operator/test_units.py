@@ -1,0 +1,308 @@
+"""Unit tests of the operator's pure parts: settings, names, manifest builders, reconcile decisions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubetune.api.conditions import Condition
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api.modelserve import ModelServeStatus
+from kubetune.api.resources import FineTuneJob, ModelServe
+from kubetune.api.runtime import TrainerExit
+from kubetune.api.sources import SecretKeyRef, Toleration
+from kubetune.operator import naming
+from kubetune.operator.manifests import pod
+from kubetune.operator.manifests.meta import Owner, labels
+from kubetune.operator.manifests.server import restart_hash
+from kubetune.operator.manifests.trainer import output_location, pod_failure_policy, trainer_children
+from kubetune.operator.reconcile import finetunejob as ftj_logic
+from kubetune.operator.reconcile import modelserve as msv_logic
+from kubetune.operator.reconcile.conditions import set_condition
+from kubetune.operator.reconcile.drift import contains, drifted, repair_patch
+from kubetune.operator.reconcile.report import parse_termination_message, report_from_pods
+from kubetune.operator.settings import OperatorSettings, SettingsError
+
+from .helpers import finetunejob, modelserve
+
+SETTINGS = OperatorSettings(trainer_image="t:1", server_image="s:1", trainer_cpu="2")
+NOW = "2026-01-01T00:00:00Z"
+
+
+def _ftj(**spec) -> FineTuneJob:
+    body = finetunejob(**spec)
+    body["metadata"].update(uid="uid-1", generation=1)
+    return FineTuneJob.model_validate(body)
+
+
+# ---- settings ----------------------------------------------------------------------------------
+def test_settings_from_env():
+    settings = OperatorSettings.from_env(
+        {
+            "KUBETUNE_TRAINER_IMAGE": "reg/trainer:2",
+            "KUBETUNE_WATCH_NAMESPACES": "ml, research",
+            "KUBETUNE_METRICS_PORT": "9100",
+            "KUBETUNE_TRAINER_MEMORY": "32Gi",
+            "KUBECONFIG": "/tmp/kc",
+            "KUBETUNE_UNRELATED": "x",
+        }
+    )
+    assert settings.trainer_image == "reg/trainer:2" and settings.watch_namespaces == ("ml", "research")
+    assert settings.metrics_port == 9100 and settings.trainer_memory == "32Gi" and settings.kubeconfig == "/tmp/kc"
+    assert OperatorSettings.from_env({}).server_image.startswith("ghcr.io/")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"KUBETUNE_METRICS_PORT": "lots"}, "KUBETUNE_METRICS_PORT='lots'"),
+        ({"KUBETUNE_TRAINER_CPU": "four"}, "KUBETUNE_TRAINER_CPU='four'"),
+        ({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"}, "KUBETUNE_IMAGE_PULL_POLICY"),
+    ],
+)
+def test_settings_errors_name_the_variable(env, named):
+    with pytest.raises(SettingsError, match=named):
+        OperatorSettings.from_env(env)
+
+
+# ---- names and labels --------------------------------------------------------------------------
+def test_names_fit_kubernetes_limits_and_stay_stable():
+    long = "a" * 200
+    assert len(naming.job_name(long)) <= 63 and naming.job_name(long) == naming.job_name(long)
+    assert naming.job_name(long) != naming.job_name("a" * 199)
+    assert naming.server_name("chat") == "chat"
+    assert naming.server_name("1st.model") == "msv-1st-model"  # Service names are DNS-1035 labels
+    assert len(labels("trainer", long, naming.LABEL_FINETUNEJOB)[naming.LABEL_INSTANCE]) <= 63
+
+
+# ---- manifest pieces ---------------------------------------------------------------------------
+def test_security_contexts_are_restricted():
+    assert pod.pod_security_context()["runAsNonRoot"] is True
+    assert pod.pod_security_context()["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod.container_security_context()
+    assert container["allowPrivilegeEscalation"] is False and container["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_resources_requests_equal_limits_and_gpus_are_limits():
+    assert pod.resources("4", None, 2, "amd.com/gpu", default_memory="8Gi") == {
+        "requests": {"cpu": "4", "memory": "8Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi", "amd.com/gpu": "2"},
+    }
+    assert pod.resources(None, None, 0, "nvidia.com/gpu") == {}
+
+
+def test_env_from_secret_never_carries_the_value():
+    assert pod.env_secret("HF_TOKEN", SecretKeyRef(name="hf", key="tok")) == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}},
+    }
+
+
+def test_scheduling_only_sets_what_is_given():
+    tolerations = [Toleration(key="gpu", operator="Exists")]
+    assert pod.scheduling({}, [], None) == {}
+    assert pod.scheduling({"a": "b"}, tolerations, "low") == {
+        "nodeSelector": {"a": "b"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+        "priorityClassName": "low",
+    }
+
+
+def test_volumes_mount_each_claim_once_and_writable_wins():
+    volumes = pod.Volumes()
+    volumes.add_claim("in", "shared", "/mnt/kubetune/pvc/shared", read_only=True)
+    volumes.add_claim("out", "shared", "/mnt/kubetune/pvc/shared", read_only=False)
+    assert len(volumes.volumes) == 1 and "readOnly" not in volumes.mounts[0]
+    assert "readOnly" not in volumes.volumes[0]["persistentVolumeClaim"]
+
+
+def test_owner_reference_is_a_controller_reference():
+    owner = Owner("kubetune.dev/v1alpha1", "FineTuneJob", "x", "ns", "u")
+    assert owner.reference() == {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "x",
+        "uid": "u",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_pod_failure_policy_keys_on_trainer_exit_codes():
+    rules = pod_failure_policy()["rules"]
+    assert rules[0]["onExitCodes"]["values"] == [TrainerExit.INVALID_INPUT, TrainerExit.OUT_OF_MEMORY]
+    assert rules[1]["action"] == "Ignore"
+
+
+def test_children_order_and_configmap_dataset_mount():
+    ftj = _ftj()
+    kinds = [c["kind"] for c in trainer_children(ftj_logic.owner_of(ftj), ftj.spec, SETTINGS)]
+    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    job = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, SETTINGS)[-1]
+    mounts = {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert "/mnt/kubetune/configmap/facts" in mounts
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "t:1"
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "4"
+
+
+def test_output_location():
+    spec = FineTuneJobSpec.model_validate(finetunejob(output={"pvc": {"claimName": "c", "path": "p"}})["spec"])
+    assert output_location("x", spec).claim_name == "c" and output_location("x", spec).path == "p"
+    assert output_location("x", _ftj().spec).claim_name == "x-output"
+
+
+# ---- reconcile decisions -----------------------------------------------------------------------
+def _job(**status) -> dict:
+    return {
+        "metadata": {"name": "sentiment-train", "namespace": "default"},
+        "spec": {"suspend": False},
+        "status": status,
+    }
+
+
+def _cond(type_, reason="r"):
+    return {"type": type_, "status": "True", "reason": reason, "message": f"{type_} happened"}
+
+
+def test_job_phase():
+    assert ftj_logic.job_phase(None) is None
+    assert ftj_logic.job_phase(_job()) == "Pending"
+    assert ftj_logic.job_phase(_job(active=1)) == "Running"
+    assert ftj_logic.job_phase(_job(conditions=[_cond("Complete")])) == "Succeeded"
+    assert ftj_logic.job_phase(_job(conditions=[_cond("FailureTarget")])) == "Failed"
+    assert ftj_logic.job_phase({**_job(), "spec": {"suspend": True}}) == "Suspended"
+
+
+def test_new_finetunejob_creates_children_and_an_event():
+    plan = ftj_logic.plan_finetunejob(_ftj(), None, None, SETTINGS, NOW)
+    assert plan.create[-1]["kind"] == "Job" and plan.phase == "Pending"
+    assert plan.status["jobName"] == "sentiment-train" and plan.status["observedGeneration"] == 1
+    assert [e.reason for e in plan.events] == ["JobCreated"]
+
+
+def test_finished_finetunejob_is_never_touched():
+    ftj = _ftj().model_copy(update={"status": FineTuneJobStatus(phase="Succeeded", job_name="sentiment-train")})
+    plan = ftj_logic.plan_finetunejob(ftj, None, None, SETTINGS, NOW)
+    assert plan.create == [] and plan.status == {} and plan.events == []
+
+
+def test_unchanged_state_writes_nothing():
+    ftj = _ftj()
+    first = ftj_logic.plan_finetunejob(ftj, _job(active=1), None, SETTINGS, NOW)
+    status = FineTuneJobStatus.model_validate(first.status | {"conditions": first.status["conditions"]})
+    again = ftj_logic.plan_finetunejob(
+        ftj.model_copy(update={"status": status}), _job(active=1), None, SETTINGS, "2026-01-02T00:00:00Z"
+    )
+    assert again.status == {} and again.events == [] and again.patches == []
+
+
+def test_suspend_is_passed_to_the_job():
+    plan = ftj_logic.plan_finetunejob(_ftj(suspend=True), _job(active=1), None, SETTINGS, NOW)
+    assert plan.patches[0][1] == {"spec": {"suspend": True}} and plan.phase == "Suspended"
+
+
+def test_failure_combines_job_reason_and_trainer_message():
+    report = parse_termination_message(json.dumps({"message": "no GPU memory"}), 66)
+    job = _job(conditions=[_cond("Failed", "PodFailurePolicy")])
+    plan = ftj_logic.plan_finetunejob(_ftj(), job, report, SETTINGS, NOW)
+    assert plan.phase == "Failed"
+    assert plan.status["message"] == "Failed happened; trainer: OutOfMemory: no GPU memory"
+    assert plan.events[0].type == "Warning"
+
+
+def test_needs_report_only_when_something_is_missing():
+    done = _job(conditions=[_cond("Complete")])
+    assert ftj_logic.needs_report(FineTuneJobStatus(phase="Running"), done)
+    assert not ftj_logic.needs_report(FineTuneJobStatus(phase="Running", metrics={"trainLoss": 1}), done)
+    assert not ftj_logic.needs_report(FineTuneJobStatus(phase="Running"), _job(active=1))
+
+
+def test_conditions_keep_transition_time_when_unchanged():
+    first = set_condition([], "Ready", "True", "A", "m", 1, NOW)
+    second = set_condition(first, "Ready", "True", "B", "m2", 2, "later")
+    third = set_condition(second, "Ready", "False", "C", "m3", 2, "latest")
+    assert second[0].last_transition_time == NOW and second[0].reason == "B"
+    assert third[0].last_transition_time == "latest"
+    assert isinstance(third[0], Condition)
+
+
+def test_termination_message_parsing():
+    report = parse_termination_message('{"reason": "InvalidInput", "message": "bad", "metrics": {"trainLoss": 2}}', 64)
+    assert report.exit_reason == "InvalidInput" and report.metrics.train_loss == 2
+    log_tail = parse_termination_message("Traceback ...\nKeyError: 'x'", 1)
+    assert log_tail.exit_reason == "TrainerError" and log_tail.message.endswith("KeyError: 'x'")
+    pods = [
+        {
+            "status": {
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"terminated": {"exitCode": code, "message": msg, "finishedAt": at}}}
+                ]
+            }
+        }
+        for code, msg, at in [(1, "first", "2026-01-01T00:00:01Z"), (65, "second", "2026-01-01T00:00:02Z")]
+    ]
+    assert report_from_pods(pods, "trainer").message == "second"
+
+
+def test_drift_ignores_server_defaults_but_not_edits():
+    desired = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "labels": {"a": "b"}},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    observed = {
+        "metadata": {"name": "s", "labels": {"a": "b"}, "uid": "u"},
+        "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "clusterIP": "10.0.0.1"},
+    }
+    assert not drifted(observed, desired)
+    observed["spec"]["ports"][0]["port"] = 81
+    assert drifted(observed, desired)
+    assert repair_patch(desired) == {"metadata": {"labels": {"a": "b"}}, "spec": {"ports": [{"port": 80}]}}
+    assert contains({"replicas": 1}, {"replicas": "1"}) and not contains({"x": True}, {"x": 1})
+
+
+def _msv(**spec) -> ModelServe:
+    body = modelserve(**spec)
+    body["metadata"].update(uid="uid-2", generation=1)
+    return ModelServe.model_validate(body)
+
+
+def _succeeded(name="sentiment", base="Qwen/Qwen2.5-0.5B-Instruct") -> dict:
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "phase": "Succeeded",
+            "output": {"pvc": {"claimName": f"{name}-output", "path": "adapter"}, "baseModel": {"name": base}},
+        },
+    }
+
+
+def test_modelserve_waits_then_renders_children():
+    waiting = msv_logic.plan_modelserve(
+        _msv(), ModelServeStatus(), {"sentiment": {"status": {"phase": "Running"}}}, {}, SETTINGS, NOW
+    )
+    assert waiting.phase == "WaitingForAdapters" and waiting.create == []
+    ready = msv_logic.plan_modelserve(
+        _msv(),
+        ModelServeStatus(),
+        {"sentiment": _succeeded()},
+        {"ConfigMap": None, "Deployment": None, "Service": None},
+        SETTINGS,
+        NOW,
+    )
+    assert [c["kind"] for c in ready.create] == ["ConfigMap", "Deployment", "Service"]
+    assert ready.phase == "Deploying" and ready.status["url"].endswith(":8000/v1")
+
+
+def test_modelserve_base_model_mismatch_is_an_error():
+    spec = {"baseModel": {"name": "org/other"}}
+    plan = msv_logic.plan_modelserve(_msv(**spec), ModelServeStatus(), {"sentiment": _succeeded()}, {}, SETTINGS, NOW)
+    assert plan.phase == "Failed" and "was trained on Qwen/Qwen2.5-0.5B-Instruct" in plan.status["message"]
+
+
+def test_restart_hash_ignores_the_adapter_list():
+    resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
+    config = msv_logic.serve_config(_msv(), resolution)
+    assert restart_hash(config) == restart_hash(config.model_copy(update={"adapters": []}))
+    assert restart_hash(config) != restart_hash(config.model_copy(update={"merge_adapter": True}))
