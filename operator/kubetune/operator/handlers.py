@@ -11,7 +11,7 @@ from kubetune.api.base import API_GROUP, API_VERSION
 
 from . import naming
 from .reconcile.finetunejob import job_phase
-from .services import OperatorContext
+from .services import FORGOTTEN, OperatorContext
 
 REGISTRY = kopf.OperatorRegistry()
 FTJ = (API_GROUP, API_VERSION, "finetunejobs")
@@ -103,7 +103,11 @@ def trainer_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
     key = (namespace, body["metadata"]["name"])
     deleted = event.get("type") == "DELETED"
     phase = None if deleted else job_phase(dict(body))
-    if key in ctx.seen_job_phase and ctx.seen_job_phase[key] == phase and event.get("type") is not None:
+    last = ctx.seen_job_phase.get(key)
+    if key in ctx.seen_job_phase and last == phase and event.get("type") is not None:
+        return
+    if deleted and last in ("Succeeded", "Failed", FORGOTTEN):  # removal of a finished Job (TTL, GC) changes nothing
+        ctx.seen_job_phase.pop(key, None)
         return
     ctx.seen_job_phase[key] = phase
     ctx.finetunejobs.reconcile(namespace, owner, job=None if deleted else dict(body))

@@ -34,6 +34,7 @@ from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 UNKNOWN: Any = object()
+FORGOTTEN = "Forgotten"  # the owner is being deleted: the Job's own deletion needs no reconcile
 
 
 def now_rfc3339() -> str:
@@ -148,6 +149,9 @@ class FineTuneJobService(_Service):
                 fresh = status.job_name is None and not status.conditions
                 job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
             plan = self._plan(ftj, job)
+            for child in plan.create:  # expect our own Job's ADDED event, so its handler skips it
+                if child["kind"] == "Job":
+                    self.ctx.seen_job_phase[(namespace, job_name)] = ftj_logic.job_phase(child)
             created = self._apply(plan, body)
             if "Job" in created:
                 if created["Job"] is None:  # it existed after all (a restart between create and status write)
@@ -176,7 +180,7 @@ class FineTuneJobService(_Service):
         if phase not in ftj_logic.TERMINAL:
             self.ctx.kube.delete(k8s.JOBS, meta["namespace"], naming.job_name(meta["name"]))
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
-        self.ctx.seen_job_phase.pop((meta["namespace"], naming.job_name(meta["name"])), None)
+        self.ctx.seen_job_phase[(meta["namespace"], naming.job_name(meta["name"]))] = FORGOTTEN
         self.ctx.forget(self.kind, meta["namespace"], meta["name"])
 
 

@@ -81,9 +81,12 @@ class ClusterState:
         self.history_limit = history_limit
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._history: dict[tuple[str, str], list[tuple[int, str, dict[str, Any]]]] = {}
+        self._history_rvs: dict[tuple[str, str], list[int]] = {}
         self._revision = 0
         self._lock = threading.RLock()
         self.listeners: list[Callable[[], None]] = []
+        self.observers: list[Callable[[Kind, str, dict[str, Any]], None]] = []
+        """Called with (kind, event type, object) on every change, under the store's lock: keep them quick."""
 
     # ---- lookup -------------------------------------------------------------------------------
     def kind(self, group: str, plural: str) -> Kind:
@@ -232,7 +235,7 @@ class ClusterState:
             history = self._history.get(kind.key, [])
             if history and revision < history[0][0] - 1 and len(history) >= self.history_limit:
                 raise ApiError(410, "Expired", f"too old resource version: {revision} ({history[0][0]})")
-            start = bisect.bisect_right([entry[0] for entry in history], revision)
+            start = bisect.bisect_right(self._history_rvs.get(kind.key, []), revision)
             events = [(rv, kind_, copy.deepcopy(obj)) for rv, kind_, obj in history[start:] if matches(obj)]
             return events, self._revision
 
@@ -304,9 +307,14 @@ class ClusterState:
 
     def _record(self, kind: Kind, event: str, obj: dict[str, Any]) -> None:
         history = self._history.setdefault(kind.key, [])
+        revisions = self._history_rvs.setdefault(kind.key, [])
         history.append((self._revision, event, copy.deepcopy(obj)))
+        revisions.append(self._revision)
         if len(history) > self.history_limit:
             del history[: len(history) - self.history_limit]
+            del revisions[: len(revisions) - self.history_limit]
+        for observer in self.observers:
+            observer(kind, event, obj)
         for listener in list(self.listeners):
             listener()
 

@@ -17,7 +17,8 @@ from .plan import Event, Plan
 from .report import TrainerReport
 
 TERMINAL = ("Succeeded", "Failed")
-# Status fields the operator owns; `progress` (and `metrics` while running) belong to the trainer.
+# Status fields the operator owns (sent as null when unset); `progress` belongs to the trainer, and
+# `metrics` too until the operator fills them in from a termination message (never sent as null).
 OWNED_FIELDS = (
     "phase",
     "conditions",
@@ -62,7 +63,10 @@ def needs_report(status: FineTuneJobStatus, job: dict[str, Any] | None) -> bool:
 def status_patch(status: FineTuneJobStatus) -> dict[str, Any]:
     """The owned fields as a merge patch; unset fields are sent as null so stale values are cleared."""
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return {name: wire.get(name) for name in OWNED_FIELDS}
+    patch = {name: wire.get(name) for name in OWNED_FIELDS}
+    if patch["metrics"] is None:
+        del patch["metrics"]
+    return patch
 
 
 def _finish(plan: Plan, current: FineTuneJobStatus, nxt: FineTuneJobStatus) -> Plan:
@@ -147,7 +151,8 @@ def plan_finetunejob(
         return _finish(plan, current, nxt)
 
     nxt.job_name = job["metadata"]["name"]
-    conds = set_condition(conds, "JobCreated", "True", "JobCreated", f"trainer Job {nxt.job_name}", generation, now)
+    if not any(c.type == "JobCreated" and c.status == "True" for c in conds):
+        conds = set_condition(conds, "JobCreated", "True", "JobCreated", f"trainer Job {nxt.job_name}", generation, now)
     job_status = job.get("status") or {}
     if phase not in TERMINAL and bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
         plan.patches.append((job, {"spec": {"suspend": spec.suspend}}))
@@ -180,7 +185,7 @@ def plan_finetunejob(
             nxt.phase, nxt.message = "Running", "the trainer is running"
             nxt.start_time = nxt.start_time or job_status.get("startTime") or now
             conds = set_condition(conds, "Running", "True", "TrainerRunning", nxt.message, generation, now)
-        else:
+        elif current.phase != "Pending" or not nxt.message:
             nxt.phase = "Pending"
             nxt.message = "waiting for the trainer pod to start"
     nxt.conditions = conds
