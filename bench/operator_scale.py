@@ -197,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"minimum API requests per lifecycle: {minimum} (" + ", ".join(f"{k}: {v}" for k, v in MINIMUM.items()) + ")")
     for count in args.sizes:
         result = run(count, args.timeout, args.validate)
+        per_job_ms = result["all_jobs_s"] / count * 1000
         print(
-            f"N={count:4d}  all Jobs created {result['all_jobs_s']:7.2f} s ({result['all_jobs_s'] / count * 1000:6.1f} ms/job)"
+            f"N={count:4d}  all Jobs created {result['all_jobs_s']:7.2f} s ({per_job_ms:6.1f} ms/job)"
             f"  create->Job p50 {result['p50_ms']:7.1f} ms p99 {result['p99_ms']:7.1f} ms"
             f"  all succeeded {result['all_succeeded_s']:7.2f} s  all deleted +{result['all_deleted_s']:6.2f} s"
         )
+        ratio = result["requests_per_lifecycle"] / minimum
         print(
-            f"        requests/lifecycle {result['requests_per_lifecycle']:.1f} (minimum {minimum}, "
-            f"ratio {result['requests_per_lifecycle'] / minimum:.2f})  operator RSS idle {result['rss_idle_mib']:.0f} MiB, "
+            f"        requests/lifecycle {result['requests_per_lifecycle']:.1f} (minimum {minimum}, ratio {ratio:.2f})"
+            f"  operator RSS idle {result['rss_idle_mib']:.0f} MiB, "
             f"busy {result['rss_busy_mib']:.0f} MiB, peak {result['rss_peak_mib']:.0f} MiB"
         )
         print("        per lifecycle: " + ", ".join(f"{k} {v:.2f}" for k, v in result["breakdown"].items()))
