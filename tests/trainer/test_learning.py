@@ -134,9 +134,18 @@ def test_chat_data_learns_through_the_chat_template(pvc_root: Path, tiny_model_d
     assert count_correct(model, tokenizer, chat_prompt) >= 15
 
 
-@pytest.mark.parametrize("fmt", ["qa", "text"])
-def test_qa_and_text_data_train_end_to_end(fmt: str, pvc_root: Path, tmp_path: Path):
-    spec = base_spec(f"facts-{fmt}.jsonl", training={"maxSteps": 3})
+@pytest.mark.parametrize(
+    ("data_file", "fmt", "training"),
+    [
+        ("facts-qa.jsonl", "qa", {}),
+        ("facts-text.jsonl", "text", {}),
+        ("facts.jsonl", "alpaca", {"paddingFree": True}),
+        ("facts.jsonl", "alpaca", {"packing": True}),
+    ],
+    ids=["qa", "text", "padding-free", "packing"],
+)
+def test_other_formats_and_batching_modes_train_end_to_end(data_file, fmt, training, pvc_root: Path, tmp_path: Path):
+    spec = base_spec(data_file, training={"maxSteps": 3, **training})
     assert run_in_process(write_spec(tmp_path, spec), tmp_path / "output", pvc_root) == 0
     manifest = json.loads((tmp_path / "output" / ADAPTER_DIR / MANIFEST_FILE).read_text())
     assert manifest["format"] == fmt and manifest["steps"] == 3

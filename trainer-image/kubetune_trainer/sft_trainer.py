@@ -33,11 +33,17 @@ class KubetuneSFTTrainer(SFTTrainer):
 
 
 def truncate_tokenized(dataset: Dataset, max_length: int) -> Dataset:
-    """Cut tokenized rows to `max_length`: trl does not truncate padding-free batches itself."""
-    columns = [name for name in ("input_ids", "completion_mask", "assistant_masks") if name in dataset.column_names]
+    """Cut tokenized rows to `max_length`: trl does not truncate padding-free batches itself.
+
+    Every per-token column (input_ids, labels, completion/assistant masks) is cut alike."""
 
     def cut(row):
-        return {name: row[name][:max_length] for name in columns}
+        length = len(row["input_ids"])
+        if length <= max_length:
+            return {}
+        return {
+            name: value[:max_length] for name, value in row.items() if isinstance(value, list) and len(value) == length
+        }
 
     return dataset.map(cut, desc="truncating rows")
 
