@@ -1,9 +1,9 @@
 """What the operator actually asks of the API server, recorded at the mock API server (tests/support/kube).
 
 Two sources, both real operator runs:
-- `scenario_permissions()`: the operator's scenario suite (tests/operator), run in a subprocess with the
-  harness' KUBETUNE_API_REQUESTS_FILE, which collects every (verb, apiGroup, resource) the operator sent.
-  Those scenarios run kopf standalone and cluster-wide.
+- `scenario_permissions()`: the operator's scenario suite (the tests in tests/operator that run the operator,
+  chosen by tests/deploy/scenario_selection.py), run in a subprocess with the harness' KUBETUNE_API_REQUESTS_FILE,
+  which collects every (verb, apiGroup, resource) the operator sent. They run kopf standalone and cluster-wide.
 - `peering_run()`: the operator as installed: mandatory kopf peering (`KUBETUNE_PEERING`) with the shipped
   peering object, cluster-wide or in one watched namespace. It records kopf's framework calls (peering,
   namespace-scoped watches) and the per-job Role the operator creates, whose rules the operator must hold
@@ -49,18 +49,18 @@ def scenario_permissions() -> set[Permission]:
         return _read_permissions(Path(reused))
     from tests.support.kube.recorder import REQUESTS_FILE_ENV
 
-    with tempfile.TemporaryDirectory() as scratch:
-        target = Path(scratch) / "requests.json"
-        command = [sys.executable, "-m", "pytest", str(OPERATOR_TESTS), "-q", "-p", "no:cacheprovider", "-x"]
-        env = {**os.environ, REQUESTS_FILE_ENV: str(target)}
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RecordingError(
-                f"the operator scenarios failed, so their API calls are unknown:\n{result.stdout[-4000:]}"
-            )
-        if not target.is_file():
-            raise RecordingError(f"the operator scenarios recorded nothing ({REQUESTS_FILE_ENV} was not written)")
-        return _read_permissions(target)
+    failures = []
+    for _attempt in range(2):  # one retry: a scenario that times out on a loaded machine says nothing about RBAC
+        with tempfile.TemporaryDirectory() as scratch:
+            target = Path(scratch) / "requests.json"
+            command = [sys.executable, "-m", "pytest", str(OPERATOR_TESTS), "-q", "-p", "no:cacheprovider", "-x"]
+            command += ["-p", "tests.deploy.scenario_selection"]
+            env = {**os.environ, REQUESTS_FILE_ENV: str(target)}
+            result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+            if result.returncode == 0 and target.is_file():
+                return _read_permissions(target)
+            failures.append(result.stdout[-3000:] or f"{REQUESTS_FILE_ENV} was not written")
+    raise RecordingError("the operator scenarios failed twice, so their API calls are unknown:\n" + failures[-1])
 
 
 def _register_peering_kinds(cluster: Any) -> None:

@@ -16,7 +16,8 @@ SKIPPED_DIRS = {".git", ".venv", ".tools", "node_modules", "build", "dist"}
 
 def dockerfiles() -> list:
     found = [*REPO_ROOT.rglob("Dockerfile"), *REPO_ROOT.rglob("*.Dockerfile"), *REPO_ROOT.rglob("Dockerfile.*")]
-    return sorted({path for path in found if not SKIPPED_DIRS & set(path.relative_to(REPO_ROOT).parts)})
+    dockerfiles = {path for path in found if path.suffix != ".dockerignore"}  # Dockerfile.dockerignore is no Dockerfile
+    return sorted(path for path in dockerfiles if not SKIPPED_DIRS & set(path.relative_to(REPO_ROOT).parts))
 
 
 def test_the_operator_dockerfile_is_found():
