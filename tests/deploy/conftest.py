@@ -18,6 +18,7 @@ CUSTOM_VALUES = {
         "healthPort": 8181,
         "metrics": {"enabled": False, "port": 9191},
         "workers": 4,
+        "verbose": True,
         "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
         "nodeSelector": {"kubernetes.io/os": "linux", "node-role.example.com/system": "true"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],

@@ -82,6 +82,7 @@ def test_custom_values_reach_the_deployment(helm_custom):
     assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
     assert container["resources"] == operator["resources"]
     assert container["command"] == ["kubetune", "operator"]
+    assert container["args"] == ["--verbose"]
     assert {"name": "health", "containerPort": 8181, "protocol": "TCP"} in container["ports"]
     assert "metrics" not in {port["name"] for port in container["ports"]}
     assert _env(container) == {

@@ -82,6 +82,16 @@ def test_namespaced_overlay_watches_only_its_namespaces(namespaced):
         assert binding["roleRef"]["kind"] == "Role"
 
 
+def test_the_deployment_command_is_a_kubetune_command(cluster_wide, helm_custom):
+    from kubetune.cli import build_parser
+
+    for manifests in (cluster_wide, helm_custom):
+        container = render.one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        program, *arguments = container["command"] + container.get("args", [])
+        assert program == "kubetune"
+        assert build_parser().parse_args(arguments).command == "operator"
+
+
 def test_operator_settings_accept_every_rendering(cluster_wide, namespaced, helm_custom):
     """The Deployment's KUBETUNE_* variables are settings the operator knows, with values it accepts."""
     from kubetune.operator.settings import ENV_PREFIX, OperatorSettings
