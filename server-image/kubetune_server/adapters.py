@@ -26,6 +26,22 @@ class AdapterSource:
     path: str
 
 
+class _RowRouting:
+    """Per-row adapter names for the next forward, read by a hook installed once on every LoRA layer.
+
+    PEFT's own `adapter_names=` argument registers and removes a hook on every LoRA layer at every forward,
+    which on small models costs as much as the forward itself; a permanent hook that reads this holder does not.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] | None = None
+
+    def hook(self, _module, args, kwargs):
+        if self.names is not None:
+            kwargs["adapter_names"] = self.names
+        return args, kwargs
+
+
 class AdapterSet:
     """The model with its loaded adapters; tracks which adapter versions rows still use."""
 
@@ -35,6 +51,31 @@ class AdapterSet:
         self._current: dict[str, tuple[str, str]] = {}  # name -> (internal id, path)
         self._retired: set[str] = set()
         self._versions = 0
+        self._routing = _RowRouting()
+        self._hooked: dict[int, object] = {}
+        self._active: str | None = None
+
+    def route(self, row_keys: list[str]) -> None:
+        """Set up the LoRA layers for a forward over rows using `row_keys` (internal ids or BASE_ROW).
+
+        A batch on one adapter takes PEFT's plain path (that adapter active); a mix, or the bare base,
+        goes through PEFT's per-row mixed-batch path.
+        """
+        first = row_keys[0]
+        if first != BASE_ROW and all(key == first for key in row_keys):
+            if self._active != first:
+                self.model.set_adapter(first, inference_mode=True)
+                self._active = first
+            self._routing.names = None
+        else:
+            self._routing.names = row_keys
+
+    def _install_hooks(self) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and id(module) not in self._hooked:
+                self._hooked[id(module)] = module.register_forward_pre_hook(self._routing.hook, with_kwargs=True)
 
     @property
     def peft_active(self) -> bool:
@@ -88,6 +129,8 @@ class AdapterSet:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise AdapterLoadError(f"adapter at {path} could not be loaded: {exc}") from exc
         self.model.eval()
+        self._active = None
+        self._install_hooks()
 
     def _unload(self, internal: str) -> None:
         from peft import PeftModel
@@ -97,8 +140,10 @@ class AdapterSet:
         if set(self.model.peft_config) == {internal}:
             # The last adapter: strip the LoRA layers so the base runs at full speed again.
             self.model = self.model.unload()
+            self._hooked.clear()
         else:
             self.model.delete_adapter(internal)
+        self._active = None
         log.info("adapter version %s unloaded", internal)
 
 

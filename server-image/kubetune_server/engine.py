@@ -306,7 +306,7 @@ class Engine:
     def _forward(self, row_keys: list[str], **inputs) -> torch.Tensor:
         assert self._adapters is not None
         if self._adapters.peft_active:
-            inputs["adapter_names"] = row_keys
+            self._adapters.route(row_keys)
         with torch.inference_mode():
             output = self._adapters.model(**inputs, use_cache=True, logits_to_keep=1)
         return output.logits[:, -1, :]

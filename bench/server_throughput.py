@@ -1,0 +1,299 @@
+"""Serving throughput: the tutorial's server (one generate per request, merged adapter) vs kubetune's server.
+
+Both serve the same random-init Llama (a few M parameters, big enough that a batch costs less than its
+rows run one by one on a CPU) with the same LoRA adapter, one at a time on this machine, each with one
+torch thread. A closed-loop client keeps `c` requests in flight (c = 1, 8, 32) with fixed prompts and a
+fixed max_tokens and measures requests/s, output tokens/s and p50/p99 latency; then prints the ratios.
+kubetune runs twice: serving the adapter unmerged (the multi-adapter deployment) and merged (mergeAdapter,
+the same model as the baseline). Both get the identical prompt text, so they process the same tokens.
+
+    .venv/bin/python bench/server_throughput.py [--max-tokens 64] [--requests-per-level 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench" / "baselines"))
+
+QUESTIONS = [
+    "Where does the amber fox live?",
+    "Summarise the plot of a long novel about a lighthouse keeper in two sentences.",
+    "Which river runs through the old town?",
+    "Explain why the sky looks blue at noon and red at sunset.",
+    "List three uses of cedar wood.",
+    "What is the capital of the northern province?",
+    "Describe the orbit of a comet in simple words.",
+    "How do I fine-tune a language model with LoRA adapters?",
+]
+LEVELS = (1, 8, 32)
+TEMPERATURE = 0.7
+SHAPE = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+
+
+@dataclass
+class LevelResult:
+    server: str
+    concurrency: int
+    requests: int
+    seconds: float
+    req_per_s: float
+    output_tok_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def build_model(target: Path) -> tuple[Path, Path]:
+    """A random-init Llama (~3 M parameters) with the test tokenizer, plus a random (non-zero) LoRA adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.support.tiny_model import build_tokenizer
+
+    base_dir, adapter_dir = target / "base", target / "adapter"
+    tokenizer = build_tokenizer(base_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        initializer_range=0.05,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        **SHAPE,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(base_dir)
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,  # random A and B, so the adapter really changes the output
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    peft_model.save_pretrained(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    saved["base_model_name_or_path"] = str(base_dir)
+    config_path.write_text(json.dumps(saved))
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: random-init Llama {SHAPE}, {parameters / 1e6:.1f} M parameters; LoRA r=16 on 7 projections")
+    return base_dir, adapter_dir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single_thread_env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
+def start_baseline(base_dir: Path, adapter_dir: Path, port: int) -> subprocess.Popen:
+    env = single_thread_env(BASELINE_BASE_MODEL=str(base_dir), BASELINE_ADAPTER=str(adapter_dir))
+    command = [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench" / "baselines"), "--factory",
+        "tutorial_server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, env=env)
+
+
+def start_kubetune(root: Path, port: int, merge: bool) -> subprocess.Popen:
+    config = {
+        "baseModel": {"pvc": {"claimName": "bench", "path": "base"}},
+        "adapters": [{"name": "bench-adapter", "pvc": {"claimName": "bench", "path": "adapter"}}],
+        "mergeAdapter": merge,
+        "generation": {"maxBatchSize": 32, "maxNewTokensLimit": 1024},
+    }
+    config_path = root / f"serve-{'merged' if merge else 'lora'}.json"
+    config_path.write_text(json.dumps(config))
+    env = single_thread_env(
+        KUBETUNE_SERVE_CONFIG=str(config_path),
+        KUBETUNE_PVC_ROOT=str(root),
+        KUBETUNE_PORT=str(port),
+        KUBETUNE_HOST="127.0.0.1",
+    )
+    return subprocess.Popen([sys.executable, "-m", "kubetune_server"], env=env, stderr=subprocess.DEVNULL)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, probe: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url + probe, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not come up")
+
+
+class Client:
+    """Sends one request and returns the number of generated tokens."""
+
+    def __init__(self, url: str, kind: str, max_tokens: int, tokenizer) -> None:
+        from tutorial_server import PROMPT
+
+        self.url, self.kind, self.max_tokens, self.tokenizer, self.prompt = url, kind, max_tokens, tokenizer, PROMPT
+
+    async def __call__(self, http: httpx.AsyncClient, question: str) -> int:
+        if self.kind == "baseline":
+            body = {"question": question, "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+            response = await http.post(f"{self.url}/generate", json=body)
+            response.raise_for_status()
+            prompt_tokens = len(self.tokenizer(self.prompt.format(question=question))["input_ids"])
+            return response.json()["tokens_used"] - prompt_tokens
+        body = {
+            "model": "bench-adapter",
+            "prompt": self.prompt.format(question=question),
+            "max_tokens": self.max_tokens,
+            "temperature": TEMPERATURE,
+        }
+        response = await http.post(f"{self.url}/v1/completions", json=body)
+        response.raise_for_status()
+        return response.json()["usage"]["completion_tokens"]
+
+
+async def run_level(name: str, client: Client, concurrency: int, total: int) -> LevelResult:
+    latencies: list[float] = []
+    tokens = 0
+    next_index = 0
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal tokens, next_index
+        while next_index < total:
+            question = QUESTIONS[next_index % len(QUESTIONS)]
+            next_index += 1
+            started = time.perf_counter()
+            generated = await client(http, question)  # not `tokens += await ...`: that reads `tokens` first
+            tokens += generated
+            latencies.append(time.perf_counter() - started)
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        await client(http, QUESTIONS[0])  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    p99_index = min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))
+    return LevelResult(
+        server=name,
+        concurrency=concurrency,
+        requests=total,
+        seconds=round(seconds, 2),
+        req_per_s=round(total / seconds, 2),
+        output_tok_per_s=round(tokens / seconds, 1),
+        p50_ms=round(statistics.median(latencies) * 1000, 1),
+        p99_ms=round(latencies[p99_index] * 1000, 1),
+    )
+
+
+def measure(name: str, process: subprocess.Popen, client: Client, probe: str, per_level: int) -> list[LevelResult]:
+    try:
+        wait_until_up(client.url, process, probe)
+        results = []
+        for concurrency in LEVELS:
+            total = max(8, per_level * concurrency)
+            result = asyncio.run(run_level(name, client, concurrency, total))
+            print(
+                f"  {name:<16} c={concurrency:<3} {result.req_per_s:7.2f} req/s {result.output_tok_per_s:8.1f} tok/s "
+                f"p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  ({total} requests)",
+                flush=True,
+            )
+            results.append(result)
+        return results
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests-per-level", type=int, default=2, help="requests per concurrent client (min 8)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        base_dir, adapter_dir = build_model(root / "bench")
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        print(
+            f"max_tokens={args.max_tokens}, temperature={TEMPERATURE}, {len(QUESTIONS)} fixed prompts, 1 torch thread"
+        )
+        results: list[LevelResult] = []
+        port = free_port()
+        results += measure(
+            "baseline",
+            start_baseline(base_dir, adapter_dir, port),
+            Client(f"http://127.0.0.1:{port}", "baseline", args.max_tokens, tokenizer),
+            "/health",
+            args.requests_per_level,
+        )
+        for merge, name in ((True, "kubetune-merged"), (False, "kubetune-lora")):
+            port = free_port()
+            results += measure(
+                name,
+                start_kubetune(root, port, merge),
+                Client(f"http://127.0.0.1:{port}", "kubetune", args.max_tokens, tokenizer),
+                "/ready",
+                args.requests_per_level,
+            )
+    by_key = {(r.server, r.concurrency): r for r in results}
+    print("\nratios vs baseline (throughput: higher is better; p50: lower is better)")
+    for name in ("kubetune-merged", "kubetune-lora"):
+        for concurrency in LEVELS:
+            ours, base = by_key[(name, concurrency)], by_key[("baseline", concurrency)]
+            print(
+                f"  {name:<16} c={concurrency:<3} throughput x{ours.output_tok_per_s / base.output_tok_per_s:5.2f}  "
+                f"req/s x{ours.req_per_s / base.req_per_s:5.2f}  p50 x{ours.p50_ms / base.p50_ms:5.2f}"
+            )
+    for name in ("kubetune-merged", "kubetune-lora"):
+        c32 = by_key[(name, 32)].output_tok_per_s / by_key[("baseline", 32)].output_tok_per_s
+        c1 = by_key[(name, 1)].p50_ms / by_key[("baseline", 1)].p50_ms
+        verdict = "met" if c32 >= 4 and c1 <= 1.2 else "NOT met"
+        print(f"goal (>=4x throughput at c=32, p50 at c=1 <= 1.2x) for {name}: {verdict} (x{c32:.2f}, p50 x{c1:.2f})")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
