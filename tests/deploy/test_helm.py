@@ -52,7 +52,10 @@ def test_default_install_is_cluster_wide_with_kept_crds(helm_default):
     ]
     assert len(kubetune_crds) == 2
     for crd in kubetune_crds:
-        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["metadata"]["annotations"] == {
+            "helm.sh/resource-policy": "keep",
+            "argocd.argoproj.io/sync-options": "Delete=false,Prune=false",
+        }
 
 
 def test_chart_crds_are_the_generated_crds(helm_default):
