@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.binaries import REPO_ROOT, helm, helm_env, kubectl
+from tests.support.binaries import REPO_ROOT, helm_env, kubectl
+from tests.support.binaries import helm as helm_binary
 
 DEPLOY = REPO_ROOT / "deploy"
 KUSTOMIZE = DEPLOY / "kustomize"
@@ -57,7 +58,7 @@ def helm_template(values: dict[str, Any] | None = None, include_crds: bool = Tru
     """`helm template kubetune deploy/helm/kubetune -n kubetune -f VALUES [--include-crds]`, parsed."""
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        command = [str(helm()), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        command = [str(helm_binary()), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
         command += ["--values", str(_values_file(values or {}, scratch))]
         if include_crds:
             command.append("--include-crds")
@@ -68,7 +69,14 @@ def helm_lint(values: dict[str, Any] | None = None) -> str:
     """`helm lint --strict` with the given values; returns its output (raises when it fails)."""
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        command = [str(helm()), "lint", "--strict", str(CHART), "--values", str(_values_file(values or {}, scratch))]
+        command = [
+            str(helm_binary()),
+            "lint",
+            "--strict",
+            str(CHART),
+            "--values",
+            str(_values_file(values or {}, scratch)),
+        ]
         return _run(command, env=helm_env(scratch))
 
 
@@ -83,3 +91,9 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
         present = sorted(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
         raise AssertionError(f"expected one {kind} {name or ''}, found {len(found)} among {present}")
     return found[0]
+
+
+def helm(*arguments: str) -> str:
+    """Any helm command with a private cache/config folder; returns stdout (raises when it fails)."""
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        return _run([str(helm_binary()), *arguments], env=helm_env(Path(scratch_dir)))

@@ -199,3 +199,20 @@ def test_schema_covers_every_value():
                 walk(child, schema_node["properties"][key], f"{path}.{key}")
 
     walk(values, schema, "")
+
+
+def test_install_dry_run_prints_the_notes():
+    output = render.helm("install", "kubetune", str(render.CHART), "--namespace", "kubetune", "--dry-run=client")
+    assert "rollout status deployment/kubetune-operator" in output
+
+
+def test_packaged_chart_renders_the_same(tmp_path, helm_default):
+    render.helm("package", str(render.CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("kubetune-*.tgz")
+    text = render.helm("template", render.RELEASE, str(archive), "--namespace", render.NAMESPACE, "--include-crds")
+    assert render.parse_documents(text) == helm_default
+
+
+def test_old_kubernetes_is_refused():
+    with pytest.raises(render.RenderError, match="kubeVersion"):
+        render.helm("template", "kubetune", str(render.CHART), "--kube-version", "1.29.0")
