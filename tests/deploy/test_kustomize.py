@@ -106,3 +106,18 @@ def test_operator_settings_accept_every_rendering(cluster_wide, namespaced, helm
         "team-a",
         "team-b",
     )
+
+
+def test_the_install_docs_overlay_example_builds(tmp_path):
+    """docs/install.md shows how to pin images with an own overlay; it must build and change what it says."""
+    text = (render.REPO_ROOT / "docs" / "install.md").read_text()
+    block = text.split("# my-overlay/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "deploy").symlink_to(render.DEPLOY)
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block)
+    deployment = render.one(render.kustomize(overlay), "Deployment")
+    env = _env(deployment)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.example.com/")
+    assert env["KUBETUNE_TRAINER_IMAGE"].startswith("registry.example.com/kubetune/trainer:")
+    assert env["KUBETUNE_SERVER_IMAGE"].startswith("registry.example.com/kubetune/server:")
