@@ -83,3 +83,13 @@ def test_recorder_subresources():
     recorder.record(ApiCall("patch", "kubetune.dev", "finetunejobs", "status", "ns", "kubetune-trainer/1"))
     assert recorder.permissions() == {("patch", "kubetune.dev", "finetunejobs/status")}
     assert recorder.permissions(("kubetune-trainer/",)) == {("patch", "kubetune.dev", "finetunejobs/status")}
+
+
+def test_an_operator_writing_a_custom_resource_spec_is_caught(cluster, kube):
+    kube.create(FTJ, NS, {"metadata": {"name": "f"}, "spec": {"suspend": False}})
+    operator = cluster.client("kopf/test")
+    operator.patch(FTJ, NS, "f", {"metadata": {"annotations": {"kubetune.dev/x": "1"}}})  # bookkeeping is fine
+    assert cluster.validator.errors == []
+    operator.patch(FTJ, NS, "f", {"spec": {"suspend": True}})
+    assert "wrote the spec of FineTuneJob f" in cluster.validator.errors[0]
+    cluster.validator.errors.clear()

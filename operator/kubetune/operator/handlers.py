@@ -18,6 +18,12 @@ FTJ = (API_GROUP, API_VERSION, "finetunejobs")
 MSV = (API_GROUP, API_VERSION, "modelserves")
 OWNED_BY_FTJ = {naming.LABEL_FINETUNEJOB: kopf.PRESENT}
 OWNED_BY_MSV = {naming.LABEL_MODELSERVE: kopf.PRESENT}
+RETRY_SECONDS = 5  # a failed reconcile (API hiccup) is retried soon, not after kopf's default minute
+RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in ("Succeeded", "Failed")
 
 
 def _ctx(memo: Any) -> OperatorContext:
@@ -68,17 +74,17 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 
 
 # ---- FineTuneJob -------------------------------------------------------------------------------
-@kopf.on.create(*FTJ, registry=REGISTRY)
+@kopf.on.create(*FTJ, registry=REGISTRY, backoff=RETRY_SECONDS)
 def finetunejob_created(body: kopf.Body, name: str, namespace: str, memo: Any, **_: Any) -> None:
     _ctx(memo).finetunejobs.reconcile(namespace, name, body=dict(body))
 
 
-@kopf.on.resume(*FTJ, registry=REGISTRY)
+@kopf.on.resume(*FTJ, registry=REGISTRY, backoff=RETRY_SECONDS)
 def finetunejob_resumed(name: str, namespace: str, memo: Any, **_: Any) -> None:
     _ctx(memo).finetunejobs.reconcile(namespace, name)
 
 
-@kopf.on.update(*FTJ, field="spec", registry=REGISTRY)
+@kopf.on.update(*FTJ, field="spec", registry=REGISTRY, backoff=RETRY_SECONDS)
 def finetunejob_updated(name: str, namespace: str, memo: Any, **_: Any) -> None:
     """Only `suspend` may change (CEL keeps the rest immutable); it is passed through to the Job."""
     _ctx(memo).finetunejobs.reconcile(namespace, name)
@@ -87,6 +93,12 @@ def finetunejob_updated(name: str, namespace: str, memo: Any, **_: Any) -> None:
 @kopf.on.delete(*FTJ, registry=REGISTRY)
 def finetunejob_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
     _ctx(memo).finetunejobs.stop(dict(body))
+
+
+@kopf.timer(*FTJ, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_unfinished, registry=REGISTRY)
+def finetunejob_resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    """Safety net for a lost Job event: re-read and reconcile unfinished FineTuneJobs now and then."""
+    _ctx(memo).finetunejobs.reconcile(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED_BY_FTJ, registry=REGISTRY)
@@ -147,14 +159,20 @@ def finetunejob_phase_changed(
 
 
 # ---- ModelServe --------------------------------------------------------------------------------
-@kopf.on.create(*MSV, registry=REGISTRY)
+@kopf.on.create(*MSV, registry=REGISTRY, backoff=RETRY_SECONDS)
 def modelserve_created(body: kopf.Body, name: str, namespace: str, memo: Any, **_: Any) -> None:
     _ctx(memo).modelserves.reconcile(namespace, name, body=dict(body))
 
 
-@kopf.on.resume(*MSV, registry=REGISTRY)
-@kopf.on.update(*MSV, field="spec", registry=REGISTRY)
+@kopf.on.resume(*MSV, registry=REGISTRY, backoff=RETRY_SECONDS)
+@kopf.on.update(*MSV, field="spec", registry=REGISTRY, backoff=RETRY_SECONDS)
 def modelserve_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    _ctx(memo).modelserves.reconcile(namespace, name)
+
+
+@kopf.timer(*MSV, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=REGISTRY)
+def modelserve_resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    """Safety net: repairs drift of children that are not watched (the ConfigMap) and lost events."""
     _ctx(memo).modelserves.reconcile(namespace, name)
 
 

@@ -25,6 +25,7 @@ from .state import ApiError, ClusterState, Kind, Validator
 
 _PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))(?P<rest>(?:/[^/]+)*)/?$")
 NAMESPACE_SUBRESOURCES = {"status", "finalize"}
+CUSTOM_GROUPS = {"kubetune.dev"}  # the operator must never write the spec of these (users own it)
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,11 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
             return self._json(state.create(kind, route.namespace, body, validate), 201)
         if raw.method == "PATCH" and route.name is not None:
             content_type = raw.headers.get("Content-Type", "").split(";")[0].strip()
-            return self._json(
-                state.patch(kind, route.namespace, route.name, body, content_type, route.subresource, validate)
-            )
+            before = state.get(kind, route.namespace, route.name).get("spec")
+            result = state.patch(kind, route.namespace, route.name, body, content_type, route.subresource, validate)
+            if validate is not None and kind.group in CUSTOM_GROUPS and result.get("spec") != before:
+                self.validator.errors.append(f"the operator wrote the spec of {kind.kind} {route.name}: {body}")
+            return self._json(result)
         if raw.method == "PUT" and route.name is not None:
             return self._json(state.replace(kind, route.namespace, route.name, body, route.subresource, validate))
         if raw.method == "DELETE" and route.name is not None:
@@ -158,7 +161,10 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
         bookmarks = query.get("allowWatchBookmarks", "").lower() == "true"
 
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(raw)
+        try:
+            await response.prepare(raw)
+        except ConnectionResetError:
+            return response  # the client gave up before the stream started
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 

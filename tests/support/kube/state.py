@@ -82,6 +82,8 @@ class ClusterState:
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._history: dict[tuple[str, str], list[tuple[int, str, dict[str, Any]]]] = {}
         self._history_rvs: dict[tuple[str, str], list[int]] = {}
+        self._uids: dict[str, ObjectKey] = {}
+        self._dependents: dict[str, set[ObjectKey]] = {}  # owner uid -> keys of objects it owns
         self._revision = 0
         self._lock = threading.RLock()
         self.listeners: list[Callable[[], None]] = []
@@ -236,7 +238,8 @@ class ClusterState:
             if history and revision < history[0][0] - 1 and len(history) >= self.history_limit:
                 raise ApiError(410, "Expired", f"too old resource version: {revision} ({history[0][0]})")
             start = bisect.bisect_right(self._history_rvs.get(kind.key, []), revision)
-            events = [(rv, kind_, copy.deepcopy(obj)) for rv, kind_, obj in history[start:] if matches(obj)]
+            # History entries are snapshots nobody mutates: handed out without copying (read-only).
+            events = [(rv, kind_, obj) for rv, kind_, obj in history[start:] if matches(obj)]
             return events, self._revision
 
     # ---- internals ----------------------------------------------------------------------------
@@ -302,7 +305,13 @@ class ClusterState:
     def _store(self, kind: Kind, key: ObjectKey, obj: dict[str, Any], event: str) -> None:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
+        previous = self._objects.get(key)
+        if previous is not None:
+            self._unindex(key, previous)
         self._objects[key] = obj
+        self._uids[obj["metadata"]["uid"]] = key
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            self._dependents.setdefault(ref.get("uid", ""), set()).add(key)
         self._record(kind, event, obj)
 
     def _record(self, kind: Kind, event: str, obj: dict[str, Any]) -> None:
@@ -320,18 +329,29 @@ class ClusterState:
 
     def _remove(self, kind: Kind, obj: dict[str, Any], cascade: bool) -> None:
         meta = obj["metadata"]
-        self._objects.pop(self._key(kind, meta.get("namespace"), meta["name"]), None)
+        key = self._key(kind, meta.get("namespace"), meta["name"])
+        stored = self._objects.pop(key, None)
+        if stored is not None:
+            self._unindex(key, stored)
         self._revision += 1
         meta["resourceVersion"] = str(self._revision)
         self._record(kind, "DELETED", obj)
         if cascade:
             self._collect_garbage(meta["uid"])
 
+    def _unindex(self, key: ObjectKey, obj: dict[str, Any]) -> None:
+        self._uids.pop(obj["metadata"]["uid"], None)
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            dependents = self._dependents.get(ref.get("uid", ""))
+            if dependents is not None:
+                dependents.discard(key)
+
     def _collect_garbage(self, owner_uid: str) -> None:
         """The garbage collector: delete dependents whose owners are all gone (background propagation)."""
-        live_uids = {obj["metadata"]["uid"] for obj in self._objects.values()}
-        for key, obj in list(self._objects.items()):
+        for key in sorted(self._dependents.pop(owner_uid, set())):
+            obj = self._objects.get(key)
+            if obj is None:
+                continue
             refs = obj["metadata"].get("ownerReferences") or []
-            orphaned = not any(ref.get("uid") in live_uids for ref in refs)
-            if orphaned and any(ref.get("uid") == owner_uid for ref in refs) and key in self._objects:
+            if not any(ref.get("uid") in self._uids for ref in refs):
                 self.delete(self.kinds[key[:2]], key[2], key[3])
