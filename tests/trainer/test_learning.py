@@ -141,8 +141,9 @@ def test_chat_data_learns_through_the_chat_template(pvc_root: Path, tiny_model_d
         ("facts-text.jsonl", "text", {}),
         ("facts.jsonl", "alpaca", {"paddingFree": True}),
         ("facts.jsonl", "alpaca", {"packing": True}),
+        ("facts.jsonl", "alpaca", {"gradientCheckpointing": True}),
     ],
-    ids=["qa", "text", "padding-free", "packing"],
+    ids=["qa", "text", "padding-free", "packing", "gradient-checkpointing"],
 )
 def test_other_formats_and_batching_modes_train_end_to_end(data_file, fmt, training, pvc_root: Path, tmp_path: Path):
     spec = base_spec(data_file, training={"maxSteps": 3, **training})

@@ -64,6 +64,7 @@ def test_sigkill_after_a_checkpoint_then_resume(pvc_root: Path, tiny_model_dir: 
     assert not half_written.exists(), "the half-written checkpoint was discarded, not resumed"
     metrics = json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())
     assert metrics["steps"] == 60
+    assert metrics["trainLoss"] > metrics["evalLoss"], "train loss spans the whole run, not only the resumed part"
     final_state = json.loads((output / CHECKPOINTS_DIR / "checkpoint-60" / "trainer_state.json").read_text())
     assert final_state["global_step"] == final_state["max_steps"] == 60
     model, tokenizer = load_adapted(tiny_model_dir, output / ADAPTER_DIR)

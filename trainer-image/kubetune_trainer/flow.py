@@ -111,12 +111,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
         )
     eval_loss = final_eval.get("eval_loss")
     metrics = TrainingMetrics(
-        train_loss=_finite(result.training_loss),
+        train_loss=_finite(result.training_loss if resume_from is None else _logged_mean_loss(trainer.state)),
         eval_loss=_finite(eval_loss),
         perplexity=_finite(math.exp(min(eval_loss, 50.0))) if eval_loss is not None else None,
         steps=trainer.state.global_step,
         train_tokens=loss_tokens,
-        tokens_per_second=round(loss_tokens / wall, 2) if wall > 0 else None,
+        tokens_per_second=round(loss_tokens / wall, 2) if wall > 0 and loss_tokens else None,
         wall_seconds=round(wall, 2),
         peak_memory_bytes=_peak_memory_bytes(device.is_cuda),
         rouge_l=scores.rouge_l if scores else None,
@@ -173,6 +173,17 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     metrics = TrainingMetrics.model_validate(json.loads((final / METRICS_FILE).read_text(encoding="utf-8")))
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None
     return _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
+
+
+def _logged_mean_loss(state) -> float | None:
+    """Mean training loss over the whole run, earlier attempts included (their logs come with the checkpoint);
+    the Trainer's own figure covers only the steps of this attempt."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in state.log_history:
+        if "loss" in entry and "step" in entry:
+            window = entry["step"] - previous  # each logged loss is the mean over the steps since the last log
+            total, steps, previous = total + entry["loss"] * window, steps + window, entry["step"]
+    return total / steps if steps else None
 
 
 def _peak_memory_bytes(cuda: bool) -> int:
