@@ -110,6 +110,8 @@ def test_deleted_or_edited_children_are_repaired(operator, kube, kubelet):
     kube.wait_for(DEPLOYMENTS, NS, "chat", lambda d: d["spec"]["replicas"] == 1, what="replicas to be restored")
     kube.delete(SERVICES, NS, "chat")
     kube.wait_for(SERVICES, NS, "chat", exists, what="to be recreated")
+    kube.patch(SERVICES, NS, "chat", {"spec": {"ports": [{"name": "http", "port": 9999, "targetPort": "http"}]}})
+    kube.wait_for(SERVICES, NS, "chat", lambda svc: svc["spec"]["ports"][0]["port"] == 8000, what="port restored")
     kubelet.deployment_ready(NS, "chat")
     wait_phase(kube, "chat", "Ready", res=MSV)
 
