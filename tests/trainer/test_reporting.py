@@ -185,3 +185,46 @@ def test_termination_message_is_capped_at_4k(tmp_path: Path, monkeypatch):
     monkeypatch.setenv(ENV_TERMINATION_LOG, str(tmp_path / "termination-log"))
     assert write_termination_message({"exitReason": "Succeeded"}) == tmp_path / "termination-log"
     assert json.loads((tmp_path / "termination-log").read_text()) == {"exitReason": "Succeeded"}
+
+
+def test_a_run_in_a_pod_reports_to_the_api_server_over_tls(pvc_root: Path, tmp_path: Path, monkeypatch):
+    """The whole path: service account files, in-cluster env, TLS with the account's CA, real training events."""
+    import ssl
+    import subprocess
+
+    from kubetune.api.runtime import ADAPTER_DIR
+
+    from tests.trainer.helpers import base_spec, run_in_process, write_spec
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kubernetes",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+         "-out", str(account / "ca.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (account / "token").write_text(TOKEN)
+    (account / "namespace").write_text("team-a")
+    monkeypatch.setattr("kubetune_trainer.kube_status.SERVICE_ACCOUNT_DIR", account)
+    with FakeApiServer() as server:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(account / "ca.crt", tmp_path / "key.pem")
+        server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+        env = {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(server.server.server_address[1]),
+            ENV_JOB_NAME: "facts-job",
+        }
+        spec = base_spec(training={"maxSteps": 3, "loggingSteps": 1})
+        assert run_in_process(write_spec(tmp_path, spec), tmp_path / "output", pvc_root, **env) == 0
+    assert server.requests, "the trainer patched the status"
+    assert {r["path"] for r in server.requests} == {
+        "/apis/kubetune.dev/v1alpha1/namespaces/team-a/finetunejobs/facts-job/status"
+    }
+    assert all(r["headers"]["Authorization"] == f"Bearer {TOKEN}" for r in server.requests)
+    final = server.requests[-1]["body"]["status"]
+    assert final["progress"]["step"] == 3 and final["progress"]["percent"] == 100
+    assert final["metrics"]["steps"] == 3 and "evalLoss" in final["metrics"]
+    assert not (tmp_path / "output" / PROGRESS_FILE).exists(), "in a pod, progress goes to the status only"
+    assert (tmp_path / "output" / ADAPTER_DIR / "adapter_config.json").is_file()

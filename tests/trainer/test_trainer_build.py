@@ -91,3 +91,23 @@ def test_the_hub_token_never_reaches_logs_or_the_termination_message(pvc_root: P
     summary = (tmp_path / "termination-log").read_text()
     assert "acme/private-model" in json.loads(summary)["message"]
     assert "hf_TOPSECRET123" not in summary and "hf_TOPSECRET123" not in caplog.text
+
+
+def test_a_tokenizer_without_chat_template_or_pad_gets_working_defaults(tiny_model_dir: Path, tmp_path: Path):
+    import shutil
+
+    from kubetune_trainer.model_loading import FALLBACK_CHAT_TEMPLATE
+    from transformers import AutoTokenizer
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    tokenizer = AutoTokenizer.from_pretrained(bare)
+    tokenizer.chat_template = None
+    tokenizer.pad_token = None
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(bare)
+    loaded = load_tokenizer(ModelLocation(str(bare), None, False))
+    assert loaded.chat_template == FALLBACK_CHAT_TEMPLATE
+    assert loaded.pad_token == loaded.eos_token
+    text = loaded.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

@@ -52,10 +52,11 @@ class KubeStatusClient:
 
     @classmethod
     def from_environment(
-        cls, environ: Mapping[str, str] | None = None, account_dir: Path = SERVICE_ACCOUNT_DIR
+        cls, environ: Mapping[str, str] | None = None, account_dir: Path | None = None
     ) -> KubeStatusClient | None:
         """A client when running in a pod with a token and the job's name, else None (report to a file)."""
         environ = os.environ if environ is None else environ
+        account_dir = account_dir or SERVICE_ACCOUNT_DIR
         host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
         name, namespace = environ.get(ENV_JOB_NAME), environ.get(ENV_NAMESPACE)
         token_file = account_dir / "token"
