@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kubetune.api import FineTuneJobSpec, Progress, TrainingMetrics
+from kubetune.api import FineTuneJobSpec, TrainingMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR
 from transformers import set_seed
 
 from .checkpoints import CheckpointMarker, newest_complete_checkpoint, remove_incomplete_checkpoints
 from .configs import build_configs
-from .data import prepare_data
+from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
 from .generation_eval import generation_scores
@@ -38,7 +38,7 @@ from .outputs import (
 )
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
-from .sft_trainer import build_trainer
+from .sft_trainer import KubetuneSFTTrainer, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +97,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - started
-    final_eval = trainer.evaluate() if data.eval is not None else {}
-    loss_tokens = trainer.total_loss_tokens()
-
-    scores = None
-    if me.is_main:
-        scores = generation_scores(
-            trainer.model,
-            tokenizer,
-            data.eval or data.train,
-            spec.evaluation.generation_samples,
-            spec.evaluation.max_new_tokens,
-        )
-    eval_loss = final_eval.get("eval_loss")
-    metrics = TrainingMetrics(
-        train_loss=_finite(result.training_loss if resume_from is None else _logged_mean_loss(trainer.state)),
-        eval_loss=_finite(eval_loss),
-        perplexity=_finite(math.exp(min(eval_loss, 50.0))) if eval_loss is not None else None,
-        steps=trainer.state.global_step,
-        train_tokens=loss_tokens,
-        tokens_per_second=round(loss_tokens / wall, 2) if wall > 0 and loss_tokens else None,
-        wall_seconds=round(wall, 2),
-        peak_memory_bytes=_peak_memory_bytes(device.is_cuda),
-        rouge_l=scores.rouge_l if scores else None,
-        bleu=scores.bleu if scores else None,
-    )
+    metrics = _final_metrics(trainer, result, spec, data, resumed=resume_from is not None, wall=wall, me=me)
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
     summary: dict[str, Any] = {}
@@ -143,13 +119,47 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
         )
         final = publish_adapter(output_dir)
         hub_repo = push_adapter(final, spec.output)
-        final_progress = progress.last_progress.model_copy(
+        last = progress.last_progress.model_copy(
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
         )
-        progress.sink.finish(Progress.model_validate(final_progress.model_dump()), metrics)
+        progress.sink.finish(last, metrics)
         summary = _summary(final, metrics, data.skipped_rows, hub_repo)
     barrier()
     return summary
+
+
+def _final_metrics(
+    trainer: KubetuneSFTTrainer,
+    result: Any,
+    spec: FineTuneJobSpec,
+    data: PreparedData,
+    *,
+    resumed: bool,
+    wall: float,
+    me: ProcessInfo,
+) -> TrainingMetrics:
+    """Final evaluation (every process), optional generation scores (main process) and throughput."""
+    final_eval = trainer.evaluate() if data.eval is not None else {}
+    loss_tokens = trainer.total_loss_tokens()
+    scores = None
+    if me.is_main:
+        samples, max_new_tokens = spec.evaluation.generation_samples, spec.evaluation.max_new_tokens
+        scores = generation_scores(
+            trainer.model, trainer.processing_class, data.eval or data.train, samples, max_new_tokens
+        )
+    eval_loss = final_eval.get("eval_loss")
+    return TrainingMetrics(
+        train_loss=_finite(_logged_mean_loss(trainer.state) if resumed else result.training_loss),
+        eval_loss=_finite(eval_loss),
+        perplexity=_finite(math.exp(min(eval_loss, 50.0))) if eval_loss is not None else None,
+        steps=trainer.state.global_step,
+        train_tokens=loss_tokens,
+        tokens_per_second=round(loss_tokens / wall, 2) if wall > 0 and loss_tokens else None,
+        wall_seconds=round(wall, 2),
+        peak_memory_bytes=_peak_memory_bytes(torch.cuda.is_available()),
+        rouge_l=scores.rouge_l if scores else None,
+        bleu=scores.bleu if scores else None,
+    )
 
 
 def _summary(final: Path, metrics: TrainingMetrics, skipped_rows: int, hub_repo: str | None) -> dict[str, Any]:
