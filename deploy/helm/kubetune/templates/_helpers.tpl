@@ -84,10 +84,10 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
-# The server Service: created and watched.
+# The server Service: created, watched, and repaired or updated (patch).
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, patch]
 # ConfigMaps: a FineTuneJob's validated spec (create) and a server's serve.json (get, create, patch to hot-add
 # adapters).
 - apiGroups: [""]
