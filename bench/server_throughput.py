@@ -221,23 +221,29 @@ async def run_level(name: str, client: Client, concurrency: int, total: int) -> 
     )
 
 
-def measure(name: str, process: subprocess.Popen, client: Client, probe: str, per_level: int) -> list[LevelResult]:
+def measure_all(servers: dict[str, tuple[subprocess.Popen, Client, str]], per_level: int) -> list[LevelResult]:
+    """All servers stay up; each level is measured on each server in turn, so machine load drifts hit all alike."""
     try:
-        wait_until_up(client.url, process, probe)
+        for process, client, probe in servers.values():
+            wait_until_up(client.url, process, probe)
         results = []
         for concurrency in LEVELS:
-            total = max(8, per_level * concurrency)
-            result = asyncio.run(run_level(name, client, concurrency, total))
-            print(
-                f"  {name:<16} c={concurrency:<3} {result.req_per_s:7.2f} req/s {result.output_tok_per_s:8.1f} tok/s "
-                f"p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  ({total} requests)",
-                flush=True,
-            )
-            results.append(result)
+            total = max(16, per_level * concurrency)
+            for name, (_, client, _) in servers.items():
+                result = asyncio.run(run_level(name, client, concurrency, total))
+                print(
+                    f"  {name:<16} c={concurrency:<3} {result.req_per_s:7.2f} req/s "
+                    f"{result.output_tok_per_s:8.1f} tok/s p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  "
+                    f"({total} requests)",
+                    flush=True,
+                )
+                results.append(result)
         return results
     finally:
-        process.terminate()
-        process.wait(60)
+        for process, _, _ in servers.values():
+            process.terminate()
+        for process, _, _ in servers.values():
+            process.wait(60)
 
 
 def main() -> int:
@@ -258,24 +264,25 @@ def main() -> int:
         print(
             f"max_tokens={args.max_tokens}, temperature={TEMPERATURE}, {len(QUESTIONS)} fixed prompts, 1 torch thread"
         )
-        results: list[LevelResult] = []
-        port = free_port()
-        results += measure(
-            "baseline",
-            start_baseline(base_dir, adapter_dir, port),
-            Client(f"http://127.0.0.1:{port}", "baseline", args.max_tokens, tokenizer),
-            "/health",
-            args.requests_per_level,
-        )
-        for merge, name in ((True, "kubetune-merged"), (False, "kubetune-lora")):
-            port = free_port()
-            results += measure(
-                name,
-                start_kubetune(root, port, merge),
-                Client(f"http://127.0.0.1:{port}", "kubetune", args.max_tokens, tokenizer),
+        ports = [free_port() for _ in range(3)]
+        servers = {
+            "baseline": (
+                start_baseline(base_dir, adapter_dir, ports[0]),
+                Client(f"http://127.0.0.1:{ports[0]}", "baseline", args.max_tokens, tokenizer),
+                "/health",
+            ),
+            "kubetune-merged": (
+                start_kubetune(root, ports[1], merge=True),
+                Client(f"http://127.0.0.1:{ports[1]}", "kubetune", args.max_tokens, tokenizer),
                 "/ready",
-                args.requests_per_level,
-            )
+            ),
+            "kubetune-lora": (
+                start_kubetune(root, ports[2], merge=False),
+                Client(f"http://127.0.0.1:{ports[2]}", "kubetune", args.max_tokens, tokenizer),
+                "/ready",
+            ),
+        }
+        results = measure_all(servers, args.requests_per_level)
     by_key = {(r.server, r.concurrency): r for r in results}
     print("\nratios vs baseline (throughput: higher is better; p50: lower is better)")
     for name in ("kubetune-merged", "kubetune-lora"):

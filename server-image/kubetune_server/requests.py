@@ -23,8 +23,11 @@ class Chunk:
 class SequenceHandle:
     """What the web side holds for one submitted sequence: an async stream of chunks and a cancel switch."""
 
-    def __init__(self, prompt_ids: list[int], model: str, row_key: str, params: SamplingParams) -> None:
+    def __init__(
+        self, prompt_ids: list[int], model: str, row_key: str, params: SamplingParams, stream: bool = False
+    ) -> None:
         self.prompt_ids = prompt_ids
+        self.stream = stream
         self.model = model
         self.row_key = row_key
         self.params = params

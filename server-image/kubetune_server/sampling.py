@@ -23,36 +23,52 @@ class SamplingParams:
 
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:
-    """A private random stream per request, so a seeded request repeats whatever else is in its batch."""
-    if params.greedy:
+    """A private random stream for a seeded request, so it repeats whatever else is in its batch.
+
+    Unseeded rows share torch's default stream and are drawn together in one call.
+    """
+    if params.greedy or params.seed is None:
         return None
     generator = torch.Generator()
-    if params.seed is not None:
-        generator.manual_seed(params.seed)
-    else:
-        generator.seed()
+    generator.manual_seed(params.seed)
     return generator
 
 
-def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    scaled = logits.float() / params.temperature
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(scaled, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+def sampling_probabilities(logits: torch.Tensor, temperatures: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
+    """Row-wise temperature and nucleus (top-p) filtering of `logits` [rows, vocab] into probabilities."""
+    scaled = logits.float() / temperatures[:, None]
+    if bool((top_ps < 1.0).any()):
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token once the mass before it already reaches top_p; the most likely token always stays.
-        drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= params.top_p
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps[:, None]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
-    probabilities = torch.softmax(scaled, dim=-1)
-    return int(torch.multinomial(probabilities.cpu(), 1, generator=generator).item())
+        scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
+    return torch.softmax(scaled, dim=-1)
 
 
 def choose_next_tokens(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int]:
-    """One token per row of `logits` ([rows, vocab]): argmax for greedy rows, seeded top-p sampling otherwise."""
-    greedy_choice = torch.argmax(logits, dim=-1).tolist()
-    return [
-        greedy_choice[row] if row_params.greedy else _sample_row(logits[row], row_params, generators[row])
-        for row, row_params in enumerate(params)
-    ]
+    """One token per row of `logits` ([rows, vocab]): argmax for greedy rows, top-p sampling for the others.
+
+    Sampled rows are filtered in one batched pass; unseeded ones are drawn together, seeded ones each from
+    their own generator.
+    """
+    chosen = torch.argmax(logits, dim=-1).tolist()
+    sampled = [row for row, row_params in enumerate(params) if not row_params.greedy]
+    if not sampled:
+        return chosen
+    index = torch.tensor(sampled, dtype=torch.long, device=logits.device)
+    temperatures = torch.tensor([params[row].temperature for row in sampled], device=logits.device)
+    top_ps = torch.tensor([params[row].top_p for row in sampled], device=logits.device)
+    probabilities = sampling_probabilities(logits.index_select(0, index), temperatures, top_ps).cpu()
+    shared = [position for position, row in enumerate(sampled) if generators[row] is None]
+    if shared:
+        draws = torch.multinomial(probabilities[shared], 1).squeeze(1).tolist()
+        for position, token in zip(shared, draws, strict=True):
+            chosen[sampled[position]] = token
+    for position, row in enumerate(sampled):
+        if generators[row] is not None:
+            chosen[row] = int(torch.multinomial(probabilities[position], 1, generator=generators[row]).item())
+    return chosen

@@ -145,12 +145,14 @@ class Serving:
         except Exception as exc:  # jinja templates raise their own errors for unsupported conversations
             raise InvalidRequest(f"the chat template rejected these messages: {exc}", param="messages") from exc
 
-    def _submit(self, prompts: list[list[int]], model: str, params: SamplingParams, n: int) -> list[SequenceHandle]:
+    def _submit(
+        self, prompts: list[list[int]], model: str, params: SamplingParams, n: int, stream: bool = False
+    ) -> list[SequenceHandle]:
         handles: list[SequenceHandle] = []
         try:
             for ids in prompts:
                 for _ in range(n):
-                    handles.append(self.engine.submit(ids, model, params))
+                    handles.append(self.engine.submit(ids, model, params, stream))
         except BaseException:
             for handle in handles:
                 handle.cancel()
@@ -199,7 +201,7 @@ class Serving:
             )
         for ids in prompts:
             self._check_prompt(ids, params, "prompt")
-        return self._submit(prompts, request.model, params, request.n)
+        return self._submit(prompts, request.model, params, request.n, request.stream)
 
     async def completion(self, request: CompletionRequest) -> CompletionResponse:
         handles = await self._prepare_completion(request)
@@ -239,7 +241,7 @@ class Serving:
         params = self._sampling(max_tokens, request.temperature, request.top_p, request.stop_strings(), request.seed)
         ids = await self._encode(self._chat_prompt(request))
         self._check_prompt(ids, params, "messages")
-        return self._submit([ids], request.model, params, request.n)
+        return self._submit([ids], request.model, params, request.n, request.stream)
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
         handles = await self._prepare_chat(request)
