@@ -8,6 +8,26 @@ from kubetune.api import FineTuneJobSpec, TrainingMetrics
 
 from .data import PreparedData
 
+METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
+
+
+def _example_prompt(data: PreparedData) -> str:
+    """Python lines that build a prompt the way training did, for the usage snippet."""
+    if data.format == "chat":
+        return (
+            'messages = [{"role": "user", "content": "Your question"}]\n'
+            "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)"
+        )
+    if data.format == "text":
+        return 'prompt = "The beginning of a text to continue"'
+    template = data.prompt_template or ""
+    if data.format == "alpaca" and data.prompt_template and "{input}" in template:
+        from .data_formats import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT
+
+        template = ALPACA_TEMPLATE_NO_INPUT if template == ALPACA_TEMPLATE else template
+    example = template.replace("{instruction}", "Your instruction").replace("{question}", "Your question")
+    return f"prompt = {example.replace('{input}', '')!r}"
+
 
 def _value(number: float | int | None, digits: int = 4) -> str:
     if number is None:
@@ -21,6 +41,7 @@ def render_model_card(
     """Markdown with Hub-style front matter (library_name: peft, base_model) so the Hub shows it properly."""
     base = spec.base_model.describe()
     eval_rows = len(data.eval) if data.eval is not None else 0
+    example_prompt = _example_prompt(data)
     training = spec.training
     target = ", ".join(spec.lora.target_modules)
     quantization = ""
@@ -41,10 +62,11 @@ library_name: peft
 - trl
 ---
 
-# LoRA adapter for {base}
+# {METHOD_NAMES[spec.method]} adapter for {base}
 
-A {spec.method.upper()} adapter trained by kubetune with trl's SFTTrainer on `{data.source}`
-({data.format} format, {len(data.train)} training rows, {eval_rows} evaluation rows).
+A {METHOD_NAMES[spec.method]} adapter trained by kubetune with trl's SFTTrainer on `{data.source}`
+({data.format} format, {len(data.train)} training rows, {eval_rows} evaluation rows, {data.skipped_rows} invalid rows
+skipped).
 
 ## Training
 
@@ -82,6 +104,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 base = AutoModelForCausalLM.from_pretrained({load_base})
 model = PeftModel.from_pretrained(base, "path/to/this/adapter")
 tokenizer = AutoTokenizer.from_pretrained("path/to/this/adapter")
+
+{example_prompt}
+inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+output = model.generate(**inputs, max_new_tokens=128)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 ```
 
 Prompts must be built as in training: format `{data.format}`, template in `kubetune.json` (`promptTemplate`);
