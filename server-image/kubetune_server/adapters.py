@@ -102,12 +102,14 @@ class AdapterSet:
         self._load(internal, source.path)
         if existing:
             self._retired.add(existing[0])
-        self._current[source.name] = (internal, source.path)
+        # Copy on write: the event loop reads this map (model lists, routing) while the worker changes it.
+        self._current = {**self._current, source.name: (internal, source.path)}
         log.info("adapter %r loaded from %s", source.name, source.path)
 
     def remove(self, name: str) -> None:
         """Stop serving `name`; its weights stay until `collect` finds no row using them."""
-        entry = self._current.pop(name, None)
+        entry = self._current.get(name)
+        self._current = {key: value for key, value in self._current.items() if key != name}
         if entry:
             self._retired.add(entry[0])
             log.info("adapter %r removed", name)

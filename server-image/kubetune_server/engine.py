@@ -241,14 +241,19 @@ class Engine:
                         self._cond.wait(timeout=0.5)
                     continue
                 admitted = self._admit()
-            try:
-                if admitted:
+            if admitted:
+                try:
                     self._prefill(admitted)
-                if self._state is not None:
+                except Exception as exc:  # fails only the joining rows; the running batch is untouched
+                    log.exception("prefill failed")
+                    self._fail(admitted, f"generation failed: {type(exc).__name__}")
+            if self._state is not None:
+                try:
                     self._decode()
-            except Exception as exc:  # a failed forward fails its rows, never the worker
-                log.exception("generation step failed")
-                self._fail_all(admitted, f"generation failed: {type(exc).__name__}")
+                except Exception as exc:  # a failed forward fails its rows, never the worker
+                    log.exception("decode step failed")
+                    self._fail([row.handle for row in self._rows], f"generation failed: {type(exc).__name__}")
+                    self._rows, self._state, self.stats.running = [], None, 0
         self._apply_ops()
 
     def _admit(self) -> list[SequenceHandle]:
@@ -399,13 +404,11 @@ class Engine:
             row.unsent = ""
         return finish is None
 
-    def _fail_all(self, admitted: list[SequenceHandle], message: str) -> None:
-        handles = {id(h): h for h in [*admitted, *(row.handle for row in self._rows)]}
-        for handle in handles.values():
+    def _fail(self, handles: list[SequenceHandle], message: str) -> None:
+        """Tell the handles' clients about a failure; cancelling also drops them if they already joined the batch."""
+        for handle in handles:
             handle.push(Chunk("", 0, "error", error=message))
-        self._rows = []
-        self._state = None
-        self.stats.running = 0
+            handle.cancel()
 
     def _find_eos_ids(self, model) -> set[int]:
         ids: set[int] = set()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -19,7 +21,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        """Temperatures this close to 0 are greedy: dividing logits by them would overflow to inf."""
+        return self.temperature < GREEDY_BELOW
 
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:

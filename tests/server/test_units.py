@@ -106,3 +106,9 @@ def test_hub_ids_compare_by_name(tmp_path):
     check_adapter_base("n", _adapter(tmp_path / "n", None), base, ignore_mismatch=False)  # unknown: served, warned
     with pytest.raises(AdapterLoadError, match="org/other"):
         check_adapter_base("b", _adapter(tmp_path / "b", "org/other"), base, ignore_mismatch=False)
+
+
+def test_a_vanishing_temperature_is_greedy_instead_of_overflowing():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    params = [SamplingParams(max_tokens=1, temperature=5e-324, top_p=0.5)]
+    assert choose_next_tokens(logits, params, [make_generator(params[0])]) == [1]
