@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from . import lora_routing
 from .errors import AdapterLoadError
 
 log = logging.getLogger(__name__)
@@ -26,22 +27,6 @@ class AdapterSource:
     path: str
 
 
-class _RowRouting:
-    """Per-row adapter names for the next forward, read by a hook installed once on every LoRA layer.
-
-    PEFT's own `adapter_names=` argument registers and removes a hook on every LoRA layer at every forward,
-    which on small models costs as much as the forward itself; a permanent hook that reads this holder does not.
-    """
-
-    def __init__(self) -> None:
-        self.names: list[str] | None = None
-
-    def hook(self, _module, args, kwargs):
-        if self.names is not None:
-            kwargs["adapter_names"] = self.names
-        return args, kwargs
-
-
 class AdapterSet:
     """The model with its loaded adapters; tracks which adapter versions rows still use."""
 
@@ -51,31 +36,27 @@ class AdapterSet:
         self._current: dict[str, tuple[str, str]] = {}  # name -> (internal id, path)
         self._retired: set[str] = set()
         self._versions = 0
-        self._routing = _RowRouting()
+        self._routing = lora_routing.RowRouting()
         self._hooked: dict[int, object] = {}
         self._active: str | None = None
 
     def route(self, row_keys: list[str]) -> None:
         """Set up the LoRA layers for a forward over rows using `row_keys` (internal ids or BASE_ROW).
 
-        A batch on one adapter takes PEFT's plain path (that adapter active); a mix, or the bare base,
-        goes through PEFT's per-row mixed-batch path.
+        A batch on one adapter takes the single-adapter path; a mix, or the bare base, PEFT's per-row
+        mixed-batch path. The PEFT active adapter follows too, for layers without the lean forward.
         """
         first = row_keys[0]
         if first != BASE_ROW and all(key == first for key in row_keys):
             if self._active != first:
                 self.model.set_adapter(first, inference_mode=True)
                 self._active = first
-            self._routing.names = None
+            self._routing.single, self._routing.names = first, None
         else:
-            self._routing.names = row_keys
+            self._routing.single, self._routing.names = None, row_keys
 
     def _install_hooks(self) -> None:
-        from peft.tuners.lora import LoraLayer
-
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and id(module) not in self._hooked:
-                self._hooked[id(module)] = module.register_forward_pre_hook(self._routing.hook, with_kwargs=True)
+        lora_routing.install(self.model, self._routing, self._hooked)
 
     @property
     def peft_active(self) -> bool:

@@ -112,3 +112,33 @@ def test_a_vanishing_temperature_is_greedy_instead_of_overflowing():
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     params = [SamplingParams(max_tokens=1, temperature=5e-324, top_p=0.5)]
     assert choose_next_tokens(logits, params, [make_generator(params[0])]) == [1]
+
+
+def test_the_lean_lora_forward_gives_exactly_what_peft_gives(pvc_root):
+    from kubetune_server.adapters import BASE_ROW, AdapterSet, AdapterSource
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir, a_dir, b_dir = (
+        pvc_root / "models" / "base",
+        pvc_root / "adapters" / "facts-a",
+        pvc_root / "adapters" / "facts-b",
+    )
+    served = AdapterSet(AutoModelForCausalLM.from_pretrained(base_dir))
+    served.add(AdapterSource("a", str(a_dir)))
+    served.add(AdapterSource("b", str(b_dir)))
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), a_dir, adapter_name="a")
+    reference.load_adapter(b_dir, adapter_name="b")
+    reference.eval()
+    ids = torch.tensor([[5, 9, 14, 20, 33], [7, 8, 9, 10, 11]])
+    with torch.inference_mode():
+        for rows in (["a--v1", "a--v1"], ["b--v2", "b--v2"], ["a--v1", BASE_ROW], [BASE_ROW, BASE_ROW]):
+            served.route(rows)
+            ours = served.model(input_ids=ids).logits
+            names = [row.split("--")[0] if row != BASE_ROW else row for row in rows]
+            theirs = reference(input_ids=ids, adapter_names=names).logits
+            assert torch.equal(ours, theirs), rows
+        served.route(["a--v1", "a--v1"])
+        with reference.disable_adapter():
+            bare = reference(input_ids=ids).logits
+        assert not torch.equal(served.model(input_ids=ids).logits, bare)  # the adapter really contributes
