@@ -123,7 +123,7 @@ def test_trainer_failure_reports_the_termination_message(operator, kube, kubelet
     kube.wait_for(JOBS, NS, "sentiment-train", exists)
     kubelet.start_job(NS, "sentiment-train")
     wait_phase(kube, "sentiment", "Running")
-    summary = {"reason": "TrainerError", "message": "dataset row 3 has no 'answer' column"}
+    summary = {"exitReason": "TrainerError", "exitCode": 1, "message": "dataset row 3 has no 'answer' column"}
     kubelet.finish_job(NS, "sentiment-train", 1, json.dumps(summary))
     ftj = wait_phase(kube, "sentiment", "Failed")
     assert "dataset row 3 has no 'answer' column" in ftj["status"]["message"]
@@ -156,7 +156,7 @@ def test_metrics_recovered_from_the_termination_message(operator, kube, kubelet)
     kube.create(FTJ, NS, finetunejob())
     kube.wait_for(JOBS, NS, "sentiment-train", exists)
     kubelet.start_job(NS, "sentiment-train")
-    summary = {"reason": "Completed", "metrics": {"trainLoss": 0.5, "evalLoss": 0.75}, "adapter": "/x/adapter"}
+    summary = {"exitReason": "Succeeded", "adapterPath": "/x/adapter", "metrics": {"trainLoss": 0.5, "evalLoss": 0.75}}
     kubelet.finish_job(NS, "sentiment-train", 0, json.dumps(summary))
     ftj = wait_phase(kube, "sentiment", "Succeeded")
     assert ftj["status"]["metrics"] == {"trainLoss": 0.5, "evalLoss": 0.75}

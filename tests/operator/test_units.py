@@ -227,6 +227,8 @@ def test_conditions_keep_transition_time_when_unchanged():
 
 
 def test_termination_message_parsing():
+    report = parse_termination_message('{"exitReason": "InvalidInput", "exitCode": 64, "message": "bad"}', 64)
+    assert report.exit_reason == "InvalidInput" and report.message == "bad"
     report = parse_termination_message('{"reason": "InvalidInput", "message": "bad", "metrics": {"trainLoss": 2}}', 64)
     assert report.exit_reason == "InvalidInput" and report.metrics.train_loss == 2
     log_tail = parse_termination_message("Traceback ...\nKeyError: 'x'", 1)

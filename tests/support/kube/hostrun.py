@@ -1,10 +1,12 @@
 """Run a pod's container on this machine: the manifest's command, args and env, volumes as folders.
 
-Every mountPath `/x/y` becomes `<root>/fs/x/y`, a link to the volume's folder: a claim's folder lives
-under `claims_root/<claimName>` and survives the pod (the server can later read what the trainer
-wrote); ConfigMaps and Secrets are written out from the API; emptyDirs are fresh folders. Paths in
-args and env values are rewritten the same way, and KUBETUNE_PVC_ROOT / KUBETUNE_CONFIGMAP_ROOT /
-KUBETUNE_TERMINATION_LOG point the images at the mapped folders.
+A claim mounted whole at the runtime contract's `/mnt/kubetune/pvc/<claimName>` is the folder
+`claims_root/<claimName>` itself, shared by every pod (so absolute paths a trainer records, such as the
+base model in adapter_config.json, are the same for the server later, as on a cluster). Any other
+mountPath `/x/y` becomes `<root>/fs/x/y`, a link to the volume's folder: ConfigMaps and Secrets are
+written out from the API, emptyDirs are fresh folders. Paths in args and env values are rewritten the
+same way, and KUBETUNE_PVC_ROOT / KUBETUNE_CONFIGMAP_ROOT / KUBETUNE_TERMINATION_LOG point the images
+at the mapped folders.
 """
 
 from __future__ import annotations
@@ -116,21 +118,34 @@ def prepare(
         termination_log=fs / runtime.TERMINATION_LOG.lstrip("/"),
         fallback_to_logs=chosen.get("terminationMessagePolicy") == "FallbackToLogsOnError",
     )
-    mount_paths = []
+    claim_of = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec.get("volumes") or []
+        if "persistentVolumeClaim" in v
+    }
+    targets: dict[str, Path] = {runtime.TERMINATION_LOG: host.termination_log}
     for mount in chosen.get("volumeMounts") or []:
+        path = mount["mountPath"].rstrip("/")
         source = folders[mount["name"]] / mount.get("subPath", "")
-        link = host.host_path(mount["mountPath"])
+        host.mounts[path] = source
+        if (
+            claim_of.get(mount["name"])
+            and path == runtime.claim_mount_path(claim_of[mount["name"]], runtime.PVC_ROOT)
+            and not mount.get("subPath")
+        ):
+            targets[path] = source  # the shared claim folder itself
+            continue
+        link = host.host_path(path)
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(source, target_is_directory=source.is_dir())
-        host.mounts[mount["mountPath"]] = source
-        mount_paths.append(mount["mountPath"].rstrip("/"))
+        targets[path] = link
     host.termination_log.parent.mkdir(parents=True, exist_ok=True)
 
     def mapped(text: str) -> str:
-        for prefix in sorted([*mount_paths, runtime.TERMINATION_LOG], key=len, reverse=True):
+        for prefix in sorted(targets, key=len, reverse=True):
             if text == prefix or text.startswith(prefix + "/"):
-                return str(host.host_path(text))
+                return str(targets[prefix]) + text[len(prefix) :]
         return text
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("KUBETUNE_")}
@@ -138,7 +153,7 @@ def prepare(
     (root / "home").mkdir(parents=True, exist_ok=True)
     for item in chosen.get("env") or []:
         env[item["name"]] = _env_value(client, namespace, item, pod_name, mapped)
-    env[runtime.ENV_PVC_ROOT] = str(host.host_path(runtime.PVC_ROOT))
+    env[runtime.ENV_PVC_ROOT] = str(claims_root)
     env[runtime.ENV_CONFIGMAP_ROOT] = str(host.host_path(runtime.CONFIGMAP_ROOT))
     env[runtime.ENV_TERMINATION_LOG] = str(host.termination_log)
     argv = [mapped(part) for part in (chosen.get("command") or []) + (chosen.get("args") or [])]

@@ -1,4 +1,8 @@
-"""The trainer's termination message: a JSON summary (reason, message, metrics, adapter) or a log tail."""
+"""The trainer's termination message: a JSON summary or a log tail.
+
+The trainer writes `{"exitReason", "exitCode", "message"}` on failure and `{"exitReason": "Succeeded",
+"adapterPath", "metrics", ...}` on success (kubetune_trainer.termination); `reason`/`adapter` are accepted too.
+"""
 
 from __future__ import annotations
 
@@ -49,10 +53,11 @@ def parse_termination_message(text: str | None, exit_code: int | None = None) ->
             metrics = TrainingMetrics.model_validate(data["metrics"])
         except ValidationError:
             metrics = None
-    adapter = data.get("adapter") or data.get("adapterPath") or data.get("adapter_path")
+    adapter = data.get("adapterPath") or data.get("adapter")
+    reason = data.get("exitReason") or data.get("reason")
     return TrainerReport(
         exit_code=exit_code,
-        reason=str(data["reason"]) if data.get("reason") else None,
+        reason=str(reason) if reason else None,
         message=str(data["message"]) if data.get("message") else None,
         metrics=metrics,
         adapter=str(adapter) if adapter else None,
