@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from importlib import metadata
 from typing import Any
 
@@ -17,9 +15,8 @@ LIBRARIES = ("kubetune", "torch", "transformers", "trl", "peft", "accelerate", "
 
 
 def spec_hash(spec: FineTuneJobSpec) -> str:
-    """Stable hash of the full spec (defaults included) in wire form."""
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    """Stable hash of the full spec (defaults included); the local runner compares it too."""
+    return spec.fingerprint()
 
 
 def library_versions() -> dict[str, str]:
