@@ -59,7 +59,13 @@ def test_metrics_and_liveness(cluster, kube, kubelet, operator_settings: Operato
         kube.wait_for(JOBS, NS, "sentiment-train", exists)
         kubelet.start_job(NS, "sentiment-train")
         wait_phase(kube, "sentiment", "Running")
-        text = _wait_http(f"http://127.0.0.1:{metrics_port}/metrics").text
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        deadline = time.monotonic() + 10  # the counter is bumped just after the status write the test saw
+        while (
+            _sample(text := _wait_http(url).text, "kubetune_reconciles_total", kind="FineTuneJob", outcome="success")
+            or 0
+        ) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert _sample(text, "kubetune_reconciles_total", kind="FineTuneJob", outcome="success") >= 2
         assert _sample(text, "kubetune_finetunejobs", phase="Running") == 1
         assert _sample(text, "kubetune_finetunejobs", phase="Pending") == 0

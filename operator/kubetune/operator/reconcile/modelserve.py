@@ -170,7 +170,8 @@ def plan_modelserve(
     else:
         owner = owner_of(msv)
         deployment = observed.get("Deployment")
-        for child in desired_children(msv, resolution, settings):
+        desired = desired_children(msv, resolution, settings)
+        for child in desired:
             current = observed.get(child["kind"])
             if current is None:
                 plan.create.append(child)
@@ -183,9 +184,7 @@ def plan_modelserve(
         nxt.adapters = resolution.adapters
         nxt.adapter_names = ",".join(adapter.name for adapter in resolution.adapters) or None
         nxt.base_model = resolution.base_model
-        nxt.deployment_name = next(c for c in desired_children(msv, resolution, settings) if c["kind"] == "Deployment")[
-            "metadata"
-        ]["name"]
+        nxt.deployment_name = next(c for c in desired if c["kind"] == "Deployment")["metadata"]["name"]
         nxt.url = service_url(owner, msv.spec, settings.cluster_domain)
         count = len(resolution.adapters)
         conds = set_condition(
