@@ -196,6 +196,16 @@ def test_unchanged_state_writes_nothing():
     assert again.status == {} and again.events == [] and again.patches == []
 
 
+def test_a_vanished_job_whose_trainer_reported_final_metrics_is_not_rerun():
+    status = FineTuneJobStatus(phase="Running", job_name="sentiment-train", metrics={"trainLoss": 0.5})
+    plan = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": status}), None, None, SETTINGS, NOW)
+    assert plan.create == [] and plan.phase == "Succeeded"
+    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+    running = FineTuneJobStatus(phase="Running", job_name="sentiment-train")
+    again = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": running}), None, None, SETTINGS, NOW)
+    assert again.create and [e.reason for e in again.events] == ["JobRecreated"]
+
+
 def test_suspend_is_passed_to_the_job():
     plan = ftj_logic.plan_finetunejob(_ftj(suspend=True), _job(active=1), None, SETTINGS, NOW)
     assert plan.patches[0][1] == {"spec": {"suspend": True}} and plan.phase == "Suspended"

@@ -132,6 +132,18 @@ def plan_finetunejob(
     conds = set_condition(nxt.conditions, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
     phase = job_phase(job)
 
+    if job is None and current.job_name is not None and current.metrics is not None:
+        # The trainer writes final metrics only after the adapter is saved: its Job finished and was removed
+        # (TTL, GC) before the operator saw it. Finished work is never re-run.
+        nxt.phase, nxt.output = "Succeeded", _output_status(ftj)
+        nxt.completion_time = nxt.completion_time or now
+        nxt.message = "the trainer reported its final metrics; its Job was removed before the operator saw it end"
+        conds = set_condition(conds, "Running", "False", "Completed", "the trainer finished", generation, now)
+        conds = set_condition(conds, "Succeeded", "True", "TrainingSucceeded", nxt.message, generation, now)
+        nxt.conditions = conds
+        plan.events.append(Event("Normal", "Succeeded", nxt.message))
+        return _finish(plan, current, nxt)
+
     if job is None:
         plan.create = trainer_children(owner_of(ftj), spec, settings)
         recreated = current.job_name is not None
