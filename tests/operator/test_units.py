@@ -318,3 +318,16 @@ def test_restart_hash_ignores_the_adapter_list():
     config = msv_logic.serve_config(_msv(), resolution)
     assert restart_hash(config) == restart_hash(config.model_copy(update={"adapters": []}))
     assert restart_hash(config) != restart_hash(config.model_copy(update={"merge_adapter": True}))
+
+
+def test_resync_timers_run_only_when_enabled_and_unfinished():
+    from types import SimpleNamespace
+
+    from kubetune.operator.handlers import _resync, _resync_unfinished
+
+    on = SimpleNamespace(ctx=SimpleNamespace(settings=OperatorSettings(resync=True)))
+    off = SimpleNamespace(ctx=SimpleNamespace(settings=OperatorSettings.from_env({"KUBETUNE_RESYNC": "false"})))
+    assert _resync(on) and not _resync(off)
+    assert _resync_unfinished(status={"phase": "Running"}, memo=on)
+    assert not _resync_unfinished(status={"phase": "Succeeded"}, memo=on)
+    assert not _resync_unfinished(status={"phase": "Running"}, memo=off)

@@ -22,8 +22,12 @@ RETRY_SECONDS = 5  # a failed reconcile (API hiccup) is retried soon, not after 
 RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed
 
 
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in ("Succeeded", "Failed")
+def _resync_unfinished(status: kopf.Status, memo: Any, **_: Any) -> bool:
+    return _resync(memo) and status.get("phase") not in ("Succeeded", "Failed")
+
+
+def _resync(memo: Any, **_: Any) -> bool:
+    return bool(memo.ctx.settings.resync)
 
 
 def _ctx(memo: Any) -> OperatorContext:
@@ -46,6 +50,8 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if ctx.settings.peering:
         settings.peering.name = ctx.settings.peering
     settings.watching.server_timeout = 300
+    if ctx.kopf_tuning is not None:
+        ctx.kopf_tuning(settings)
     ctx.metrics.serve(ctx.settings.metrics_port)
 
 
@@ -95,7 +101,7 @@ def finetunejob_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
     _ctx(memo).finetunejobs.stop(dict(body))
 
 
-@kopf.timer(*FTJ, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_unfinished, registry=REGISTRY)
+@kopf.timer(*FTJ, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_resync_unfinished, registry=REGISTRY)
 def finetunejob_resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
     """Safety net for a lost Job event: re-read and reconcile unfinished FineTuneJobs now and then."""
     _ctx(memo).finetunejobs.reconcile(namespace, name)
@@ -170,7 +176,7 @@ def modelserve_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
     _ctx(memo).modelserves.reconcile(namespace, name)
 
 
-@kopf.timer(*MSV, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=REGISTRY)
+@kopf.timer(*MSV, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_resync, registry=REGISTRY)
 def modelserve_resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
     """Safety net: repairs drift of children that are not watched (the ConfigMap) and lost events."""
     _ctx(memo).modelserves.reconcile(namespace, name)

@@ -51,9 +51,10 @@ def run(settings: OperatorSettings) -> None:
 class OperatorThread:
     """The operator in its own thread and event loop (tests, the benchmark, the local runner)."""
 
-    def __init__(self, settings: OperatorSettings) -> None:
+    def __init__(self, settings: OperatorSettings, kopf_tuning: Any = None) -> None:
         self.settings = settings
         self.ctx = build_context(settings)
+        self.ctx.kopf_tuning = kopf_tuning
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kubetune-operator", daemon=True)

@@ -50,6 +50,7 @@ class OperatorContext:
         self._guard = threading.Lock()
         self.seen_job_phase: dict[tuple[str, str], str | None] = {}
         self.seen_ftj_phase: dict[str, str] = {}
+        self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 

@@ -59,6 +59,9 @@ class OperatorSettings(BaseModel):
     cluster_domain: str = "cluster.local"
     """DNS domain of the cluster, used in ModelServe status.url."""
 
+    resync: bool = True
+    """Re-reconcile unfinished FineTuneJobs and every ModelServe every 2 minutes (a safety net for lost events)."""
+
     workers: int = Field(default=16, ge=1, le=256)
     """Threads running synchronous handlers (each reconcile blocks one while it calls the API)."""
 

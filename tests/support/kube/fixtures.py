@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import kopf
 import pytest
 from kubetune.operator.runner import OperatorThread
 from kubetune.operator.settings import OperatorSettings
@@ -51,12 +52,20 @@ def operator_settings(kubeconfig: Path) -> OperatorSettings:
         kubeconfig=str(kubeconfig),
         metrics_port=0,
         liveness_endpoint="",
+        resync=False,  # kopf's timers delay a stop by 5 s; the scenarios wait on events, never on resyncs
         trainer_image="kubetune/trainer:test",
         server_image="kubetune/server:test",
     )
 
 
 OPERATOR_WATCHES = {"finetunejobs", "modelserves", "jobs", "deployments", "services"}
+
+
+def quick_exit(settings: kopf.OperatorSettings) -> None:
+    """Tests stop the operator often: on exit kopf waits up to 5 s for per-object workers, which idle
+    that long before they end; shorter idling makes a stop take well under a second."""
+    settings.queueing.idle_timeout = 0.3
+    settings.queueing.exit_timeout = 0.5
 
 
 class OperatorControl:
@@ -69,7 +78,7 @@ class OperatorControl:
     def start(self, timeout: float = 20) -> OperatorThread:
         """Start and wait until kopf watches everything it serves (so no test races its startup)."""
         already = len(self.cluster.recorder.calls)
-        self.current = OperatorThread(self.settings).start()
+        self.current = OperatorThread(self.settings, quick_exit).start()
         deadline = time.monotonic() + timeout
         while True:
             watched = {call.resource for call in self.cluster.recorder.calls[already:] if call.verb == "watch"}

@@ -25,6 +25,7 @@ from .state import ApiError, ClusterState, Kind, Validator
 
 _PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))(?P<rest>(?:/[^/]+)*)/?$")
 NAMESPACE_SUBRESOURCES = {"status", "finalize"}
+DISCONNECT_POLL = 0.2  # seconds between checks that a watching client is still there
 CUSTOM_GROUPS = {"kubetune.dev"}  # the operator must never write the spec of these (users own it)
 
 
@@ -180,6 +181,7 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
             else:
                 cursor = int(start)
             deadline = loop.time() + timeout if timeout else None
+            last_sent = loop.time()
             while not self.closing:
                 wake.clear()
                 try:
@@ -190,18 +192,21 @@ class RealisticKubernetes(kmock.KubernetesScaffold):
                 for _, event_type, obj in events:
                     await self._send(response, event_type, obj)
                 cursor = reached
-                wait = self.bookmark_interval
-                if deadline is not None:
-                    wait = min(wait, deadline - loop.time())
-                    if wait <= 0:
-                        break
+                if deadline is not None and deadline <= loop.time():
+                    break
+                if raw.transport is None or raw.transport.is_closing():
+                    break  # the client hung up (aiohttp does not cancel the handler for us)
+                wait = DISCONNECT_POLL if deadline is None else min(DISCONNECT_POLL, deadline - loop.time())
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=wait)
+                    await asyncio.wait_for(wake.wait(), timeout=max(wait, 0))
                 except TimeoutError:
-                    if bookmarks:
+                    if bookmarks and loop.time() - last_sent >= self.bookmark_interval:
                         marker = {"apiVersion": kind.api_version, "kind": kind.kind}
                         marker["metadata"] = {"resourceVersion": str(cursor)}
                         await self._send(response, "BOOKMARK", marker)
+                        last_sent = loop.time()
+                else:
+                    last_sent = loop.time()
         except ConnectionResetError:
             pass  # the client went away
         finally:
