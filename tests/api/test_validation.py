@@ -7,7 +7,6 @@ when only the operator's model validation can (it marks such objects Failed/Inva
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -17,21 +16,9 @@ from pydantic import ValidationError
 
 from tests.api.conftest import VALID_FTJ_SPEC, VALID_MSV_SPEC
 from tests.support.crd_schema import admission_errors, admission_report
+from tests.support.kube.patching import merge_patch
 
 FTJ, MSV = "FineTuneJob", "ModelServe"
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 # (id, kind, patch, field the message must name, fragment of the message, CRD layer that also rejects it)
