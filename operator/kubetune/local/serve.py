@@ -11,8 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kubetune.api import ModelServe, ResolvedAdapter, ServeConfig
+from kubetune.api import FineTuneJobStatus, ModelServe, ServeConfig
+from kubetune.api.finetunejob import OutputStatus
 from kubetune.api.runtime import ENV_HOST, ENV_PORT, ENV_SERVE_CONFIG, SERVE_CONFIG_FILE
+from kubetune.operator.reconcile.modelserve import resolve_adapters, serve_config
 
 from .documents import Bundle
 from .train import TrainResult
@@ -26,31 +28,26 @@ class ServeFailed(RuntimeError):
 
 
 def local_serve_config(serve: ModelServe, bundle: Bundle, trained: dict[str, TrainResult]) -> ServeConfig:
-    """Resolve every adapter to the folder its local FineTuneJob produced (as the operator does from status)."""
-    adapters = []
+    """Resolve adapters exactly as the operator does, with the local runs standing for succeeded FineTuneJobs."""
+    jobs: dict[str, dict] = {}
     for adapter in serve.spec.adapters:
-        if adapter.pvc is not None:
-            adapters.append(ResolvedAdapter(name=adapter.name, pvc=adapter.pvc))
+        ref = adapter.fine_tune_job_ref
+        if ref is None:
             continue
-        job_name = adapter.fine_tune_job_ref.name
-        if job_name not in trained:
+        job = bundle.job(ref.name)
+        if job is None or ref.name not in trained:
             raise ServeFailed(
-                f"ModelServe {serve.metadata.name}: adapter {adapter.name!r} refers to FineTuneJob {job_name!r}, "
+                f"ModelServe {serve.metadata.name}: adapter {adapter.name!r} refers to FineTuneJob {ref.name!r}, "
                 "which is not in the given files"
             )
-        adapters.append(ResolvedAdapter(name=adapter.name, pvc=trained[job_name].adapter, fine_tune_job=job_name))
-    base = serve.spec.base_model
-    if base is None:
-        first = serve.spec.adapters[0].fine_tune_job_ref
-        base = bundle.job(first.name).spec.base_model
-    return ServeConfig(
-        base_model=base,
-        served_base_name=base.name or "base",
-        adapters=adapters,
-        quantization=serve.spec.quantization,
-        merge_adapter=serve.spec.merge_adapter,
-        generation=serve.spec.generation,
-    )
+        output = OutputStatus(pvc=trained[ref.name].adapter, base_model=job.spec.base_model, method=job.spec.method)
+        jobs[ref.name] = {"status": FineTuneJobStatus(phase="Succeeded", output=output).to_wire()}
+    resolution = resolve_adapters(serve, jobs)
+    if resolution.failed:
+        raise ServeFailed(
+            f"ModelServe {serve.metadata.name}: " + "; ".join(message for _, message in resolution.failed)
+        )
+    return serve_config(serve, resolution)
 
 
 def start_server(

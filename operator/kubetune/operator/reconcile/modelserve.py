@@ -104,10 +104,13 @@ def status_patch(status: ModelServeStatus) -> dict[str, Any]:
 
 
 def serve_config(msv: ModelServe, resolution: Resolution) -> ServeConfig:
+    """What the server loads. Clients name the base model by its Hub id (as with other OpenAI-compatible
+    servers), or `base` when it comes from a volume."""
     spec = msv.spec
     assert resolution.base_model is not None
     return ServeConfig(
         base_model=resolution.base_model,
+        served_base_name=resolution.base_model.name or "base",
         adapters=resolution.adapters,
         quantization=spec.quantization,
         merge_adapter=spec.merge_adapter,
