@@ -74,6 +74,8 @@ def _structural(node: Any) -> Any:
             node[exclusive] = True
     if node.get("x-kubernetes-int-or-string"):
         node.pop("type", None)
+    if isinstance(node.get("description"), str):
+        node["description"] = " ".join(node["description"].split())  # docstrings wrap; kubectl explain re-wraps
     if "enum" in node and "type" not in node:
         node["type"] = _json_type(node["enum"][0])
     ordered = {key: node[key] for key in _LEADING_KEYS if key in node}

@@ -126,7 +126,12 @@ class LoraSpec(ApiModel):
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter input during training, against overfitting."""
 
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, max_length=64)
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"default": DEFAULT_TARGET_MODULES},
+    )
     """Layer names to adapt. The default covers the attention and MLP projections of Llama-style models;
     ['all-linear'] adapts every linear layer except the output head."""
 
