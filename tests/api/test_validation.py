@@ -164,6 +164,7 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "'all-linear' must be the only entry",
         None,
     ),
+    ("layers-repeated", FTJ, {"lora": {"layersToTransform": [3, 3]}}, "lora", "distinct layer indices", None),
     ("learning-rate-zero", FTJ, {"training": {"learningRate": 0}}, "training.learningRate", "greater than 0", "schema"),
     ("learning-rate-high", FTJ, {"training": {"learningRate": 1.5}}, "training.learningRate", "less than 1", "schema"),
     ("epochs-zero", FTJ, {"training": {"epochs": 0}}, "training.epochs", "greater than 0", "schema"),

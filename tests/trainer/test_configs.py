@@ -43,7 +43,14 @@ def spec(**overrides) -> FineTuneJobSpec:
         "baseModel": {"name": "org/model"},
         "dataset": {"url": "https://example.com/data.jsonl"},
         "training": TRAINING,
-        "lora": {"r": 8, "alpha": 24, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"], "bias": "lora_only"},
+        "lora": {
+            "r": 8,
+            "alpha": 24,
+            "dropout": 0.1,
+            "targetModules": ["q_proj", "v_proj"],
+            "bias": "lora_only",
+            "layersToTransform": [2, 3],
+        },
     }
     wire.update(overrides)
     return FineTuneJobSpec.model_validate(wire)
@@ -112,6 +119,7 @@ def test_sft_config_field(mapped, field: str, expected):
         ("lora_dropout", 0.1),
         ("target_modules", {"q_proj", "v_proj"}),
         ("bias", "lora_only"),
+        ("layers_to_transform", [2, 3]),
         ("task_type", "CAUSAL_LM"),
     ],
 )

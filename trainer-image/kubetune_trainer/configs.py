@@ -90,6 +90,7 @@ def build_configs(
         lora_dropout=spec.lora.dropout,
         target_modules=ALL_LINEAR if spec.lora.target_modules == [ALL_LINEAR] else list(spec.lora.target_modules),
         bias=spec.lora.bias,
+        layers_to_transform=spec.lora.layers_to_transform,
         task_type=TaskType.CAUSAL_LM,
     )
     quantization = None

@@ -138,6 +138,10 @@ class LoraSpec(ApiModel):
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases to train alongside the adapter."""
 
+    layers_to_transform: list[int] | None = Field(default=None, min_length=1, max_length=512)
+    """Adapt only these decoder layers (0-based indices); empty adapts every layer. Adapting only the top
+    layers trains several times faster, since the backward pass stops at the lowest adapted layer."""
+
     @model_validator(mode="after")
     def _modules(self) -> LoraSpec:
         for name in self.target_modules:
@@ -145,6 +149,9 @@ class LoraSpec(ApiModel):
                 raise ValueError(f"targetModules entry {name!r} must be a non-empty layer name without spaces")
         if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
             raise ValueError("targetModules: 'all-linear' must be the only entry when used")
+        layers = self.layers_to_transform or []
+        if any(index < 0 for index in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"layersToTransform must be distinct layer indices >= 0, got {layers}")
         return self
 
 
