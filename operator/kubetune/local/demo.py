@@ -94,11 +94,12 @@ def run_demo(workdir: Path, port: int) -> int:
         sample = rows[0]
         reply = _post(
             f"{server.base_url}/v1/completions",
-            {"model": adapter, "prompt": sample.prompt, "max_tokens": 24, "temperature": 0},
+            {"model": adapter, "prompt": sample.prompt, "max_tokens": 40, "temperature": 0},
         )
         print(f"\nOne request through the server (model={adapter}):")
         print(f"  prompt: {sample.prompt!r}")
-        print(f"  answer: {reply['choices'][0]['text']!r}")
+        # A reply cut at max_tokens can end inside a multi-byte character; show only whole characters.
+        print(f"  answer: {reply['choices'][0]['text'].rstrip(chr(0xFFFD))!r}")
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
     print(
         "On a GPU cluster: kubectl apply -f examples/demo.yaml after setting resources.gpus: 1 in both documents "
