@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from kubetune.api import ModelSource, QuantizationSpec
 from kubetune.api.runtime import ENV_HF_TOKEN, PVC_ROOT, pvc_root, resolve_pvc_path
+from kubetune.quantization import bitsandbytes_config
 
 from .errors import AdapterLoadError
 
@@ -118,17 +119,8 @@ def _dtype_for(device: str):
 
 def _quantization_config(spec: QuantizationSpec):
     import torch
-    from transformers import BitsAndBytesConfig
 
-    compute = getattr(torch, spec.compute_dtype)
-    if spec.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=spec.type,
-        bnb_4bit_use_double_quant=spec.double_quant,
-        bnb_4bit_compute_dtype=compute,
-    )
+    return bitsandbytes_config(spec, bf16_supported=not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
 
 
 def load_tokenizer(location: BaseModelLocation):

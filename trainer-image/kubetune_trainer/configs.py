@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from kubetune.api import ALL_LINEAR, FineTuneJobSpec, QuantizationSpec
+from kubetune.quantization import bitsandbytes_config
 from peft import LoraConfig, TaskType
 from transformers import BitsAndBytesConfig
 from trl import SFTConfig
@@ -19,8 +19,6 @@ from trl import SFTConfig
 from .device import DeviceInfo, ResolvedPrecision, resolve_precision
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -100,21 +98,9 @@ def build_configs(
     return TrainerConfigs(sft=sft, lora=lora, quantization=quantization, precision=precision)
 
 
-def quantization_compute_dtype(spec: QuantizationSpec, device: DeviceInfo) -> torch.dtype:
-    """The spec's compute dtype, except bfloat16 on a GPU without bf16 becomes float16 (it would fail)."""
-    if spec.compute_dtype == "bfloat16" and device.is_cuda and not device.bf16_supported:
-        log.warning("quantization.computeDtype bfloat16 is not supported by %s: using float16", device.name)
-        return torch.float16
-    return _DTYPES[spec.compute_dtype]
-
-
 def build_quantization_config(spec: QuantizationSpec, device: DeviceInfo) -> BitsAndBytesConfig:
-    """4-bit (nf4/fp4, optional double quant) or 8-bit bitsandbytes loading of the frozen base."""
-    if spec.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=spec.type,
-        bnb_4bit_use_double_quant=spec.double_quant,
-        bnb_4bit_compute_dtype=quantization_compute_dtype(spec, device),
-    )
+    """bitsandbytes loading of the frozen base (the shared mapping), warning when bf16 must become fp16."""
+    bf16_ok = device.bf16_supported or not device.is_cuda
+    if spec.compute_dtype == "bfloat16" and not bf16_ok:
+        log.warning("quantization.computeDtype bfloat16 is not supported by %s: using float16", device.name)
+    return bitsandbytes_config(spec, bf16_supported=bf16_ok)
