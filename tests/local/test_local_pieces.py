@@ -11,8 +11,9 @@ from kubetune.local.documents import DocumentError, load_bundle
 from kubetune.local.progress import ProgressLine, read_progress, render
 from kubetune.local.runner import format_metrics
 from kubetune.local.serve import ServeFailed, local_serve_config
-from kubetune.local.train import TrainResult, output_location
+from kubetune.local.train import TrainResult
 from kubetune.local.volumes import LocalVolumes, parse_binding
+from kubetune.operator.manifests.trainer import output_location
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,7 +107,7 @@ def test_progress_line_renders_and_reads(tmp_path: Path) -> None:
 
 def test_default_output_is_the_claim_the_operator_creates(tmp_path: Path) -> None:
     job = load_bundle([_write(tmp_path, JOB)]).jobs[0]
-    assert output_location(job) == PvcPath(claim_name="tiny-output", path="")
+    assert output_location(job.metadata.name, job.spec) == PvcPath(claim_name="tiny-output", path="")
 
 
 def test_serve_config_resolves_adapters_and_base(tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ so a path or variable is named here once. Volumes are mounted whole at `<root>/<
 
 from __future__ import annotations
 
+import json
 import os
 from enum import IntEnum
 from pathlib import PurePosixPath
 
+from .finetunejob import FineTuneJobSpec
 from .sources import PvcPath
 
 # Mount points inside pods (and, under a local folder, for the local runner).
@@ -101,3 +103,8 @@ def configmap_file_path(name: str, key: str, root: str | None = None) -> str:
 def adapter_path(output: PvcPath) -> PvcPath:
     """Where a trainer writing to `output` leaves the finished adapter."""
     return PvcPath(claim_name=output.claim_name, path=str(PurePosixPath(output.path or ".") / ADAPTER_DIR))
+
+
+def spec_file_text(spec: FineTuneJobSpec) -> str:
+    """The trainer's input file (`spec.json`): the validated spec, defaults filled in, camelCase."""
+    return json.dumps(spec.to_wire(), indent=2, sort_keys=True)

@@ -24,8 +24,9 @@ from kubetune.api.runtime import (
     TrainerExit,
     adapter_path,
     resolve_pvc_path,
+    spec_file_text,
 )
-from kubetune.operator.naming import output_claim
+from kubetune.operator.manifests.trainer import output_location
 
 from .progress import ProgressLine, read_progress
 from .volumes import LocalVolumes
@@ -52,13 +53,6 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     how: str = "trained"
     """trained, resumed (from a checkpoint) or reused (a finished adapter with the same spec)."""
-
-
-def output_location(job: FineTuneJob) -> PvcPath:
-    """The output folder's claim and path: the spec's, or the claim the operator would create."""
-    if job.spec.output.pvc is not None:
-        return PvcPath(claim_name=job.spec.output.pvc.claim_name, path=job.spec.output.pvc.path)
-    return PvcPath(claim_name=output_claim(job.metadata.name), path="")
 
 
 def _finished_with_same_spec(adapter_dir: Path, job: FineTuneJob) -> bool:
@@ -97,7 +91,7 @@ def train_locally(
 ) -> TrainResult:
     """Train (or resume, or reuse) the job's adapter; raises TrainingFailed or KeyboardInterrupt."""
     name = job.metadata.name
-    output = output_location(job)
+    output = output_location(job.metadata.name, job.spec)
     volumes.claim(output.claim_name)
     output_dir = Path(resolve_pvc_path(output, str(volumes.pvc_root)))
     adapter = adapter_path(output)
@@ -112,7 +106,7 @@ def train_locally(
     run_dir = workdir / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_file = run_dir / "spec.json"
-    spec_file.write_text(job.spec.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
+    spec_file.write_text(spec_file_text(job.spec), encoding="utf-8")
     termination_log = run_dir / "termination-log"
     termination_log.unlink(missing_ok=True)
     child_env = {**os.environ, **env, **volumes.env(), ENV_JOB_NAME: name, ENV_TERMINATION_LOG: str(termination_log)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -37,7 +36,7 @@ def spec_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(naming.spec_configmap(owner.name), owner, trainer_labels(owner)),
-        "data": {runtime.SPEC_FILE: json.dumps(spec.to_wire(), indent=2, sort_keys=True)},
+        "data": {runtime.SPEC_FILE: runtime.spec_file_text(spec)},
     }
 
 
