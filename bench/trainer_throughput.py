@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from bench.baselines.tutorial_trainer import tutorial_prompt, tutorial_trainer  # noqa: E402
-from tests.support.tiny_model import build_tokenizer, synthetic_facts  # noqa: E402
+from tests.support.tiny_model import build_tiny_model, synthetic_facts  # noqa: E402
 
 BATCH_SIZE = 8
 LEARNING_RATE = 1e-3
@@ -81,26 +81,9 @@ class CountingCollator:
 
 def build_model(target: Path) -> Path:
     """A ~3.5M-parameter Llama (hidden 256, 4 layers) with the tiny test tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tokenizer(target)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.1,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
+    return build_tiny_model(
+        target, hidden_size=256, intermediate_size=688, num_hidden_layers=4, max_position_embeddings=1024
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(target)
-    return target
 
 
 def make_rows(kind: str, count: int, seed: int) -> Dataset:

@@ -111,8 +111,9 @@ def build_tokenizer(target: Path):
     return tokenizer
 
 
-def build_tiny_model(target: Path, seed: int = 0, architecture: str = "llama") -> Path:
-    """Save a random-init tiny causal LM (≈0.4 M parameters) and its tokenizer to `target`; returns `target`."""
+def build_tiny_model(target: Path, seed: int = 0, architecture: str = "llama", **shape_overrides: int | float) -> Path:
+    """Save a random-init tiny causal LM (≈0.4 M parameters unless `shape_overrides` change the config fields)
+    and its tokenizer to `target`; returns `target`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -133,6 +134,7 @@ def build_tiny_model(target: Path, seed: int = 0, architecture: str = "llama") -
         bos_token_id=None,
         tie_word_embeddings=False,
     )
+    shape.update(shape_overrides)
     torch.manual_seed(seed)
     if architecture == "llama":
         model = LlamaForCausalLM(LlamaConfig(**shape))
