@@ -105,6 +105,20 @@ class _Service:
         self.ctx.metrics.set_phase(self.kind, meta["uid"], plan.phase)
         return created
 
+    def _validate(self, body: dict[str, Any], model: Any, status_model: Any, logic: Any, outcome: list[str]):
+        """(object, status, None) for a valid object; (None, status, phase) after marking an invalid one
+        (one that slipped past the CRD) Failed with reason InvalidSpec."""
+        without_status, raw_status = _split(body)
+        status = _parse_status(status_model, raw_status)
+        try:
+            return model.model_validate(without_status), status, None
+        except ValidationError as exc:
+            outcome[0] = "invalid"
+            generation = body["metadata"].get("generation")
+            plan = logic.plan_invalid(status, format_validation_error(exc), generation, now_rfc3339())
+            self._apply(plan, body)
+            return None, status, plan.phase
+
     @contextmanager
     def _timed(self) -> Iterator[list[str]]:
         outcome = ["success"]
@@ -131,16 +145,9 @@ class FineTuneJobService(_Service):
             body = body if body is not None else kube.get(k8s.FINETUNEJOBS, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return None
-            without_status, raw_status = _split(body)
-            status = _parse_status(FineTuneJobStatus, raw_status)
-            generation = body["metadata"].get("generation")
-            try:
-                ftj = FineTuneJob.model_validate(without_status)
-            except ValidationError as exc:
-                outcome[0] = "invalid"
-                plan = ftj_logic.plan_invalid(status, format_validation_error(exc), generation, now_rfc3339())
-                self._apply(plan, body)
-                return plan.phase
+            ftj, status, invalid_phase = self._validate(body, FineTuneJob, FineTuneJobStatus, ftj_logic, outcome)
+            if ftj is None:
+                return invalid_phase
             ftj = ftj.model_copy(update={"status": status})
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
@@ -195,16 +202,9 @@ class ModelServeService(_Service):
             body = body if body is not None else kube.get(k8s.MODELSERVES, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return None
-            without_status, raw_status = _split(body)
-            status = _parse_status(ModelServeStatus, raw_status)
-            generation = body["metadata"].get("generation")
-            try:
-                msv = ModelServe.model_validate(without_status)
-            except ValidationError as exc:
-                outcome[0] = "invalid"
-                plan = msv_logic.plan_invalid(status, format_validation_error(exc), generation, now_rfc3339())
-                self._apply(plan, body)
-                return plan.phase
+            msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
+            if msv is None:
+                return invalid_phase
             refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
             jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
             resolution = msv_logic.resolve_adapters(msv, jobs)
