@@ -85,7 +85,13 @@ def test_every_field_is_documented_for_kubectl_explain(kind: str) -> None:
 def test_defaults_enums_and_bounds_are_carried_over() -> None:
     spec = _schema(CRDS["FineTuneJob"])["properties"]["spec"]["properties"]
     lora = spec["lora"]["properties"]
-    assert spec["lora"]["default"] == {}
+    assert spec["lora"]["default"] == {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "bias": "none",
+    }
     assert lora["r"] == {**lora["r"], "default": 16, "minimum": 1, "type": "integer"}
     assert lora["dropout"]["exclusiveMaximum"] is True and lora["dropout"]["maximum"] == 1
     assert spec["method"]["enum"] == ["lora", "qlora"] and spec["method"]["default"] == "lora"

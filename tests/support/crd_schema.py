@@ -2,6 +2,7 @@
 
 kmock does not validate custom resources, so tests use this to prove the CRD rejects what the models
 reject. CEL is evaluated with cel-python (standard CEL; enough for the rules kubetune writes).
+`default_errors` checks the CRD itself the way the API server does when the CRD is created.
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ def cel_errors(schema: dict[str, Any], value: Any, old: Any = None, path: str = 
         activation = {"self": celpy.json_to_cel(value)}
         if uses_old:
             activation["oldSelf"] = celpy.json_to_cel(old)
-        result = _program(rule["rule"]).evaluate(activation)
+        message = rule.get("message", rule["rule"])
+        try:
+            result = _program(rule["rule"]).evaluate(activation)
+        except celpy.CELEvalError as error:  # e.g. a field read without has(): the server's "no such key"
+            errors.append(f"{path or '(root)'}: {error.args[0]} evaluating rule: {message}")
+            continue
         if isinstance(result, Exception) or not bool(result):
-            errors.append(f"{path or '(root)'}: {rule.get('message', rule['rule'])}")
+            errors.append(f"{path or '(root)'}: {message}")
     if isinstance(value, dict):
         for name, sub in schema.get("properties", {}).items():
             if name in value:
@@ -86,3 +92,55 @@ def admission_errors(crd: dict[str, Any], obj: dict[str, Any], old: dict[str, An
     """All errors (empty means the API server would accept the object)."""
     report = admission_report(crd, obj, old)
     return report["schema"] + report["cel"]
+
+
+def _unknown_fields(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Fields the API server would prune from `value` (a default must not have any)."""
+    found = []
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for name, sub in value.items():
+            where = f"{path}.{name}"
+            if name in properties:
+                found += _unknown_fields(properties[name], sub, where)
+            elif isinstance(extra, dict):
+                found += _unknown_fields(extra, sub, where)
+            else:
+                found.append(f"{where}: unknown field")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            found += _unknown_fields(schema["items"], item, f"{path}[{index}]")
+    return found
+
+
+def _defaulted_nodes(schema: dict[str, Any], path: str = ""):
+    """(path, node) for every node with a `default`, walked like the server: properties and items only
+    (defaults are forbidden under additionalProperties, so it does not look there)."""
+    if "default" in schema:
+        yield path or "(root)", schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from _defaulted_nodes(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _defaulted_nodes(schema["items"], f"{path}[]")
+
+
+def default_errors(schema: dict[str, Any]) -> list[str]:
+    """Why the API server would refuse this schema's `default`s when the CRD is created; empty if it would not.
+
+    As apiextensions-apiserver's defaulting.ValidateDefaults does, each default is taken AS WRITTEN (the nested
+    defaults of its fields are NOT applied first, so `default: {}` really is an empty object) and must: have no
+    field pruning would drop, validate against its node's OpenAPI schema, and pass every CEL rule of its node and
+    of the nested nodes whose fields it contains. CEL runs twice, as on the server: once as an update from the
+    default to itself (transition rules see `oldSelf` == the default) and once as a create (no old value, so
+    transition rules are skipped, the CRDValidationRatcheting pass, on by default since 1.30).
+    """
+    errors = []
+    for path, node in _defaulted_nodes(schema):
+        default = node["default"]
+        where = f"{path}.default"
+        errors += _unknown_fields(node, default, where)
+        errors += [f"{where}{'.' if line[0] != ':' else ''}{line}" for line in schema_errors(node, default)]
+        errors += cel_errors(node, default, old=default, path=where)
+        errors += cel_errors(node, default, old=None, path=where)
+    return list(dict.fromkeys(errors))  # the two CEL passes mostly report the same failures

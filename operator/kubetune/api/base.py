@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic_core import to_jsonable_python
 
 API_GROUP = "kubetune.dev"
 API_VERSION = "v1alpha1"
@@ -34,8 +35,25 @@ class ApiModel(BaseModel):
 
 
 def nested_default(factory: type[BaseModel]) -> Any:
-    """A field whose omitted object is filled with its own defaults, here and in the CRD (`default: {}`)."""
-    return Field(default_factory=factory, json_schema_extra={"default": {}})
+    """A field whose omitted object is filled with its own defaults, here and in the CRD.
+
+    The CRD's `default` is the complete object (the model's defaults by wire name, e.g. `{maxNewTokens: 256,
+    maxNewTokensLimit: 2048, ...}`), not `{}`. kube-apiserver validates every default AS WRITTEN when the CRD is
+    created, against its node's schema and CEL rules, without first applying the nested defaults inside it: a
+    `default: {}` on a node whose rule reads its fields (`self.maxNewTokens <= self.maxNewTokensLimit`) fails with
+    "no such key" and the whole CRD is refused. Guarding every rule with `has()` would also pass, but each rule
+    (and every future one) would have to remember it, a guarded rule passes vacuously on the half-empty objects it
+    exists to check, and `kubectl explain` would still show `{}`. A complete default is accepted by the server as
+    is, shows users the real values, and is what the models fill in (tests/api/test_crd_defaults.py checks all
+    three). Computed when the schema is generated, so it follows the model's defaults; dumped in Python mode, then
+    made JSON the way pydantic writes the fields' own defaults, so numbers read as declared (`alpha: 32`, as on the
+    `alpha` field, not `32.0`).
+    """
+
+    def complete_default(schema: dict[str, Any]) -> None:
+        schema["default"] = to_jsonable_python(factory().model_dump(by_alias=True, exclude_none=True))
+
+    return Field(default_factory=factory, json_schema_extra=complete_default)
 
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
