@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,23 @@ def base_spec(data_file: str = "facts.jsonl", **overrides: Any) -> dict[str, Any
         else:
             spec[key] = value
     return spec
+
+
+# bitsandbytes' CPU bf16 inference feature, forced on and off (pytest ids -> present?), so both code paths run
+# on every machine whatever its real CPU.
+CPU_BF16_FEATURE = {"cpu-bf16-amx": True, "no-cpu-bf16": False}
+
+
+def force_cpu_bf16_feature(monkeypatch, present: bool) -> None:
+    """Make bitsandbytes 4-bit layers created from now on believe the CPU has (or lacks) AVX512-BF16/AMX.
+
+    bitsandbytes 0.50 decides per layer: `Linear4bit.__init__` stores `has_avx512bf16()` (the name imported
+    into `bitsandbytes.nn.modules`) and `forward` repacks the weight into the CPU inference layout when it is true.
+    The CPU `gemv_4bit` kernel is registered at import time from the real CPU; on a CPU without AVX512-BF16 a
+    forced repack falls back to the default kernel (wrong numbers, same missing backward)."""
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: present)
 
 
 def write_spec(folder: Path, spec: dict[str, Any], name: str = "spec.json") -> Path:
@@ -115,6 +133,33 @@ def count_correct(model, tokenizer, prompt_for=fact_prompt) -> int:
         answer = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += answer.strip() == fact.answer
     return correct
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Teacher-forced scores of the 16 answers (answer tokens + eos) after their prompts."""
+
+    mean_nll: float  # mean over facts of the per-token negative log-likelihood of the answer
+    mean_margin: float  # mean over answer tokens of (correct logit - best other logit); > 0 means greedy-correct
+
+
+def answer_scores(model, tokenizer, prompt_for=fact_prompt) -> AnswerScores:
+    import torch
+
+    nlls, margins = [], []
+    model.eval()
+    for fact in synthetic_facts():
+        prompt = tokenizer(prompt_for(fact.question), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(fact.answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
+        predicting = logits[len(prompt) - 1 : len(prompt) + len(answer) - 1]
+        targets = torch.tensor(answer)
+        nlls.append(torch.nn.functional.cross_entropy(predicting, targets).item())
+        correct = predicting.gather(1, targets[:, None])[:, 0]
+        others = predicting.scatter(1, targets[:, None], float("-inf")).max(dim=1).values
+        margins.extend((correct - others).tolist())
+    return AnswerScores(sum(nlls) / len(nlls), sum(margins) / len(margins))
 
 
 def load_base(model_dir: Path, quantized: bool = False):

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .device import DeviceInfo, ResolvedPrecision
 from .errors import ModelLoadError
+from .quantized_cpu import keep_4bit_training_layout
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ def load_model(
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
+        # Before any forward: an evaluation would otherwise repack 4-bit layers into bitsandbytes' CPU inference
+        # layout, which has no backward (see quantized_cpu).
+        keep_4bit_training_layout(model)
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,
