@@ -104,8 +104,9 @@ EVENTS = ("v1", "events")
 class KubeTestClient:
     """A small synchronous client for tests and the kubelet helper (independent of the operator's code)."""
 
-    def __init__(self, url: str, agent: str = TEST_AGENT) -> None:
-        self.http = httpx.Client(base_url=url, headers={"User-Agent": agent}, timeout=10)
+    def __init__(self, url: str, agent: str = TEST_AGENT, headers: dict[str, str] | None = None, **http: Any) -> None:
+        """`http` options (verify, cert) reach httpx: the real control plane needs TLS, the mock does not."""
+        self.http = httpx.Client(base_url=url, headers={"User-Agent": agent, **(headers or {})}, timeout=10, **http)
 
     def close(self) -> None:
         self.http.close()
@@ -132,6 +133,12 @@ class KubeTestClient:
 
     def create(self, res: tuple[str, str], namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post(resource_path(*res, namespace), json=body))
+
+    def create_subresource(
+        self, res: tuple[str, str], namespace: str | None, name: str, subresource: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """POST to a subresource: a pod's binding, a ServiceAccount's token."""
+        return self._check(self.http.post(resource_path(*res, namespace, name) + f"/{subresource}", json=body))
 
     def patch(
         self, res: tuple[str, str], namespace: str | None, name: str, body: Any, subresource: str | None = None

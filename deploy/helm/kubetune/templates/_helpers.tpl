@@ -63,6 +63,12 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs, modelserves]
   verbs: [get, list, watch, patch]
+# Not a call: the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) lets a
+# child name its FineTuneJob or ModelServe with blockOwnerDeletion only if its creator may update the owner's
+# finalizers. Without this, every child the operator creates is refused there (tests/cluster proves it).
+- apiGroups: [kubetune.dev]
+  resources: [finetunejobs/finalizers, modelserves/finalizers]
+  verbs: [update]
 # Status is written by the operator (patch). On finetunejobs/status, get+patch is also exactly what the per-job
 # trainer Role grants: RBAC lets the operator create that Role only because it holds these verbs itself.
 - apiGroups: [kubetune.dev]

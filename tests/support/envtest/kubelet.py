@@ -1,0 +1,271 @@
+"""The kubelet (and scheduler) a real control plane lacks, played as kwok does: pods are bound to a fake Node and
+their status is written by the test. Everything else is real: the Job controller creates the pods and decides
+success, retries (backoffLimit), podFailurePolicy and deadlines; the Deployment and ReplicaSet controllers roll
+out servers; the garbage collector and namespace controller delete.
+
+A background reaper finishes the deletion of pods bound to the fake Node (a real kubelet confirms a graceful
+delete once the containers stopped), so suspend, garbage collection and namespace deletion complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from typing import Any
+
+from ..kube.kubelet import JOB_NAME_LABELS, Kubelet
+from ..kube.server import DEPLOYMENTS, JOBS, PODS, KubeError, KubeTestClient
+
+NODE_NAME = "envtest-node"
+NODES = ("v1", "nodes")
+NODE_CAPACITY = {"cpu": "64", "memory": "512Gi", "pods": "250", "ephemeral-storage": "1Ti", "nvidia.com/gpu": "8"}
+REPLICASETS = ("apps/v1", "replicasets")
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pod_conditions(ready: bool) -> list[dict[str, Any]]:
+    now = _now()
+    value = "True" if ready else "False"
+    return [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+        {"type": "ContainersReady", "status": value, "lastTransitionTime": now},
+        {"type": "Ready", "status": value, "lastTransitionTime": now},
+    ]
+
+
+def _container_statuses(pod: dict[str, Any], state: dict[str, Any], ready: bool) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": 0,
+            "state": state,
+        }
+        for container in pod["spec"]["containers"]
+    ]
+
+
+class FakeKubelet(Kubelet):
+    """Same steps as the mock's `Kubelet` (start_job, finish_job, deployment_ready, run_job, serve_deployment),
+    acting on the pods the real controllers created instead of writing controller status itself."""
+
+    def __init__(self, client: KubeTestClient, timeout: float = 30) -> None:
+        super().__init__(client)
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="fake-kubelet-reaper", daemon=True)
+
+    # ---- the Node and the reaper -----------------------------------------------------------------
+    def start(self) -> FakeKubelet:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
+            },
+        }
+        if self.client.find(NODES, None, NODE_NAME) is None:
+            self.client.create(NODES, None, node)
+        status = {
+            "capacity": NODE_CAPACITY,
+            "allocatable": NODE_CAPACITY,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": _now()}],
+        }
+        self.client.patch(NODES, None, NODE_NAME, {"status": status}, "status")
+        self._reaper.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._reaper.is_alive():
+            self._reaper.join(5)
+
+    def _reap(self) -> None:
+        """Confirm graceful deletions of pods on the fake Node (their containers 'stopped' at once)."""
+        while not self._stop.wait(0.1):
+            try:
+                pods = self.client.http.get("/api/v1/pods", params={"fieldSelector": f"spec.nodeName={NODE_NAME}"})
+                for pod in pods.json().get("items", []):
+                    meta = pod["metadata"]
+                    if meta.get("deletionTimestamp"):
+                        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+                        self.client.http.delete(path, params={"gracePeriodSeconds": 0})
+            except Exception:
+                continue
+
+    # ---- pods ---------------------------------------------------------------------------------------
+    def pods_of(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        pods = self.client.list(PODS, namespace, f"{JOB_NAME_LABELS[0]}={job_name}")
+        return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+
+    def _wait_pod(self, namespace: str, selector: str, predicate: Any, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            pods = [
+                pod
+                for pod in self.client.list(PODS, namespace, selector)
+                if not pod["metadata"].get("deletionTimestamp") and predicate(pod)
+            ]
+            if pods:
+                return sorted(pods, key=lambda pod: pod["metadata"]["creationTimestamp"])[-1]
+            if time.monotonic() > deadline:
+                events = [
+                    f"{e['reason']}: {e.get('message', '')}"
+                    for e in self.client.list(("v1", "events"), namespace)
+                    if e["involvedObject"]["kind"] in ("Job", "ReplicaSet", "Deployment", "Pod")
+                ]
+                raise AssertionError(f"no pod {what} for {selector} after {self.timeout} s; events: {events}")
+            time.sleep(0.05)
+
+    def bind(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME},
+        }
+        self.client.create_subresource(PODS, meta["namespace"], meta["name"], "binding", body)
+
+    def run_pod(self, pod: dict[str, Any], ready: bool = True) -> dict[str, Any]:
+        """Bind a pending pod and report its containers running (and ready)."""
+        if not pod["spec"].get("nodeName"):
+            self.bind(pod)
+        status = {
+            "phase": "Running",
+            "startTime": _now(),
+            "conditions": _pod_conditions(ready),
+            "containerStatuses": _container_statuses(pod, {"running": {"startedAt": _now()}}, ready),
+        }
+        meta = pod["metadata"]
+        return self.client.patch(PODS, meta["namespace"], meta["name"], {"status": status}, "status")
+
+    def terminate_pod(self, pod: dict[str, Any], exit_code: int, message: str = "") -> dict[str, Any]:
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "message": message,
+            "startedAt": _now(),
+            "finishedAt": _now(),
+        }
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "conditions": _pod_conditions(False),
+            "containerStatuses": _container_statuses(pod, {"terminated": terminated}, False),
+        }
+        meta = pod["metadata"]
+        return self.client.patch(PODS, meta["namespace"], meta["name"], {"status": status}, "status")
+
+    # ---- Jobs (the real Job controller does the rest) ----------------------------------------------
+    def start_job(self, namespace: str, name: str) -> dict[str, Any]:
+        """Bind the pod the Job controller created and run it; wait until the Job counts it active."""
+        selector = f"{JOB_NAME_LABELS[0]}={name}"
+        pod = self._wait_pod(
+            namespace, selector, lambda p: (p.get("status") or {}).get("phase") == "Pending", "pending"
+        )
+        self.run_pod(pod)
+        return self._wait_job(namespace, name, lambda job: (job.get("status") or {}).get("ready", 0) >= 1, "ready")
+
+    def finish_job(self, namespace: str, name: str, exit_code: int = 0, message: str = "") -> dict[str, Any]:
+        """End the running pod with `exit_code` and termination `message`; the Job controller takes it from there."""
+        selector = f"{JOB_NAME_LABELS[0]}={name}"
+        pod = self._wait_pod(
+            namespace, selector, lambda p: (p.get("status") or {}).get("phase") == "Running", "running"
+        )
+        self.terminate_pod(pod, exit_code, message)
+        uid = pod["metadata"]["uid"]
+
+        def counted(job: dict[str, Any]) -> bool:  # the controller accounted the pod (its tracking finalizer is gone)
+            current = self.client.find(PODS, namespace, pod["metadata"]["name"])
+            tracked = (
+                current is not None and current["metadata"]["uid"] == uid and current["metadata"].get("finalizers")
+            )
+            return not tracked
+
+        return self._wait_job(namespace, name, counted, "to account the finished pod")
+
+    def _wait_job(self, namespace: str, name: str, predicate: Any, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            job = self.client.get(JOBS, namespace, name)
+            if predicate(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Job {namespace}/{name} not {what} after {self.timeout} s: {job.get('status')}")
+            time.sleep(0.05)
+
+    def exceed_deadline(self, namespace: str, name: str) -> dict[str, Any]:
+        raise NotImplementedError("the real Job controller enforces activeDeadlineSeconds: set a short one and wait")
+
+    def sync_suspend(self, namespace: str, name: str) -> dict[str, Any]:
+        raise NotImplementedError("the real Job controller handles suspend; the reaper completes the pod deletions")
+
+    # ---- Deployments (the real Deployment and ReplicaSet controllers do the rest) ------------------
+    def deployment_ready(self, namespace: str, name: str, ready: int | None = None) -> dict[str, Any]:
+        """Run and ready the pods of the Deployment's newest ReplicaSet; wait until the rollout is complete."""
+        deployment = self.client.get(DEPLOYMENTS, namespace, name)
+        wanted = int(deployment["spec"].get("replicas", 1)) if ready is None else ready
+        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+        deadline = time.monotonic() + self.timeout
+        while True:
+            deployment = self.client.get(DEPLOYMENTS, namespace, name)
+            current = self._newest_replicaset(namespace, deployment, selector)
+            if current is not None:
+                owned = [
+                    pod
+                    for pod in self.client.list(PODS, namespace, selector)
+                    if not pod["metadata"].get("deletionTimestamp")
+                    and any(
+                        ref["uid"] == current["metadata"]["uid"] for ref in pod["metadata"].get("ownerReferences", [])
+                    )
+                ]
+                ready_now = [pod for pod in owned if _is_ready(pod)]
+                for pod in owned:
+                    if len(ready_now) >= wanted:
+                        break
+                    if not _is_ready(pod):
+                        self.run_pod(pod)
+                        ready_now.append(pod)
+                status = deployment.get("status") or {}
+                done = (
+                    status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+                    and status.get("updatedReplicas", 0) >= wanted
+                    and status.get("availableReplicas", 0) >= wanted
+                )
+                if done and len(ready_now) >= wanted:
+                    return deployment
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"Deployment {namespace}/{name} not rolled out after {self.timeout} s: {deployment.get('status')}"
+                )
+            time.sleep(0.05)
+
+    def _newest_replicaset(self, namespace: str, deployment: dict[str, Any], selector: str) -> dict[str, Any] | None:
+        revision = deployment["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision")
+        for replicaset in self.client.list(REPLICASETS, namespace, selector):
+            owners = replicaset["metadata"].get("ownerReferences", [])
+            if not any(ref["uid"] == deployment["metadata"]["uid"] for ref in owners):
+                continue
+            if replicaset["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision") == revision:
+                return replicaset
+        return None
+
+    def deployment_deadline_exceeded(self, namespace: str, name: str) -> dict[str, Any]:
+        raise NotImplementedError("the real Deployment controller reports ProgressDeadlineExceeded: leave pods pending")
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+__all__ = ["NODE_NAME", "FakeKubelet", "KubeError"]
