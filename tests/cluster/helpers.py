@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.support.envtest.audit import AuditEvent
+from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster
 from tests.support.kube.server import FTJ, KubeTestClient
 
 EVENTS = ("v1", "events")
@@ -73,8 +75,11 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def event_reasons(kube: KubeTestClient, ns: str, name: str) -> list[str]:
-    """The reasons of every Event in `ns` about an object called `name`, oldest first as the server lists them."""
-    return [e["reason"] for e in kube.list(EVENTS, ns) if e["involvedObject"]["name"] == name]
+    """The reasons of every Event in `ns` about an object called `name`, oldest first. The server lists by name
+    (the operator's are `NAME.<random>`) and timestamps have one-second resolution, so order by resourceVersion:
+    on one etcd it is the write order."""
+    events = [e for e in kube.list(EVENTS, ns) if e["involvedObject"]["name"] == name]
+    return [e["reason"] for e in sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))]
 
 
 def wait_event(kube: KubeTestClient, ns: str, name: str, reason: str, timeout: float = 30) -> list[str]:
@@ -85,3 +90,26 @@ def wait_event(kube: KubeTestClient, ns: str, name: str, reason: str, timeout: f
             raise AssertionError(f"no {reason} event on {ns}/{name} after {timeout} s; events: {reasons}")
         time.sleep(0.05)
     return reasons
+
+
+def operator_requests(
+    cluster: RealCluster, since: int, verb: str, resource: str, subresource: str = ""
+) -> list[AuditEvent]:
+    """The operator's requests `verb resource[/subresource]` in the audit log after byte `since` (the real
+    server's record, in place of the mock's request recorder)."""
+    return [
+        event
+        for event in cluster.audit.events(since, OPERATOR_USER)
+        if event.verb == verb and event.resource == resource and event.subresource == subresource
+    ]
+
+
+def wait_request(
+    cluster: RealCluster, since: int, verb: str, resource: str, subresource: str = "", timeout: float = 30
+) -> None:
+    """Wait until the operator has sent `verb resource` after audit offset `since` (e.g. a resume handler ran)."""
+    deadline = time.monotonic() + timeout
+    while not operator_requests(cluster, since, verb, resource, subresource):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the operator sent no {verb} {resource} within {timeout} s")
+        time.sleep(0.05)
