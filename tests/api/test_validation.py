@@ -40,7 +40,7 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "cel",
     ),
     ("model-id-without-org", FTJ, {"baseModel": {"name": "llama-7b"}}, "baseModel.name", "org/name", "schema"),
-    ("model-id-dotdot", FTJ, {"baseModel": {"name": "org/../x"}}, "baseModel.name", "not a Hugging Face", None),
+    ("model-id-dotdot", FTJ, {"baseModel": {"name": "org/../x"}}, "baseModel.name", "not a Hugging Face", "schema"),
     (
         "model-revision-with-pvc",
         FTJ,
