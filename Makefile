@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)  ## create .venv and install torch (CPU) + kubetune with all extras
 
-test: setup  ## run the whole test suite
+# The real-control-plane tier (tests/cluster) needs KUBEBUILDER_ASSETS (envtest convention); next to a checkout
+# that has ../shared/envtest it is set from there, elsewhere `setup-envtest use 1.36 -p path` gives the folder.
+ENVTEST_SETUP ?= ../shared/envtest/setup.sh
+
+test: setup  ## run the whole test suite (the real-control-plane tier too, when its binaries are found)
+	@if [ -z "$$KUBEBUILDER_ASSETS" ] && [ -f "$(ENVTEST_SETUP)" ]; then \
+		KUBEBUILDER_ASSETS="$$(bash $(ENVTEST_SETUP))" && export KUBEBUILDER_ASSETS; fi; \
 	$(PY) -m pytest
 
 lint: setup  ## ruff and the import-layer contracts

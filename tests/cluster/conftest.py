@@ -1,6 +1,18 @@
 """The real-control-plane tier: the operator, as its ServiceAccount, against kube-apiserver and the real
-controllers (tests/support/envtest). Skipped, with how to get the binaries, when KUBEBUILDER_ASSETS is unset."""
+controllers (tests/support/envtest).
 
+Without KUBEBUILDER_ASSETS the tier is not run, and the session says so in one line with how to get the binaries;
+with KUBETUNE_REQUIRE_ENVTEST=1 (CI) a missing control plane fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.envtest.controlplane import HOW_TO_GET, REQUIRE_ENV, assets_folder
 from tests.support.envtest.fixtures import (  # noqa: F401
     control_plane,
     kube,
@@ -9,3 +21,22 @@ from tests.support.envtest.fixtures import (  # noqa: F401
     operator,
     operator_settings,
 )
+
+TIER = Path(__file__).parent
+_NOT_RUN = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if assets_folder() is not None or os.environ.get(REQUIRE_ENV) == "1":
+        return
+    tier = [item for item in items if TIER in Path(str(item.path)).parents]
+    if tier:
+        config.hook.pytest_deselected(items=tier)
+        items[:] = [item for item in items if item not in tier]
+        config.stash[_NOT_RUN] = len(tier)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    count = config.stash.get(_NOT_RUN, 0)
+    if count:
+        terminalreporter.write_line(f"real-control-plane tier: {count} tests not run; {HOW_TO_GET}", yellow=True)

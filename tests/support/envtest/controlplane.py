@@ -57,6 +57,22 @@ ADMIN_USER = "kubetune-envtest-admin"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 
 
+REQUIRE_ENV = "KUBETUNE_REQUIRE_ENVTEST"
+
+
+def require_assets_or_skip() -> Path:
+    """The assets folder; without it the calling test is skipped with how to get the binaries, or fails where
+    KUBETUNE_REQUIRE_ENVTEST=1 (CI: a skipped real-server tier would prove nothing)."""
+    import pytest
+
+    folder = assets_folder()
+    if folder is not None:
+        return folder
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but {HOW_TO_GET}")
+    pytest.skip(HOW_TO_GET)
+
+
 def assets_folder() -> Path | None:
     """The envtest binaries' folder, or None when KUBEBUILDER_ASSETS is unset or incomplete."""
     value = os.environ.get(ASSETS_ENV, "").strip()

@@ -27,7 +27,7 @@ from kubetune.operator.settings import OperatorSettings
 from ..kube.resources import load_crds
 from ..kube.server import KubeError, KubeTestClient
 from .audit import AuditLog, service_account_user
-from .controlplane import HOW_TO_GET, ControlPlane, assets_folder
+from .controlplane import ControlPlane, require_assets_or_skip
 from .kubelet import FakeKubelet
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -128,9 +128,7 @@ def apply(client: KubeTestClient, manifest: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
-    assets = assets_folder()
-    if assets is None:
-        pytest.skip(HOW_TO_GET)
+    assets = require_assets_or_skip()
     workdir = tmp_path_factory.mktemp("envtest")
     with ControlPlane(assets, workdir / "control-plane") as plane:
         cluster = RealCluster(plane, workdir)
