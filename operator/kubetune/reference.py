@@ -46,7 +46,8 @@ def _constraints(node: dict[str, Any]) -> str:
 
 
 def _default(node: dict[str, Any]) -> str:
-    if "default" not in node or node["default"] == {}:
+    """An object's default is its children's defaults, which have rows of their own: leave its cell empty."""
+    if "default" not in node or isinstance(node["default"], dict):
         return ""
     value = node["default"]
     if isinstance(value, bool):
