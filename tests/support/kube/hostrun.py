@@ -6,7 +6,8 @@ base model in adapter_config.json, are the same for the server later, as on a cl
 mountPath `/x/y` becomes `<root>/fs/x/y`, a link to the volume's folder: ConfigMaps and Secrets are
 written out from the API, emptyDirs are fresh folders. Paths in args and env values are rewritten the
 same way, and KUBETUNE_PVC_ROOT / KUBETUNE_CONFIGMAP_ROOT / KUBETUNE_TERMINATION_LOG point the images
-at the mapped folders.
+at the mapped folders. Projected volumes are assembled as the kubelet does, including the `kube-api-access-*`
+volume a real API server's ServiceAccount admission adds to pods (a real token from the TokenRequest API).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 
 from kubetune.api import runtime
 
-from .server import CONFIGMAPS, SECRETS, KubeTestClient
+from .server import CONFIGMAPS, SECRETS, SERVICEACCOUNTS, KubeError, KubeTestClient
 
 LOG_TAIL_LINES = 80
+# The volume the ServiceAccount admission plugin adds to a pod that automounts its token (token, CA, namespace).
+SERVICE_ACCOUNT_VOLUME_PREFIX = "kube-api-access-"
 
 
 @dataclass
@@ -74,8 +77,77 @@ def _secret_data(client: KubeTestClient, namespace: str, name: str) -> dict[str,
     return data
 
 
+def _field_value(namespace: str, pod_name: str, path: str) -> str:
+    """A downward-API field (env fieldRef or a downwardAPI volume item); only the pod's identity is known here."""
+    known = {"metadata.namespace": namespace, "metadata.name": pod_name}
+    if path not in known:
+        raise ValueError(f"fieldRef {path!r}: only {sorted(known)} run on the host")
+    return known[path]
+
+
+def _service_account_token(client: KubeTestClient, namespace: str, account: str, source: dict[str, Any]) -> bytes:
+    """A real token of the pod's ServiceAccount from the TokenRequest API, as the kubelet requests one."""
+    spec: dict[str, Any] = {"expirationSeconds": int(source.get("expirationSeconds", 3600))}
+    if source.get("audience"):
+        spec["audiences"] = [source["audience"]]
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+    return client.create_subresource(SERVICEACCOUNTS, namespace, account, "token", body)["status"]["token"].encode()
+
+
+def _projected_source_data(
+    client: KubeTestClient, namespace: str, source: dict[str, Any], lenient: bool
+) -> dict[str, bytes] | None:
+    """The data of a configMap or secret source; None when it is missing and may be left out.
+
+    A missing object may be left out when the source is optional, and in the ServiceAccount volume: its CA
+    ConfigMaps (kube-root-ca.crt; openshift-service-ca.crt on OpenShift-flavoured servers) are published by
+    controllers a test control plane need not run, and nothing run on the host reads them."""
+    kind, ref = ("configMap", source["configMap"]) if "configMap" in source else ("secret", source["secret"])
+    try:
+        if kind == "configMap":
+            return _configmap_data(client, namespace, ref["name"])
+        return _secret_data(client, namespace, ref["name"])
+    except KubeError as error:
+        if error.code == 404 and (lenient or ref.get("optional")):
+            return None
+        raise
+
+
+def _projected_folder(
+    client: KubeTestClient, namespace: str, volume: dict[str, Any], folder: Path, spec: dict[str, Any], pod_name: str
+) -> None:
+    """Assemble a projected volume from its sources into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lenient = volume["name"].startswith(SERVICE_ACCOUNT_VOLUME_PREFIX)
+    for source in volume["projected"].get("sources") or []:
+        if "serviceAccountToken" in source:
+            token_source = source["serviceAccountToken"]
+            account = spec.get("serviceAccountName") or "default"
+            token = _service_account_token(client, namespace, account, token_source)
+            _write_items(folder, {"token": token}, [{"key": "token", "path": token_source["path"]}])
+        elif "configMap" in source or "secret" in source:
+            data = _projected_source_data(client, namespace, source, lenient)
+            if data is not None:
+                _write_items(folder, data, (source.get("configMap") or source.get("secret") or {}).get("items"))
+        elif "downwardAPI" in source:
+            items = source["downwardAPI"].get("items") or []
+            data = {
+                item["path"]: _field_value(namespace, pod_name, item["fieldRef"]["fieldPath"]).encode()
+                for item in items
+            }
+            _write_items(folder, data, None)
+        else:
+            raise ValueError(f"volume {volume['name']!r}: projected source {sorted(source)} does not run on the host")
+
+
 def _volume_folder(
-    client: KubeTestClient, namespace: str, volume: dict[str, Any], root: Path, claims_root: Path
+    client: KubeTestClient,
+    namespace: str,
+    volume: dict[str, Any],
+    root: Path,
+    claims_root: Path,
+    spec: dict[str, Any],
+    pod_name: str,
 ) -> Path:
     name = volume["name"]
     if "persistentVolumeClaim" in volume:
@@ -91,8 +163,12 @@ def _volume_folder(
         _write_items(folder, _secret_data(client, namespace, source["secretName"]), source.get("items"))
     elif "emptyDir" in volume:
         folder.mkdir(parents=True, exist_ok=True)
+    elif "projected" in volume:
+        _projected_folder(client, namespace, volume, folder, spec, pod_name)
     else:
-        raise ValueError(f"volume {name!r}: only persistentVolumeClaim, configMap, secret and emptyDir run on the host")
+        raise ValueError(
+            f"volume {name!r}: only persistentVolumeClaim, configMap, secret, emptyDir and projected run on the host"
+        )
     return folder
 
 
@@ -110,7 +186,10 @@ def prepare(
     claims_root = claims_root or root / "claims"
     chosen = next(c for c in spec["containers"] if container in (None, c["name"]))
     fs = root / "fs"
-    folders = {v["name"]: _volume_folder(client, namespace, v, root, claims_root) for v in spec.get("volumes") or []}
+    folders = {
+        v["name"]: _volume_folder(client, namespace, v, root, claims_root, spec, pod_name)
+        for v in spec.get("volumes") or []
+    }
     host = HostPod(
         argv=[],
         env={},
@@ -176,7 +255,7 @@ def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod
         ref = source["configMapKeyRef"]
         return _configmap_data(client, namespace, ref["name"])[ref["key"]].decode()
     if "fieldRef" in source:
-        return {"metadata.namespace": namespace, "metadata.name": pod_name}[source["fieldRef"]["fieldPath"]]
+        return _field_value(namespace, pod_name, source["fieldRef"]["fieldPath"])
     raise ValueError(f"env {item['name']!r}: unsupported valueFrom {sorted(source)}")
 
 

@@ -181,6 +181,13 @@ class Kubelet:
             result = self.start_job(namespace, name)
         return result
 
+    def running_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Job's newest running pod (earlier attempts may have failed)."""
+        running = [p for p in self.pods_of(namespace, name) if (p.get("status") or {}).get("phase") == "Running"]
+        if not running:
+            raise AssertionError(f"Job {name} has no running pod")
+        return sorted(running, key=lambda pod: pod["metadata"].get("creationTimestamp") or "")[-1]
+
     @staticmethod
     def _matching_rule(job: dict[str, Any], container: str, exit_code: int) -> str | None:
         for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules") or []:
@@ -224,10 +231,13 @@ class Kubelet:
     def run_job(
         self, namespace: str, name: str, root: Path, claims_root: Path | None = None, timeout: float = 600
     ) -> hostrun.HostRun:
-        """Start the Job's pod, run its real container command on the host, finish the pod with the outcome."""
+        """Start the Job's pod, run its real container command on the host, finish the pod with the outcome.
+
+        What runs is the pod as stored (after admission, e.g. a real server's service-account volume) under its
+        own name, not the Job's template."""
         self.start_job(namespace, name)
-        job = self.job(namespace, name)
-        host = hostrun.prepare(self.client, namespace, job["spec"]["template"], root, claims_root, pod_name=f"{name}-0")
+        pod = self.running_pod(namespace, name)
+        host = hostrun.prepare(self.client, namespace, pod, root, claims_root, pod_name=pod["metadata"]["name"])
         result = hostrun.run(host, timeout)
         self.finish_job(namespace, name, result.returncode, result.message)
         return result
