@@ -113,3 +113,13 @@ def wait_request(
         if time.monotonic() > deadline:
             raise AssertionError(f"the operator sent no {verb} {resource} within {timeout} s")
         time.sleep(0.05)
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll `check()` until it returns something truthy (the real controllers act asynchronously); returns it."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting {what}")
+        time.sleep(0.05)
+    return result

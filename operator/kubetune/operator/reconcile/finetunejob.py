@@ -47,7 +47,12 @@ def job_phase(job: dict[str, Any] | None) -> str | None:
         return "Failed"
     if is_true(job, "Suspended") or (job.get("spec") or {}).get("suspend"):
         return "Suspended"
-    if ((job.get("status") or {}).get("active") or 0) > 0:
+    status = job.get("status") or {}
+    # `active` also counts pods still Pending (unscheduled, waiting for a GPU, pulling the image); `ready`
+    # (set by every Job controller since Kubernetes 1.24) counts pods whose trainer runs. `active` only
+    # stands in on servers that do not report `ready`.
+    running = status["ready"] if status.get("ready") is not None else status.get("active")
+    if (running or 0) > 0:
         return "Running"
     return "Pending"
 
