@@ -1,0 +1,259 @@
+"""ModelServe scenarios on the real control plane: waiting for adapters, deploying, failing clearly, following
+changes, repairing drift, being deleted. The real Deployment and ReplicaSet controllers roll out the server, the
+real garbage collector deletes children; the fake kubelet only runs and readies pods."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster, RealOperatorControl
+from tests.support.envtest.kubelet import REPLICASETS, FakeKubelet
+from tests.support.kube.server import CONFIGMAPS, DEPLOYMENTS, FTJ, JOBS, MSV, PODS, SERVICES, KubeTestClient
+
+from .helpers import condition, exists, finetunejob, gone, modelserve, wait_phase
+
+TIMEOUT = 30  # generous for a loaded 2-core box; every wait returns as soon as its condition holds
+# The garbage collector watches a custom resource only once its discovery found the CRD: the harness applies the
+# CRDs after the controller manager started, so for the first ~45 s of a session the collector notices a deleted
+# ModelServe only at its 30-second re-discovery (measured: children gone 40 s after the delete; at once later).
+GC_TIMEOUT = 60
+
+
+def train(kube: KubeTestClient, kubelet: FakeKubelet, ns: str, name: str = "sentiment", **spec: Any) -> dict:
+    """A FineTuneJob whose trainer pod the real Job controller created and that succeeded."""
+    kube.create(FTJ, ns, finetunejob(ns, name, **spec))
+    kube.wait_for(JOBS, ns, f"{name}-train", exists, TIMEOUT)
+    kubelet.start_job(ns, f"{name}-train")
+    kubelet.finish_job(ns, f"{name}-train", 0, "{}")
+    return wait_phase(kube, ns, name, "Succeeded")
+
+
+def serve_config(kube: KubeTestClient, ns: str, name: str = "chat") -> dict:
+    return json.loads(kube.get(CONFIGMAPS, ns, f"{name}-config")["data"]["serve.json"])
+
+
+def template(kube: KubeTestClient, ns: str, name: str = "chat") -> dict:
+    return kube.get(DEPLOYMENTS, ns, name)["spec"]["template"]
+
+
+def operator_writes(cluster: RealCluster, since: int, ns: str) -> list[str]:
+    """The operator's writes (other than status and events) to the ModelServe's children since `since`."""
+    children = {"deployments", "services", "configmaps"}
+    return [
+        f"{e.verb} {e.resource}/{e.name}"
+        for e in cluster.audit.events(since, OPERATOR_USER)
+        if e.namespace == ns and e.resource in children and e.verb in ("create", "patch", "update", "delete")
+    ]
+
+
+def test_waits_for_its_finetunejob_then_deploys(
+    control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    kube.create(FTJ, ns, finetunejob(ns))
+    kube.create(MSV, ns, modelserve(ns, apiKeySecretRef={"name": "api-key", "key": "key"}))
+    msv = wait_phase(kube, ns, "chat", "WaitingForAdapters", res=MSV)
+    ready = condition(msv, "AdaptersReady")
+    assert ready is not None and ready["status"] == "False" and "FineTuneJob 'sentiment'" in ready["message"]
+    assert kube.find(DEPLOYMENTS, ns, "chat") is None
+
+    kube.wait_for(JOBS, ns, "sentiment-train", exists, TIMEOUT)
+    kubelet.start_job(ns, "sentiment-train")
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    msv = wait_phase(kube, ns, "chat", "Deploying", res=MSV)
+    assert msv["status"]["adapters"] == [
+        {"name": "sentiment", "pvc": {"claimName": "sentiment-output", "path": "adapter"}, "fineTuneJob": "sentiment"}
+    ]
+    config = serve_config(kube, ns)
+    assert config["baseModel"]["name"] == "Qwen/Qwen2.5-0.5B-Instruct"  # from the job: the spec named none
+    assert config["adapters"][0]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+
+    pod = template(kube, ns)["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "kubetune_server"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KUBETUNE_SERVE_CONFIG"]["value"] == "/etc/kubetune/serve.json"
+    assert env["KUBETUNE_PORT"]["value"] == "8000"
+    assert env["KUBETUNE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "api-key", "key": "key"}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/mnt/kubetune/pvc/sentiment-output"]["readOnly"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    service = kube.get(SERVICES, ns, "chat")
+    assert service["spec"]["ports"][0]["port"] == 8000
+    assert service["spec"]["selector"] == kube.get(DEPLOYMENTS, ns, "chat")["spec"]["selector"]["matchLabels"]
+
+    since = control_plane.audit.offset()
+    kubelet.deployment_ready(ns, "chat")  # PodSecurity `restricted` admitted the server pod the ReplicaSet made
+    msv = wait_phase(kube, ns, "chat", "Ready", res=MSV)
+    assert msv["status"]["url"] == f"http://chat.{ns}.svc.cluster.local:8000/v1"
+    assert msv["status"]["readyReplicas"] == 1
+    available = condition(msv, "Available")
+    assert available is not None and available["status"] == "True"
+    assert msv["status"]["observedGeneration"] == 1
+    # The server's defaults (probe thresholds, defaultMode, clusterIP, ...) are not drift: nothing was re-patched.
+    assert operator_writes(control_plane, since, ns) == []
+
+
+def test_failed_or_missing_finetunejob_fails_the_modelserve(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    kube.create(FTJ, ns, finetunejob(ns, "broken", backoffLimit=0))
+    kube.wait_for(JOBS, ns, "broken-train", exists, TIMEOUT)
+    kubelet.start_job(ns, "broken-train")
+    kubelet.finish_job(ns, "broken-train", 1, "boom")
+    wait_phase(kube, ns, "broken", "Failed")
+
+    kube.create(MSV, ns, modelserve(ns, "on-failed", jobs=("broken",)))
+    msv = wait_phase(kube, ns, "on-failed", "Failed", res=MSV)
+    assert (condition(msv, "AdaptersReady") or {}).get("reason") == "FineTuneJobFailed"
+    assert "FineTuneJob 'broken' failed" in msv["status"]["message"]
+
+    kube.create(MSV, ns, modelserve(ns, "on-missing", jobs=("nope",)))
+    msv = wait_phase(kube, ns, "on-missing", "Failed", res=MSV)
+    assert (condition(msv, "AdaptersReady") or {}).get("reason") == "FineTuneJobNotFound"
+    assert "'nope' does not exist" in msv["status"]["message"]
+    assert kube.find(DEPLOYMENTS, ns, "on-missing") is None
+
+    train(kube, kubelet, ns, "nope")  # created later (GitOps order): the ModelServe recovers
+    wait_phase(kube, ns, "on-missing", "Deploying", res=MSV)
+
+
+def _recreated(first: dict[str, Any]):
+    return lambda obj: obj is not None and obj["metadata"]["uid"] != first["metadata"]["uid"]
+
+
+def test_deleted_or_edited_children_are_repaired(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    train(kube, kubelet, ns)
+    kube.create(MSV, ns, modelserve(ns))
+    first = kube.wait_for(DEPLOYMENTS, ns, "chat", exists, TIMEOUT)
+    service = kube.wait_for(SERVICES, ns, "chat", exists, TIMEOUT)
+    assert first is not None and service is not None
+
+    kube.delete(DEPLOYMENTS, ns, "chat")
+    kube.wait_for(DEPLOYMENTS, ns, "chat", _recreated(first), TIMEOUT, what="to be recreated")
+    kube.patch(DEPLOYMENTS, ns, "chat", {"spec": {"replicas": 5}})
+    kube.wait_for(DEPLOYMENTS, ns, "chat", lambda d: d["spec"]["replicas"] == 1, TIMEOUT, "replicas restored")
+    kube.delete(SERVICES, ns, "chat")
+    kube.wait_for(SERVICES, ns, "chat", _recreated(service), TIMEOUT, what="to be recreated")
+    kube.patch(SERVICES, ns, "chat", {"spec": {"ports": [{"name": "http", "port": 9999, "targetPort": "http"}]}})
+    kube.wait_for(SERVICES, ns, "chat", lambda svc: svc["spec"]["ports"][0]["port"] == 8000, TIMEOUT, "port restored")
+
+    # The ConfigMap is not watched: the next reconcile repairs it (the periodic resync, off in tests, or the
+    # resume pass of a restarted operator, used here).
+    wanted = kube.get(CONFIGMAPS, ns, "chat-config")
+    kube.patch(CONFIGMAPS, ns, "chat-config", {"data": {"serve.json": "{}"}})
+    operator.restart()
+    kube.wait_for(CONFIGMAPS, ns, "chat-config", lambda cm: cm["data"] == wanted["data"], TIMEOUT, "restored")
+    kube.delete(CONFIGMAPS, ns, "chat-config")
+    operator.restart()
+    kube.wait_for(CONFIGMAPS, ns, "chat-config", _recreated(wanted), TIMEOUT, what="to be recreated")
+    assert kube.get(CONFIGMAPS, ns, "chat-config")["data"] == wanted["data"]
+
+    kubelet.deployment_ready(ns, "chat")
+    wait_phase(kube, ns, "chat", "Ready", res=MSV)
+
+
+def test_spec_changes_patch_the_deployment_and_hot_reload_adapters(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    train(kube, kubelet, ns)
+    train(kube, kubelet, ns, "other", output={"pvc": {"claimName": "sentiment-output", "path": "other"}})
+    kube.create(MSV, ns, modelserve(ns))
+    kube.wait_for(DEPLOYMENTS, ns, "chat", exists, TIMEOUT)
+    kubelet.deployment_ready(ns, "chat")
+    wait_phase(kube, ns, "chat", "Ready", res=MSV)
+    deployment = kube.get(DEPLOYMENTS, ns, "chat")
+    before = deployment["spec"]["template"]
+
+    # An adapter on an already-mounted claim: only serve.json changes (the server hot-reloads it), no rollout.
+    adapters = [
+        {"name": "sentiment", "fineTuneJobRef": {"name": "sentiment"}},
+        {"name": "other", "fineTuneJobRef": {"name": "other"}},
+    ]
+    kube.patch(MSV, ns, "chat", {"spec": {"adapters": adapters}})
+    kube.wait_for(CONFIGMAPS, ns, "chat-config", lambda cm: "other/adapter" in cm["data"]["serve.json"], TIMEOUT)
+    kube.wait_for(MSV, ns, "chat", lambda m: m["status"].get("observedGeneration") == 2, TIMEOUT)
+    after = kube.get(DEPLOYMENTS, ns, "chat")
+    assert after["spec"]["template"] == before
+    assert after["metadata"]["generation"] == deployment["metadata"]["generation"]
+
+    # A new claim needs a new volume: the pod template changes (a rolling update).
+    adapters.append({"name": "external", "pvc": {"claimName": "team-adapters", "path": "v2"}})
+    kube.patch(MSV, ns, "chat", {"spec": {"adapters": adapters, "replicas": 2}})
+    deployment = kube.wait_for(DEPLOYMENTS, ns, "chat", lambda d: d["spec"]["replicas"] == 2, TIMEOUT)
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"sentiment-output", "team-adapters"}
+    msv = kube.wait_for(MSV, ns, "chat", lambda m: m["status"].get("observedGeneration") == 3, TIMEOUT)
+    assert msv["status"]["adapterNames"] == "sentiment,other,external"
+
+    # A change the server reads only at start (here quantization) restarts the pods via the hash annotation.
+    kube.patch(MSV, ns, "chat", {"spec": {"quantization": {"bits": 4}}})
+    kube.wait_for(
+        DEPLOYMENTS,
+        ns,
+        "chat",
+        lambda d: d["spec"]["template"]["metadata"]["annotations"] != before["metadata"]["annotations"],
+        TIMEOUT,
+        what="to roll out",
+    )
+    # The real Deployment controller rolls out a new ReplicaSet; once its two pods are ready, so is the ModelServe.
+    kubelet.deployment_ready(ns, "chat")
+    msv = kube.wait_for(MSV, ns, "chat", lambda m: m["status"].get("readyReplicas") == 2, TIMEOUT, "2 ready")
+    assert msv["status"]["phase"] == "Ready"
+    revisions = {
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+        for rs in kube.list(REPLICASETS, ns)
+        if rs["metadata"]["ownerReferences"][0]["name"] == "chat"
+    }
+    assert revisions == {"1", "2", "3"}
+
+
+def test_progress_deadline_exceeded_fails(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """The real Deployment controller decides ProgressDeadlineExceeded. Neither the ModelServe API nor the operator
+    sets progressDeadlineSeconds (the default is 600 s), and the operator does not own that field: an
+    administrator's shorter deadline is kept, and the server pod stays Pending (no kubelet readies it)."""
+    kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}))
+    kube.wait_for(DEPLOYMENTS, ns, "plain", exists, TIMEOUT)
+    kube.patch(DEPLOYMENTS, ns, "plain", {"spec": {"progressDeadlineSeconds": 1}})
+    msv = wait_phase(kube, ns, "plain", "Failed", res=MSV)
+    assert (condition(msv, "Ready") or {}).get("reason") == "ProgressDeadlineExceeded"
+    assert "progress" in msv["status"]["message"]
+    assert kube.get(DEPLOYMENTS, ns, "plain")["spec"]["progressDeadlineSeconds"] == 1
+    assert all(pod["status"]["phase"] == "Pending" for pod in kube.list(PODS, ns))
+
+
+def test_deleting_the_modelserve_deletes_its_children(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}))
+    kube.wait_for(SERVICES, ns, "plain", exists, TIMEOUT)
+    kubelet.deployment_ready(ns, "plain")
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+    kube.delete(MSV, ns, "plain")
+    for res, name in [(DEPLOYMENTS, "plain"), (SERVICES, "plain"), (CONFIGMAPS, "plain-config")]:
+        kube.wait_for(res, ns, name, gone, GC_TIMEOUT, what="to be garbage-collected")
+    # The collector goes on down the chain: the Deployment's ReplicaSet, then its pod.
+    for res in (REPLICASETS, PODS):
+        _wait_empty(kube, res, ns, TIMEOUT)
+
+
+def _wait_empty(kube: KubeTestClient, res: tuple[str, str], ns: str, timeout: float) -> None:
+    """Wait until `ns` holds no object of `res`."""
+    deadline = time.monotonic() + timeout
+    while names := [o["metadata"]["name"] for o in kube.list(res, ns)]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{res[1]} left in {ns} after {timeout} s: {names}")
+        time.sleep(0.05)
