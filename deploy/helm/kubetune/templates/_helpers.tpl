@@ -108,9 +108,3 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
   resources: [roles, rolebindings]
   verbs: [create]
 {{- end }}
-
-{{/* Annotations that let Argo CD create a peering object in the same sync as its CRD. */}}
-{{- define "kubetune.peeringAnnotations" -}}
-argocd.argoproj.io/sync-wave: "1"
-argocd.argoproj.io/sync-options: SkipDryRunOnMissingResource=true
-{{- end }}
