@@ -1,9 +1,11 @@
-"""One YAML from fine-tune to answer, on a simulated cluster.
+"""One YAML from fine-tune to answer, on the real control plane.
 
-The operator runs for real against the mock API server. The kubelet helper runs the trainer Job's own
-container command and env on this machine (claims as folders), then the server Deployment's, so any
-difference between what the operator renders and what the images expect (paths, env names, args)
-fails here. The answer must be the one the adapter learned.
+The operator runs for real, as its ServiceAccount, against kube-apiserver. The real Job controller creates the
+trainer pod (admitted under PodSecurity `restricted`); the fake kubelet runs that pod's own container command and
+env on this machine (claims as folders) and ends it with the real exit code and termination message, which the
+Job controller and the operator take from there. Then the real ReplicaSet controller's server pod is run the same
+way. Any difference between what the operator renders, what the API server admits and what the images expect
+(paths, env names, args) fails here. The answer must be the one the adapter learned.
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ from kubetune.operator import naming
 from kubetune_trainer.data_formats import ALPACA_TEMPLATE_NO_INPUT
 from openai import OpenAI
 
+from tests.support.envtest.fixtures import RealOperatorControl
+from tests.support.envtest.kubelet import FakeKubelet
 from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, KubeTestClient
 from tests.support.tiny_model import build_tiny_model, synthetic_facts, write_facts_jsonl
 from tests.trainer.helpers import LEARNING_TRAINING
 
+from .helpers import exists, wait_phase
+
 pytestmark = pytest.mark.slow
 
-NAMESPACE = "team-a"
+TIMEOUT = 30
 PIPELINE = f"""
 apiVersion: kubetune.dev/v1alpha1
 kind: FineTuneJob
 metadata:
   name: facts
-  namespace: {NAMESPACE}
 spec:
   baseModel:
     pvc: {{claimName: models, path: tiny}}
@@ -43,7 +48,6 @@ apiVersion: kubetune.dev/v1alpha1
 kind: ModelServe
 metadata:
   name: facts-api
-  namespace: {NAMESPACE}
 spec:
   adapters:
     - name: facts-adapter
@@ -53,30 +57,29 @@ spec:
 """
 
 
-def _apply(kube: KubeTestClient, text: str) -> None:
+def _apply(kube: KubeTestClient, ns: str, text: str) -> None:
+    """Create each document in `ns`, as `kubectl apply -n ns -f` would."""
     for document in yaml.safe_load_all(text):
-        kube.create(FTJ if document["kind"] == "FineTuneJob" else MSV, NAMESPACE, document)
+        kube.create(FTJ if document["kind"] == "FineTuneJob" else MSV, ns, document)
 
 
-def _phase(*phases: str):
-    return lambda obj: obj is not None and (obj.get("status") or {}).get("phase") in phases
-
-
-def test_finetune_serve_and_answer(operator, kube: KubeTestClient, kubelet, tmp_path: Path) -> None:
+def test_finetune_serve_and_answer(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str, tmp_path: Path
+) -> None:
     claims = tmp_path / "claims"
     build_tiny_model(claims / "models" / "tiny")
     write_facts_jsonl(claims / "data" / "facts.jsonl", fmt="alpaca")
-    _apply(kube, PIPELINE)
+    _apply(kube, ns, PIPELINE)
 
-    serve = kube.wait_for(MSV, NAMESPACE, "facts-api", _phase("WaitingForAdapters"), 20, "to wait for its job")
+    serve = wait_phase(kube, ns, "facts-api", "WaitingForAdapters", res=MSV)
     assert "facts" in serve["status"]["message"]
 
     job_name = naming.job_name("facts")
-    kube.wait_for(JOBS, NAMESPACE, job_name, lambda obj: obj is not None, 20, "to be created")
-    run = kubelet.run_job(NAMESPACE, job_name, tmp_path / "trainer-pod", claims_root=claims)
+    kube.wait_for(JOBS, ns, job_name, exists, TIMEOUT, "to be created")
+    run = kubelet.run_job(ns, job_name, tmp_path / "trainer-pod", claims_root=claims)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    job = kube.wait_for(FTJ, NAMESPACE, "facts", _phase("Succeeded", "Failed"), 30, "to finish")
+    job = wait_phase(kube, ns, "facts", "Succeeded", "Failed")
     status = job["status"]
     assert status["phase"] == "Succeeded", status
     assert status["metrics"]["steps"] == LEARNING_TRAINING["maxSteps"]
@@ -85,11 +88,11 @@ def test_finetune_serve_and_answer(operator, kube: KubeTestClient, kubelet, tmp_
     assert (claims / adapter["claimName"] / adapter["path"] / "adapter_config.json").is_file()
 
     deployment = naming.server_name("facts-api")
-    kube.wait_for(DEPLOYMENTS, NAMESPACE, deployment, lambda obj: obj is not None, 30, "to be created")
-    server = kubelet.serve_deployment(NAMESPACE, deployment, tmp_path / "server-pod", claims_root=claims)
+    kube.wait_for(DEPLOYMENTS, ns, deployment, exists, TIMEOUT, "to be created")
+    server = kubelet.serve_deployment(ns, deployment, tmp_path / "server-pod", claims_root=claims)
     try:
-        ready = kube.wait_for(MSV, NAMESPACE, "facts-api", _phase("Ready"), 30, "to be ready")
-        assert ready["status"]["url"].startswith("http://")
+        ready = wait_phase(kube, ns, "facts-api", "Ready", res=MSV)
+        assert ready["status"]["url"] == f"http://{deployment}.{ns}.svc.cluster.local:8000/v1"
         assert [a["name"] for a in ready["status"]["adapters"]] == ["facts-adapter"]
 
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
