@@ -5,14 +5,13 @@ real garbage collector deletes children; the fake kubelet only runs and readies 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster, RealOperatorControl
+from tests.support.envtest.fixtures import RealCluster, RealOperatorControl
 from tests.support.envtest.kubelet import REPLICASETS, FakeKubelet
 from tests.support.kube.server import CONFIGMAPS, DEPLOYMENTS, FTJ, JOBS, MSV, PODS, SERVICES, KubeTestClient
 
-from .helpers import condition, exists, finetunejob, gone, modelserve, wait_phase
+from .helpers import condition, exists, finetunejob, gone, modelserve, operator_requests, wait_phase, wait_until
 
 TIMEOUT = 30  # generous for a loaded 2-core box; every wait returns as soon as its condition holds
 # The garbage collector watches a custom resource only once its discovery found the CRD: the harness applies the
@@ -38,13 +37,13 @@ def template(kube: KubeTestClient, ns: str, name: str = "chat") -> dict:
     return kube.get(DEPLOYMENTS, ns, name)["spec"]["template"]
 
 
-def operator_writes(cluster: RealCluster, since: int, ns: str) -> list[str]:
-    """The operator's writes (other than status and events) to the ModelServe's children since `since`."""
-    children = {"deployments", "services", "configmaps"}
+def child_writes(cluster: RealCluster, since: int) -> list[str]:
+    """The operator's writes to ModelServe children (Deployments, Services, ConfigMaps) since audit offset `since`."""
     return [
         f"{e.verb} {e.resource}/{e.name}"
-        for e in cluster.audit.events(since, OPERATOR_USER)
-        if e.namespace == ns and e.resource in children and e.verb in ("create", "patch", "update", "delete")
+        for verb in ("create", "patch", "update", "delete")
+        for resource in ("deployments", "services", "configmaps")
+        for e in operator_requests(cluster, since, verb, resource)
     ]
 
 
@@ -96,7 +95,37 @@ def test_waits_for_its_finetunejob_then_deploys(
     assert available is not None and available["status"] == "True"
     assert msv["status"]["observedGeneration"] == 1
     # The server's defaults (probe thresholds, defaultMode, clusterIP, ...) are not drift: nothing was re-patched.
-    assert operator_writes(control_plane, since, ns) == []
+    assert child_writes(control_plane, since) == []
+
+
+def test_quantities_the_server_normalises_are_not_drift(
+    control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """The API server stores `0.5` CPU as `500m` and `2048Mi` as `2Gi`: the same quantity, so nothing to repair."""
+    resources = {"gpus": 0, "cpu": "0.5", "memory": "2048Mi"}
+    kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}, resources=resources))
+    deployment = kube.wait_for(DEPLOYMENTS, ns, "plain", exists, TIMEOUT)
+    assert deployment is not None
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "cpu": "500m",
+        "memory": "2Gi",
+    }
+    kube.wait_for(SERVICES, ns, "plain", exists, TIMEOUT)  # created last
+    since = control_plane.audit.offset()
+    kubelet.deployment_ready(ns, "plain")  # each Deployment status change is a reconcile
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+    assert child_writes(control_plane, since) == []
+
+    # A different quantity is drift all the same.
+    limits = "/spec/template/spec/containers/0/resources/limits/cpu"
+    kube.patch(DEPLOYMENTS, ns, "plain", [{"op": "replace", "path": limits, "value": "1"}])
+    kube.wait_for(DEPLOYMENTS, ns, "plain", lambda d: _cpu_limit(d) == "500m", TIMEOUT, what="cpu limit restored")
+
+
+def _cpu_limit(deployment: dict[str, Any] | None) -> str | None:
+    if deployment is None:
+        return None
+    return deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
 
 
 def test_failed_or_missing_finetunejob_fails_the_modelserve(
@@ -247,13 +276,4 @@ def test_deleting_the_modelserve_deletes_its_children(
         kube.wait_for(res, ns, name, gone, GC_TIMEOUT, what="to be garbage-collected")
     # The collector goes on down the chain: the Deployment's ReplicaSet, then its pod.
     for res in (REPLICASETS, PODS):
-        _wait_empty(kube, res, ns, TIMEOUT)
-
-
-def _wait_empty(kube: KubeTestClient, res: tuple[str, str], ns: str, timeout: float) -> None:
-    """Wait until `ns` holds no object of `res`."""
-    deadline = time.monotonic() + timeout
-    while names := [o["metadata"]["name"] for o in kube.list(res, ns)]:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{res[1]} left in {ns} after {timeout} s: {names}")
-        time.sleep(0.05)
+        wait_until(lambda res=res: not kube.list(res, ns), f"for every {res[1]} in {ns} to be garbage-collected")

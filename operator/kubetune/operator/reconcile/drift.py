@@ -2,24 +2,71 @@
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+# Fields holding Kubernetes quantities: every value under a container's `requests`/`limits`, an emptyDir's
+# `sizeLimit`. The API server stores them canonically (`0.5` as `500m`, `2048Mi` as `2Gi`): same value, no drift.
+QUANTITY_FIELDS = frozenset({"requests", "limits", "sizeLimit"})
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][-+]?[0-9]+|[a-zA-Z]{0,2})$")
+_SUFFIXES = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{suffix: Decimal(1024) ** power for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
+}
 
-def contains(observed: Any, desired: Any) -> bool:
-    """True when every field the operator sets has that value in `observed`; extra fields are ignored."""
+
+def quantity_value(text: str) -> Decimal | None:
+    """The number a Kubernetes quantity stands for (`500m` -> 0.5, `2Gi` -> 2147483648); None if not one."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        return None
+    number, suffix = match.groups()
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        return None
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return value.scaleb(int(suffix[1:]))
+    scale = _SUFFIXES.get(suffix)
+    return None if scale is None else value * scale
+
+
+def _same_quantity(observed: Any, desired: Any) -> bool:
+    if not (isinstance(observed, str | int) and isinstance(desired, str | int)):
+        return False
+    left, right = quantity_value(str(observed)), quantity_value(str(desired))
+    return left is not None and left == right
+
+
+def contains(observed: Any, desired: Any, quantities: bool = False) -> bool:
+    """True when every field the operator sets has that value in `observed`; extra fields are ignored.
+    `quantities`: the leaves here are Kubernetes quantities, compared by value."""
     if isinstance(desired, dict):
         return isinstance(observed, dict) and all(
-            key in observed and contains(observed[key], value) for key, value in desired.items()
+            key in observed and contains(observed[key], value, quantities or key in QUANTITY_FIELDS)
+            for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (
             isinstance(observed, list)
             and len(observed) == len(desired)
-            and all(contains(o, d) for o, d in zip(observed, desired, strict=True))
+            and all(contains(o, d, quantities) for o, d in zip(observed, desired, strict=True))
         )
     if isinstance(desired, bool) or isinstance(observed, bool):
         return observed is desired
-    return observed == desired or str(observed) == str(desired)
+    if observed == desired or str(observed) == str(desired):
+        return True
+    return quantities and _same_quantity(observed, desired)
 
 
 def repair_patch(desired: dict[str, Any]) -> dict[str, Any]:
