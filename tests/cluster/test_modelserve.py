@@ -101,15 +101,14 @@ def test_waits_for_its_finetunejob_then_deploys(
 def test_quantities_the_server_normalises_are_not_drift(
     control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
 ):
-    """The API server stores `0.5` CPU as `500m` and `2048Mi` as `2Gi`: the same quantity, so nothing to repair."""
-    resources = {"gpus": 0, "cpu": "0.5", "memory": "2048Mi"}
+    """The API server stores `0.5` CPU as `500m` and `2048Mi` as `2Gi`: the same quantities, so nothing to repair."""
+    resources = {"gpus": 1, "cpu": "0.5", "memory": "2048Mi"}
     kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}, resources=resources))
     deployment = kube.wait_for(DEPLOYMENTS, ns, "plain", exists, TIMEOUT)
     assert deployment is not None
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
-        "cpu": "500m",
-        "memory": "2Gi",
-    }
+    stored = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert stored["limits"] == {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1"}
+    assert stored["requests"] == {"cpu": "500m", "memory": "2Gi"}
     kube.wait_for(SERVICES, ns, "plain", exists, TIMEOUT)  # created last
     since = control_plane.audit.offset()
     kubelet.deployment_ready(ns, "plain")  # each Deployment status change is a reconcile
