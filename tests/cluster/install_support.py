@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,11 +345,3 @@ def check_mode(mode: str, cluster: InstallCluster, user: str, registry: dict[str
     refused = cluster.refused(user)
     assert not refused, f"{mode}: the API server refused the operator:\n" + "\n".join(refused)
     registry[mode] = cluster.used_permissions(user)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s")
-        time.sleep(0.05)

@@ -9,10 +9,15 @@ operator refused; what it used is recorded per install mode (install_support.INS
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import kubernetes
 import pytest
+from kubetune.operator.kube import load_configuration
+from kubetune.operator.runner import ensure_peering
+from kubetune.operator.settings import OperatorSettings
 
 from tests.support.envtest.controlplane import HOW_TO_GET, assets_folder
 from tests.support.envtest.kubelet import FakeKubelet
@@ -139,3 +144,28 @@ def test_the_readme_journey_is_what_the_tests_run():
     commands = [" ".join(argv[1:3]) for argv in readme_journey()]
     assert commands[:2] == ["create configmap", "apply -f"]
     assert "wait ftj/sentiment-ko" in commands and "wait msv/sentiment-ko" in commands
+
+
+def test_an_operator_that_cannot_create_its_peering_object_starts_and_says_why(control_plane, ns, kube, caplog):
+    """A hand-made RBAC without `create` (403), or kopf's peering CRDs missing (404; the session's control plane
+    has only the kubetune CRDs): the operator logs why and starts, paused by kopf until the object exists, rather
+    than crash-looping. Other errors are raised."""
+    kube.create(("v1", "serviceaccounts"), ns, {"metadata": {"name": "no-rights"}})
+    token = control_plane.plane.service_account_token(ns, "no-rights")
+    cases = {
+        "403": (
+            control_plane.plane.write_kubeconfig(control_plane.workdir / f"{ns}.kubeconfig", {"token": token}),
+            (ns,),
+        ),
+        "404": (control_plane.plane.write_admin_kubeconfig(control_plane.workdir / "admin.kubeconfig"), ()),
+    }
+    for code, (kubeconfig, namespaces) in cases.items():
+        caplog.clear()
+        api = kubernetes.client.ApiClient(load_configuration(str(kubeconfig)))
+        try:
+            with caplog.at_level(logging.WARNING, logger="kubetune.operator.runner"):
+                ensure_peering(OperatorSettings(peering=PEERING, watch_namespaces=namespaces), api)
+        finally:
+            api.close()
+        kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
+        assert f"cannot create the {kind} 'kubetune'" in caplog.text and f"({code} " in caplog.text, caplog.text
