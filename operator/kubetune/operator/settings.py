@@ -48,7 +48,8 @@ class OperatorSettings(BaseModel):
     """Memory request/limit of server pods whose ModelServe does not set resources.memory."""
 
     peering: str = ""
-    """kopf peering object name for several operator replicas; empty runs standalone (one replica)."""
+    """kopf peering object the operator joins, and creates at startup when missing (a ClusterKopfPeering, or a
+    KopfPeering in each watched namespace); kopf pauses while it is missing. Empty runs standalone (no peering)."""
 
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint; 0 disables it."""
