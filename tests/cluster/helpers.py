@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.support.envtest.audit import AuditEvent
 from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster
-from tests.support.kube.server import FTJ, KubeTestClient
+from tests.support.kube.server import FTJ, KubeTestClient, resource_path
 
 EVENTS = ("v1", "events")
 
@@ -123,3 +123,9 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
             raise AssertionError(f"timed out after {timeout} s waiting {what}")
         time.sleep(0.05)
     return result
+
+
+def delete(kube: KubeTestClient, res: tuple[str, str], ns: str, name: str, propagation: str = "Background") -> None:
+    """Delete as kubectl does: batch/v1 Jobs otherwise default to orphaning their pods on a real server."""
+    response = kube.http.delete(resource_path(*res, ns, name), params={"propagationPolicy": propagation})
+    kube._check(response)

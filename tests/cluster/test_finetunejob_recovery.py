@@ -1,0 +1,261 @@
+"""FineTuneJob recovery on the real control plane: operator restarts at every stage, lost Jobs, finished Jobs removed
+(by hand or by the real ttl-after-finished controller) that must never run again, deletion of the FineTuneJob and
+of its whole namespace. "Never re-run" is read from the API server's audit log: no `create jobs` by the operator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from kubetune.api.resources import FineTuneJob
+from kubetune.operator.manifests.meta import Owner
+from kubetune.operator.manifests.trainer import spec_configmap, trainer_rbac
+
+from tests.support.envtest.fixtures import NAMESPACES, RealOperatorControl
+from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, PODS, PVCS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS
+
+from .helpers import (
+    delete,
+    event_reasons,
+    exists,
+    finetunejob,
+    gone,
+    operator_requests,
+    wait_event,
+    wait_phase,
+    wait_request,
+    wait_until,
+)
+
+CHILDREN = [
+    (CONFIGMAPS, "sentiment-spec"),
+    (PVCS, "sentiment-output"),
+    (SERVICEACCOUNTS, "sentiment-trainer"),
+    (ROLES, "sentiment-trainer"),
+    (ROLEBINDINGS, "sentiment-trainer"),
+    (JOBS, "sentiment-train"),
+]
+LABEL = "kubetune.dev/finetunejob=sentiment"
+JOB_PODS = "batch.kubernetes.io/job-name=sentiment-train"
+NAMESPACE_GONE_SECONDS = 60
+GC_DISCOVERY_SECONDS = 90  # the garbage collector's discovery resync is 30 s; twice that and some
+
+
+@pytest.fixture(scope="module")
+def garbage_collector_follows_crds(control_plane) -> None:
+    """The garbage collector learns of resources (the CRDs, applied after it started) at its next discovery pass,
+    up to 30 s later; until then it ignores the deletion of a FineTuneJob. Wait for that once: an owner-less
+    FineTuneJob in a scratch namespace owns a ConfigMap, is deleted, and the ConfigMap must go."""
+    ns = control_plane.create_namespace(f"gc-probe-{uuid.uuid4().hex[:8]}")
+    kube = control_plane.client()
+    try:
+        owner = kube.create(FTJ, ns, finetunejob(ns, "probe"))
+        ref = {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": "probe",
+            "uid": owner["metadata"]["uid"],
+        }
+        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "ownerReferences": [ref]}}
+        kube.create(CONFIGMAPS, ns, probe)
+        kube.delete(FTJ, ns, "probe")
+        kube.wait_for(CONFIGMAPS, ns, "probe", gone, GC_DISCOVERY_SECONDS, what="to be garbage-collected")
+    finally:
+        control_plane.delete_namespace(ns)
+        kube.close()
+
+
+def _uids(kube, ns: str) -> dict[str, str]:
+    return {res[1]: kube.get(res, ns, name)["metadata"]["uid"] for res, name in CHILDREN}
+
+
+def _assert_one_of_each(kube, ns: str) -> None:
+    for res, _ in CHILDREN:
+        assert len(kube.list(res, ns, LABEL)) == 1, res
+
+
+def _restart_and_wait_for_resume(operator, control_plane, ns: str) -> int:
+    """Restart the operator and wait until its resume handler re-read the FineTuneJob; returns the audit offset
+    from before the restart, so the caller can look at everything the restarted operator sent."""
+    since = control_plane.audit.offset()
+    operator.restart()
+    wait_request(control_plane, since, "get", "finetunejobs")
+    return since
+
+
+def test_operator_restart_at_every_stage(operator, control_plane, kube, kubelet, ns):
+    # Stage 0: the operator died half-way through creating children (no Job, no status yet).
+    operator.stop()
+    created = kube.create(FTJ, ns, finetunejob(ns))
+    owner = Owner.of(created)
+    spec = FineTuneJob.model_validate(created).spec
+    kube.create(CONFIGMAPS, ns, spec_configmap(owner, spec))
+    kube.create(SERVICEACCOUNTS, ns, trainer_rbac(owner)[0])
+    operator.start()
+    wait_phase(kube, ns, "sentiment", "Pending")
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    _assert_one_of_each(kube, ns)
+    uids = _uids(kube, ns)
+
+    # Stage 1: Job created, its pod not started (the Job controller counts it active, it is not ready).
+    kube.wait_for(JOBS, ns, "sentiment-train", lambda job: (job.get("status") or {}).get("active") == 1)
+    _restart_and_wait_for_resume(operator, control_plane, ns)
+    assert wait_phase(kube, ns, "sentiment", "Pending")["status"]["jobName"] == "sentiment-train"
+
+    # Stage 2: the trainer starts while the operator is down.
+    operator.stop()
+    kubelet.start_job(ns, "sentiment-train")
+    operator.start()
+    running = wait_phase(kube, ns, "sentiment", "Running")
+
+    # Stage 3: the trainer reports progress, then finishes while the operator is down.
+    progress = {"step": 2, "totalSteps": 4, "percent": 50}
+    kube.patch(FTJ, ns, "sentiment", {"status": {"progress": progress}}, "status")
+    _restart_and_wait_for_resume(operator, control_plane, ns)
+    assert wait_phase(kube, ns, "sentiment", "Running")["status"]["progress"]["percent"] == 50
+    operator.stop()
+    kubelet.finish_job(ns, "sentiment-train", 0, json.dumps({"metrics": {"trainLoss": 0.25}}))
+    operator.start()
+    done = wait_phase(kube, ns, "sentiment", "Succeeded")
+    assert done["status"]["metrics"] == {"trainLoss": 0.25}
+    assert done["status"]["startTime"] == running["status"]["startTime"]
+
+    # Stage 4: finished; a restart changes nothing.
+    before = kube.get(FTJ, ns, "sentiment")
+    since = _restart_and_wait_for_resume(operator, control_plane, ns)
+    operator.stop()
+    assert kube.get(FTJ, ns, "sentiment")["status"] == before["status"]
+    assert operator_requests(control_plane, since, "patch", "finetunejobs", "status") == []
+    assert operator_requests(control_plane, since, "create", "jobs") == []
+    assert _uids(kube, ns) == uids
+    _assert_one_of_each(kube, ns)
+    assert event_reasons(kube, ns, "sentiment") == ["JobCreated", "Started", "Succeeded"]
+    assert len(kubelet.pods_of(ns, "sentiment-train")) == 1
+
+
+def test_job_deleted_while_running_is_recreated(operator, kube, kubelet, ns):
+    kube.create(FTJ, ns, finetunejob(ns))
+    first = kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    delete(kube, JOBS, ns, "sentiment-train")
+    second = kube.wait_for(
+        JOBS,
+        ns,
+        "sentiment-train",
+        lambda job: job is not None and job["metadata"]["uid"] != first["metadata"]["uid"],
+        what="to be recreated",
+    )
+    # The server labels each Job's pod template with its own controller-uid; the pod spec is the same.
+    assert second["spec"]["template"]["spec"] == first["spec"]["template"]["spec"]
+    wait_event(kube, ns, "sentiment", "JobRecreated")
+    kubelet.start_job(ns, "sentiment-train")
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    wait_phase(kube, ns, "sentiment", "Succeeded")
+
+
+def test_job_deleted_after_success_never_runs_again(operator, control_plane, kube, kubelet, ns):
+    since_start = control_plane.audit.offset()
+    kube.create(FTJ, ns, finetunejob(ns))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    succeeded = wait_phase(kube, ns, "sentiment", "Succeeded")
+    delete(kube, JOBS, ns, "sentiment-train")
+    wait_until(lambda: kube.list(PODS, ns, JOB_PODS) == [], "for the garbage collector to delete the trainer pod")
+    _restart_and_wait_for_resume(operator, control_plane, ns)
+    operator.stop()
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+    assert kube.get(FTJ, ns, "sentiment")["status"] == succeeded["status"]
+    assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
+
+
+def test_job_removed_by_the_ttl_controller_leaves_the_finetunejob_succeeded(operator, control_plane, kube, kubelet, ns):
+    since_start = control_plane.audit.offset()
+    kube.create(FTJ, ns, finetunejob(ns, ttlSecondsAfterFinished=1))
+    job = kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    assert job["spec"]["ttlSecondsAfterFinished"] == 1
+    kubelet.start_job(ns, "sentiment-train")
+    kubelet.finish_job(ns, "sentiment-train", 0, json.dumps({"metrics": {"trainLoss": 0.5}}))
+    succeeded = wait_phase(kube, ns, "sentiment", "Succeeded")
+    # The real ttl-after-finished controller deletes the Job a second after it completed; GC takes its pod.
+    kube.wait_for(JOBS, ns, "sentiment-train", gone, what="to be removed by the ttl-after-finished controller")
+    wait_until(lambda: kube.list(PODS, ns, JOB_PODS) == [], "for the garbage collector to delete the trainer pod")
+    assert kube.get(FTJ, ns, "sentiment")["status"] == succeeded["status"]
+
+    _restart_and_wait_for_resume(operator, control_plane, ns)
+    operator.stop()
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+    assert kube.get(FTJ, ns, "sentiment")["status"] == succeeded["status"]
+    assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
+    assert event_reasons(kube, ns, "sentiment") == ["JobCreated", "Started", "Succeeded"]
+
+
+def test_job_finished_and_removed_while_the_operator_was_down(operator, control_plane, kube, kubelet, ns):
+    """The trainer wrote its final metrics, then its Job ended and the TTL controller removed it before the
+    operator came back: the FineTuneJob is Succeeded, not trained again."""
+    since_start = control_plane.audit.offset()
+    kube.create(FTJ, ns, finetunejob(ns, ttlSecondsAfterFinished=1))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    operator.stop()
+    kube.patch(FTJ, ns, "sentiment", {"status": {"metrics": {"trainLoss": 0.5}}}, "status")  # the trainer's write
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    kube.wait_for(JOBS, ns, "sentiment-train", gone, what="to be removed by the ttl-after-finished controller")
+    operator.start()
+    done = wait_phase(kube, ns, "sentiment", "Succeeded")
+    assert done["status"]["metrics"] == {"trainLoss": 0.5}
+    assert done["status"]["output"]["pvc"]["claimName"] == "sentiment-output"
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+    assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
+
+
+def test_deleting_the_finetunejob_deletes_its_children(operator, kube, kubelet, ns, garbage_collector_follows_crds):
+    kube.create(FTJ, ns, finetunejob(ns))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    kube.delete(FTJ, ns, "sentiment")
+    kube.wait_for(FTJ, ns, "sentiment", gone, 30, what="to be deleted (finalizer released)")
+    for res, name in CHILDREN:  # the real garbage collector follows the owner references
+        kube.wait_for(res, ns, name, gone, 30, what="to be garbage-collected")
+    wait_until(lambda: kube.list(PODS, ns, JOB_PODS) == [], "for the trainer pod to be deleted")
+
+
+def test_deleting_the_namespace_with_a_running_finetunejob_completes(
+    control_plane, operator_settings, kube, kubelet, ns
+):
+    """The operator's finalizer must not keep a namespace in Terminating: it releases the FineTuneJob."""
+    control = RealOperatorControl(control_plane, operator_settings)
+    control.start()
+    try:
+        kube.create(FTJ, ns, finetunejob(ns))
+        kube.wait_for(JOBS, ns, "sentiment-train", exists)
+        assert kube.get(FTJ, ns, "sentiment")["metadata"]["finalizers"] == ["kubetune.dev/finalizer"]
+        kubelet.start_job(ns, "sentiment-train")
+        wait_phase(kube, ns, "sentiment", "Running")
+        since = control_plane.audit.offset()
+        control_plane.delete_namespace(ns)
+        _kubelet_stops_the_trainer(kube, kubelet, ns)
+        kube.wait_for(NAMESPACES, None, ns, gone, NAMESPACE_GONE_SECONDS, what="to be deleted (namespace controller)")
+    finally:
+        control.stop()
+    released = [e for e in operator_requests(control_plane, since, "patch", "finetunejobs") if e.code < 400]
+    assert released, "the operator did not release its finalizer"
+    # A terminating namespace refuses new objects (NamespaceLifecycle admission, 403): an Event the operator posts
+    # while the namespace controller deletes the trainer is refused that way; anything else refused is a failure.
+    refused = [r for r in control.refused() if "because it is being terminated" not in r]
+    assert refused == []
+
+
+def _kubelet_stops_the_trainer(kube, kubelet, ns: str) -> None:
+    """What a kubelet does when the namespace controller deletes the running trainer pod: stop the container and
+    report the pod Failed (exit 143, SIGTERM), so the Job controller drops its tracking finalizer. The fake
+    kubelet's reaper only force-deletes, which leaves a running Job's pod Terminating for ever (see the report)."""
+    pod = wait_until(
+        lambda: [p for p in kube.list(PODS, ns, JOB_PODS) if p["metadata"].get("deletionTimestamp")],
+        "for the namespace controller to delete the trainer pod",
+    )[0]
+    kubelet.terminate_pod(pod, 143, "stopped: the pod was deleted")
