@@ -5,9 +5,7 @@ of its whole namespace. "Never re-run" is read from the API server's audit log: 
 from __future__ import annotations
 
 import json
-import uuid
 
-import pytest
 from kubetune.api.resources import FineTuneJob
 from kubetune.operator.manifests.meta import Owner
 from kubetune.operator.manifests.trainer import spec_configmap, trainer_rbac
@@ -20,6 +18,7 @@ from .helpers import (
     event_reasons,
     exists,
     finetunejob,
+    garbage_collector_follows_finetunejobs,
     gone,
     operator_requests,
     wait_event,
@@ -39,31 +38,6 @@ CHILDREN = [
 LABEL = "kubetune.dev/finetunejob=sentiment"
 JOB_PODS = "batch.kubernetes.io/job-name=sentiment-train"
 NAMESPACE_GONE_SECONDS = 60
-GC_DISCOVERY_SECONDS = 90  # the garbage collector's discovery resync is 30 s; twice that and some
-
-
-@pytest.fixture(scope="module")
-def garbage_collector_follows_crds(control_plane) -> None:
-    """The garbage collector learns of resources (the CRDs, applied after it started) at its next discovery pass,
-    up to 30 s later; until then it ignores the deletion of a FineTuneJob. Wait for that once: an owner-less
-    FineTuneJob in a scratch namespace owns a ConfigMap, is deleted, and the ConfigMap must go."""
-    ns = control_plane.create_namespace(f"gc-probe-{uuid.uuid4().hex[:8]}")
-    kube = control_plane.client()
-    try:
-        owner = kube.create(FTJ, ns, finetunejob(ns, "probe"))
-        ref = {
-            "apiVersion": owner["apiVersion"],
-            "kind": owner["kind"],
-            "name": "probe",
-            "uid": owner["metadata"]["uid"],
-        }
-        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "ownerReferences": [ref]}}
-        kube.create(CONFIGMAPS, ns, probe)
-        kube.delete(FTJ, ns, "probe")
-        kube.wait_for(CONFIGMAPS, ns, "probe", gone, GC_DISCOVERY_SECONDS, what="to be garbage-collected")
-    finally:
-        control_plane.delete_namespace(ns)
-        kube.close()
 
 
 def _uids(kube, ns: str) -> dict[str, str]:
@@ -212,7 +186,8 @@ def test_job_finished_and_removed_while_the_operator_was_down(operator, control_
     assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
 
 
-def test_deleting_the_finetunejob_deletes_its_children(operator, kube, kubelet, ns, garbage_collector_follows_crds):
+def test_deleting_the_finetunejob_deletes_its_children(operator, control_plane, kube, kubelet, ns):
+    garbage_collector_follows_finetunejobs(control_plane)
     kube.create(FTJ, ns, finetunejob(ns))
     kube.wait_for(JOBS, ns, "sentiment-train", exists)
     kubelet.start_job(ns, "sentiment-train")
