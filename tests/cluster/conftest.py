@@ -23,10 +23,15 @@ from tests.support.envtest.fixtures import (  # noqa: F401
 )
 
 TIER = Path(__file__).parent
+AFTER_EVERYTHING = "test_rbac_audit.py"  # reads the audit log all other tests of the session wrote
 _NOT_RUN = pytest.StashKey[int]()
+COLLECTED_MODULES = pytest.StashKey[set[str]]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[COLLECTED_MODULES] = {Path(str(item.path)).name for item in items}
+    last = [item for item in items if Path(str(item.path)).name == AFTER_EVERYTHING]
+    items[:] = [item for item in items if item not in last] + last
     if assets_folder() is not None or os.environ.get(REQUIRE_ENV) == "1":
         return
     tier = [item for item in items if TIER in Path(str(item.path)).parents]

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import copy
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from tests.support.envtest.audit import AuditEvent
 from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster
-from tests.support.kube.server import CONFIGMAPS, FTJ, KubeTestClient, resource_path
+from tests.support.kube.server import FTJ, KubeTestClient, resource_path
 
 EVENTS = ("v1", "events")
-GC_DISCOVERY_SECONDS = 90  # the garbage collector rediscovers resources every 30 s; three times that
-_gc_follows: set[int] = set()  # control planes whose garbage collector is known to follow the CRDs
 
 
 def finetunejob(ns: str, name: str = "sentiment", **spec: Any) -> dict[str, Any]:
@@ -132,31 +129,3 @@ def delete(kube: KubeTestClient, res: tuple[str, str], ns: str, name: str, propa
     """Delete as kubectl does: batch/v1 Jobs otherwise default to orphaning their pods on a real server."""
     response = kube.http.delete(resource_path(*res, ns, name), params={"propagationPolicy": propagation})
     kube._check(response)
-
-
-def garbage_collector_follows_finetunejobs(cluster: RealCluster) -> None:
-    """Wait (once per control plane) until the real garbage collector acts on FineTuneJob owners. It learns of
-    resources created after it started (the CRDs) at its next discovery pass, up to 30 s later; until then a
-    deleted FineTuneJob's children stay (one pass covers every CRD, ModelServe too). Probe: a FineTuneJob no
-    operator watches (so no finalizer) owns a ConfigMap in a scratch namespace; it is deleted, and the
-    ConfigMap must go."""
-    if id(cluster) in _gc_follows:
-        return
-    ns = cluster.create_namespace(f"gc-probe-{uuid.uuid4().hex[:8]}")
-    kube = cluster.client()
-    try:
-        owner = kube.create(FTJ, ns, finetunejob(ns, "probe"))
-        ref = {
-            "apiVersion": owner["apiVersion"],
-            "kind": owner["kind"],
-            "name": "probe",
-            "uid": owner["metadata"]["uid"],
-        }
-        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "ownerReferences": [ref]}}
-        kube.create(CONFIGMAPS, ns, probe)
-        kube.delete(FTJ, ns, "probe")
-        kube.wait_for(CONFIGMAPS, ns, "probe", gone, GC_DISCOVERY_SECONDS, what="to be garbage-collected")
-        _gc_follows.add(id(cluster))
-    finally:
-        cluster.delete_namespace(ns)
-        kube.close()

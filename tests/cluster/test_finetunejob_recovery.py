@@ -18,7 +18,6 @@ from .helpers import (
     event_reasons,
     exists,
     finetunejob,
-    garbage_collector_follows_finetunejobs,
     gone,
     operator_requests,
     wait_event,
@@ -186,8 +185,7 @@ def test_job_finished_and_removed_while_the_operator_was_down(operator, control_
     assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
 
 
-def test_deleting_the_finetunejob_deletes_its_children(operator, control_plane, kube, kubelet, ns):
-    garbage_collector_follows_finetunejobs(control_plane)
+def test_deleting_the_finetunejob_deletes_its_children(operator, kube, kubelet, ns):
     kube.create(FTJ, ns, finetunejob(ns))
     kube.wait_for(JOBS, ns, "sentiment-train", exists)
     kubelet.start_job(ns, "sentiment-train")
@@ -212,8 +210,7 @@ def test_deleting_the_namespace_with_a_running_finetunejob_completes(
         kubelet.start_job(ns, "sentiment-train")
         wait_phase(kube, ns, "sentiment", "Running")
         since = control_plane.audit.offset()
-        control_plane.delete_namespace(ns)
-        _kubelet_stops_the_trainer(kube, kubelet, ns)
+        control_plane.delete_namespace(ns)  # the fake kubelet stops the trainer pod the controller deletes
         kube.wait_for(NAMESPACES, None, ns, gone, NAMESPACE_GONE_SECONDS, what="to be deleted (namespace controller)")
     finally:
         control.stop()
@@ -223,14 +220,3 @@ def test_deleting_the_namespace_with_a_running_finetunejob_completes(
     # while the namespace controller deletes the trainer is refused that way; anything else refused is a failure.
     refused = [r for r in control.refused() if "because it is being terminated" not in r]
     assert refused == []
-
-
-def _kubelet_stops_the_trainer(kube, kubelet, ns: str) -> None:
-    """What a kubelet does when the namespace controller deletes the running trainer pod: stop the container and
-    report the pod Failed (exit 143, SIGTERM), so the Job controller drops its tracking finalizer. The fake
-    kubelet's reaper only force-deletes, which leaves a running Job's pod Terminating for ever (see the report)."""
-    pod = wait_until(
-        lambda: [p for p in kube.list(PODS, ns, JOB_PODS) if p["metadata"].get("deletionTimestamp")],
-        "for the namespace controller to delete the trainer pod",
-    )[0]
-    kubelet.terminate_pod(pod, 143, "stopped: the pod was deleted")

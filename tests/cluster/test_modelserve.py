@@ -17,7 +17,7 @@ TIMEOUT = 30  # generous for a loaded 2-core box; every wait returns as soon as 
 # The garbage collector watches a custom resource only once its discovery found the CRD: the harness applies the
 # CRDs after the controller manager started, so for the first ~45 s of a session the collector notices a deleted
 # ModelServe only at its 30-second re-discovery (measured: children gone 40 s after the delete; at once later).
-GC_TIMEOUT = 60
+GC_TIMEOUT = 30
 
 
 def train(kube: KubeTestClient, kubelet: FakeKubelet, ns: str, name: str = "sentiment", **spec: Any) -> dict:

@@ -1,7 +1,7 @@
-"""Operator tests run the real operator (kopf, in a thread) against the mock API server."""
+"""Unit tests of the operator's layers, and the mock API server's own tests (the scenarios run on the real
+control plane: tests/cluster)."""
 
 from tests.support.kube.fixtures import (  # noqa: F401
-    api_permissions,
     cluster,
     kube,
     kubeconfig,

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.support.kube.recorder import ApiCall, ApiRequestRecorder, dump_permissions
+from tests.support.kube.recorder import ApiCall, ApiRequestRecorder
 from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, KubeError
 
 NS = "default"
@@ -58,7 +58,7 @@ def test_operator_writes_are_validated(cluster):
     cluster.recorder.reset()  # a pretend operator: keep its calls out of the session's RBAC record
 
 
-def test_recorder_names_rbac_permissions(cluster, tmp_path):
+def test_recorder_names_rbac_permissions(cluster):
     operator = cluster.client("kubetune-operator/test")
     operator.create(CONFIGMAPS, NS, {"metadata": {"name": "c"}})
     operator.patch(CONFIGMAPS, NS, "c", {"data": {"a": "b"}})
@@ -71,11 +71,6 @@ def test_recorder_names_rbac_permissions(cluster, tmp_path):
         ("get", "", "configmaps"),
         ("list", "", "configmaps"),
     }
-    target = tmp_path / "perms.json"
-    dump_permissions({("get", "batch", "jobs")}, target)
-    dump_permissions(cluster.recorder.permissions(), target)  # merges with what is there
-    rows = json.loads(target.read_text())
-    assert {"verb": "get", "apiGroup": "batch", "resource": "jobs"} in rows and len(rows) == 5
     cluster.recorder.reset()
 
 

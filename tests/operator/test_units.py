@@ -23,14 +23,14 @@ from kubetune.operator.reconcile.drift import contains, drifted, repair_patch
 from kubetune.operator.reconcile.report import parse_termination_message, report_from_pods
 from kubetune.operator.settings import OperatorSettings, SettingsError
 
-from .helpers import finetunejob, modelserve
+from tests.cluster.helpers import finetunejob, modelserve
 
 SETTINGS = OperatorSettings(trainer_image="t:1", server_image="s:1", trainer_cpu="2")
 NOW = "2026-01-01T00:00:00Z"
 
 
 def _ftj(**spec) -> FineTuneJob:
-    body = finetunejob(**spec)
+    body = finetunejob("default", **spec)
     body["metadata"].update(uid="uid-1", generation=1)
     return FineTuneJob.model_validate(body)
 
@@ -146,7 +146,9 @@ def test_children_order_and_configmap_dataset_mount():
 
 
 def test_output_location():
-    spec = FineTuneJobSpec.model_validate(finetunejob(output={"pvc": {"claimName": "c", "path": "p"}})["spec"])
+    spec = FineTuneJobSpec.model_validate(
+        finetunejob("default", output={"pvc": {"claimName": "c", "path": "p"}})["spec"]
+    )
     assert output_location("x", spec).claim_name == "c" and output_location("x", spec).path == "p"
     assert output_location("x", _ftj().spec).claim_name == "x-output"
 
@@ -167,7 +169,9 @@ def _cond(type_, reason="r"):
 def test_job_phase():
     assert ftj_logic.job_phase(None) is None
     assert ftj_logic.job_phase(_job()) == "Pending"
-    assert ftj_logic.job_phase(_job(active=1)) == "Running"
+    assert ftj_logic.job_phase(_job(active=1)) == "Running"  # a server that does not report `ready`
+    assert ftj_logic.job_phase(_job(active=1, ready=0)) == "Pending"  # `active` counts unscheduled pods too
+    assert ftj_logic.job_phase(_job(active=1, ready=1)) == "Running"
     assert ftj_logic.job_phase(_job(conditions=[_cond("Complete")])) == "Succeeded"
     assert ftj_logic.job_phase(_job(conditions=[_cond("FailureTarget")])) == "Failed"
     assert ftj_logic.job_phase({**_job(), "spec": {"suspend": True}}) == "Suspended"
@@ -274,8 +278,23 @@ def test_drift_ignores_server_defaults_but_not_edits():
     assert contains({"replicas": 1}, {"replicas": "1"}) and not contains({"x": True}, {"x": 1})
 
 
+def test_drift_compares_quantities_by_value():
+    """The API server stores `0.5` as `500m` and `2048Mi` as `2Gi`: not drift. Only quantity fields are read so."""
+    desired = {
+        "resources": {"limits": {"cpu": "0.5", "memory": "2048Mi"}},
+        "volumes": [{"emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    stored = {
+        "resources": {"limits": {"cpu": "500m", "memory": "2Gi"}},
+        "volumes": [{"emptyDir": {"sizeLimit": "1024Mi"}}],
+    }
+    assert contains(stored, desired)
+    assert not contains({"resources": {"limits": {"cpu": "1", "memory": "2Gi"}}}, {"resources": desired["resources"]})
+    assert not contains({"image": "500m"}, {"image": "0.5"})  # not a quantity field: compared as text
+
+
 def _msv(**spec) -> ModelServe:
-    body = modelserve(**spec)
+    body = modelserve("default", **spec)
     body["metadata"].update(uid="uid-2", generation=1)
     return ModelServe.model_validate(body)
 

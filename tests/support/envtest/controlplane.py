@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,12 @@ class ControlPlane:
         self.pki: Pki | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> ControlPlane:
+    def start(
+        self, timeout: float = 60, before_controllers: Callable[[ControlPlane], None] | None = None
+    ) -> ControlPlane:
+        """Start etcd and the API server, run `before_controllers` (apply CRDs there: the garbage collector
+        discovers resources created after it started only at its next 30 s discovery pass, and until then
+        ignores owners of those kinds), then the controller manager."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = Pki.create(
             self.workdir / "pki",
@@ -116,6 +122,8 @@ class ControlPlane:
         try:
             etcd_url = self._start_etcd(timeout)
             self._start_apiserver(etcd_url, timeout)
+            if before_controllers is not None:
+                before_controllers(self)
             self._start_controller_manager(timeout)
         except BaseException:
             self.stop()

@@ -130,14 +130,21 @@ def apply(client: KubeTestClient, manifest: dict[str, Any]) -> None:
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
     assets = require_assets_or_skip()
     workdir = tmp_path_factory.mktemp("envtest")
-    with ControlPlane(assets, workdir / "control-plane") as plane:
-        cluster = RealCluster(plane, workdir)
-        try:
-            cluster.apply_crds(load_crds())
-            cluster.install_operator_identity()
-            yield cluster
-        finally:
-            cluster.admin.close()
+    plane = ControlPlane(assets, workdir / "control-plane")
+    clusters: list[RealCluster] = []
+
+    def install(started: ControlPlane) -> None:
+        cluster = RealCluster(started, workdir)
+        clusters.append(cluster)
+        cluster.apply_crds(load_crds())
+        cluster.install_operator_identity()
+
+    plane.start(before_controllers=install)
+    try:
+        yield clusters[0]
+    finally:
+        clusters[0].admin.close()
+        plane.stop()
 
 
 def _slug(text: str) -> str:

@@ -90,15 +90,20 @@ class FakeKubelet(Kubelet):
             self._reaper.join(5)
 
     def _reap(self) -> None:
-        """Confirm graceful deletions of pods on the fake Node (their containers 'stopped' at once)."""
+        """Finish graceful deletions of pods on the fake Node as a kubelet does: stop the containers (a running
+        pod is reported Failed with exit 143, SIGTERM, so the Job controller can account it and drop its
+        tracking finalizer), then confirm the deletion."""
         while not self._stop.wait(0.1):
             try:
                 pods = self.client.http.get("/api/v1/pods", params={"fieldSelector": f"spec.nodeName={NODE_NAME}"})
                 for pod in pods.json().get("items", []):
                     meta = pod["metadata"]
-                    if meta.get("deletionTimestamp"):
-                        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-                        self.client.http.delete(path, params={"gracePeriodSeconds": 0})
+                    if not meta.get("deletionTimestamp"):
+                        continue
+                    if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                        self.terminate_pod(pod, 143, "stopped: the pod was deleted")
+                    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+                    self.client.http.delete(path, params={"gracePeriodSeconds": 0})
             except Exception:
                 continue
 

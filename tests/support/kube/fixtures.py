@@ -1,12 +1,10 @@
 """pytest fixtures for operator tests: mock cluster, operator thread, kubelet, request record.
 
 Other test packages reuse them with `from tests.support.kube.fixtures import *` in their conftest.
-Set KUBETUNE_API_REQUESTS_FILE=path.json to collect every (verb, apiGroup, resource) the operator used.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,26 +15,14 @@ from kubetune.operator.runner import OperatorThread
 from kubetune.operator.settings import OperatorSettings
 
 from .kubelet import KUBELET_AGENT, Kubelet
-from .recorder import REQUESTS_FILE_ENV, dump_permissions
 from .server import KubeTestClient, MockCluster
 
 
-@pytest.fixture(scope="session")
-def api_permissions() -> Iterator[set[tuple[str, str, str]]]:
-    """Union of the operator's requests over the session, written to $KUBETUNE_API_REQUESTS_FILE at the end."""
-    collected: set[tuple[str, str, str]] = set()
-    yield collected
-    target = os.environ.get(REQUESTS_FILE_ENV)
-    if target and collected:
-        dump_permissions(collected, target)
-
-
 @pytest.fixture
-def cluster(api_permissions: set[tuple[str, str, str]]) -> Iterator[MockCluster]:
+def cluster() -> Iterator[MockCluster]:
     """A fresh mock API server; the test fails if the operator sent an invalid manifest."""
     with MockCluster() as mock:
         yield mock
-        api_permissions.update(mock.recorder.permissions())
     if mock.validator is not None and mock.validator.errors:
         pytest.fail("the operator sent invalid manifests:\n" + "\n".join(mock.validator.errors))
 

@@ -1,19 +1,16 @@
 """Which API calls a client made, as RBAC sees them: (verb, apiGroup, resource, subresource).
 
 The RBAC manifests are checked against this record, so it must hold every request the operator
-sends. Set KUBETUNE_API_REQUESTS_FILE to have the test session write the collected set as JSON.
+sends.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 OPERATOR_AGENTS = ("kopf/", "kubetune-operator/")
-REQUESTS_FILE_ENV = "KUBETUNE_API_REQUESTS_FILE"
 
 
 @dataclass(frozen=True, order=True)
@@ -70,15 +67,3 @@ class ApiRequestRecorder:
 
     def counts(self, agents: tuple[str, ...] = OPERATOR_AGENTS) -> Counter[tuple[str, str, str]]:
         return Counter(call.permission for call in self.of(agents))
-
-
-def dump_permissions(permissions: set[tuple[str, str, str]], path: str | Path) -> None:
-    """Write (merging with what is already there) a sorted JSON list of {verb, apiGroup, resource}."""
-    target = Path(path)
-    known: set[tuple[str, str, str]] = set()
-    if target.exists():
-        known = {(row["verb"], row["apiGroup"], row["resource"]) for row in json.loads(target.read_text())}
-    rows = [
-        {"verb": verb, "apiGroup": group, "resource": resource} for verb, group, resource in sorted(known | permissions)
-    ]
-    target.write_text(json.dumps(rows, indent=2) + "\n")
