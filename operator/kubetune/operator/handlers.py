@@ -18,16 +18,14 @@ FTJ = (API_GROUP, API_VERSION, "finetunejobs")
 MSV = (API_GROUP, API_VERSION, "modelserves")
 OWNED_BY_FTJ = {naming.LABEL_FINETUNEJOB: kopf.PRESENT}
 OWNED_BY_MSV = {naming.LABEL_MODELSERVE: kopf.PRESENT}
+# The children the operator watches, by the label its own objects carry (a server-side selector per watch).
+CHILD_WATCHES = {
+    ("batch", "v1", "jobs"): naming.LABEL_FINETUNEJOB,
+    ("apps", "v1", "deployments"): naming.LABEL_MODELSERVE,
+    ("", "v1", "services"): naming.LABEL_MODELSERVE,
+}
 RETRY_SECONDS = 5  # a failed reconcile (API hiccup) is retried soon, not after kopf's default minute
-RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed
-
-
-def _resync_unfinished(status: kopf.Status, memo: Any, **_: Any) -> bool:
-    return _resync(memo) and status.get("phase") not in ("Succeeded", "Failed")
-
-
-def _resync(memo: Any, **_: Any) -> bool:
-    return bool(memo.ctx.settings.resync)
+RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed (runner.py)
 
 
 def _ctx(memo: Any) -> OperatorContext:
@@ -36,7 +34,11 @@ def _ctx(memo: Any) -> OperatorContext:
 
 @kopf.on.startup(registry=REGISTRY)
 def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    """kopf's bookkeeping under kubetune.dev, our finalizer, quiet event posting, metrics endpoint."""
+    """kopf's bookkeeping under kubetune.dev, quiet event posting, metrics endpoint.
+
+    No handler needs a finalizer (owner references and the garbage collector clean up; no kopf timers, no
+    mandatory delete handler), so kopf adds none. The name is still set: kopf removes a finalizer of that name
+    that no handler requires, which migrates objects an older operator finalized (`kubetune.dev/finalizer`)."""
     ctx = _ctx(memo)
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
@@ -50,9 +52,17 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if ctx.settings.peering:
         settings.peering.name = ctx.settings.peering
     settings.watching.server_timeout = 300
+    watch_only_our_children(settings)
     if ctx.kopf_tuning is not None:
         ctx.kopf_tuning(settings)
     ctx.metrics.serve(ctx.settings.metrics_port)
+
+
+def watch_only_our_children(settings: kopf.OperatorSettings) -> None:
+    """Ask the API server to filter the child watches (`labelSelector=`): the handlers' `labels=` filter is applied
+    by kopf after every Job, Deployment and Service of the watched namespaces has been sent, decoded and cached."""
+    for resource, label in CHILD_WATCHES.items():
+        settings.watching.label_selectors[resource] = label
 
 
 @kopf.on.cleanup(registry=REGISTRY)
@@ -93,17 +103,6 @@ def finetunejob_resumed(name: str, namespace: str, memo: Any, **_: Any) -> None:
 @kopf.on.update(*FTJ, field="spec", registry=REGISTRY, backoff=RETRY_SECONDS)
 def finetunejob_updated(name: str, namespace: str, memo: Any, **_: Any) -> None:
     """Only `suspend` may change (CEL keeps the rest immutable); it is passed through to the Job."""
-    _ctx(memo).finetunejobs.reconcile(namespace, name)
-
-
-@kopf.on.delete(*FTJ, registry=REGISTRY)
-def finetunejob_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
-    _ctx(memo).finetunejobs.stop(dict(body))
-
-
-@kopf.timer(*FTJ, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_resync_unfinished, registry=REGISTRY)
-def finetunejob_resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
-    """Safety net for a lost Job event: re-read and reconcile unfinished FineTuneJobs now and then."""
     _ctx(memo).finetunejobs.reconcile(namespace, name)
 
 
@@ -160,6 +159,7 @@ def finetunejob_phase_changed(
     ctx.seen_ftj_phase[uid] = phase
     if phase == "Deleted":
         ctx.seen_ftj_phase.pop(uid, None)
+        ctx.finetunejobs.forget(dict(body))
     for serve in modelserves_by_job.get((namespace, name), []):
         ctx.modelserves.reconcile(namespace, serve)
 
@@ -173,12 +173,6 @@ def modelserve_created(body: kopf.Body, name: str, namespace: str, memo: Any, **
 @kopf.on.resume(*MSV, registry=REGISTRY, backoff=RETRY_SECONDS)
 @kopf.on.update(*MSV, field="spec", registry=REGISTRY, backoff=RETRY_SECONDS)
 def modelserve_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
-    _ctx(memo).modelserves.reconcile(namespace, name)
-
-
-@kopf.timer(*MSV, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_resync, registry=REGISTRY)
-def modelserve_resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
-    """Safety net: repairs drift of children that are not watched (the ConfigMap) and lost events."""
     _ctx(memo).modelserves.reconcile(namespace, name)
 
 
