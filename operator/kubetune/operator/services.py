@@ -181,12 +181,10 @@ class FineTuneJobService(_Service):
             )
         return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339())
 
-    def stop(self, body: dict[str, Any]) -> None:
-        """On deletion: stop an unfinished trainer now (GPUs free at once) and forget the object."""
+    def forget(self, body: dict[str, Any]) -> None:
+        """After deletion: forget the object. The garbage collector deletes its Job (ownerReference) as the
+        deletion's propagation policy says; an orphaning delete keeps it, as asked."""
         meta = body["metadata"]
-        phase = (body.get("status") or {}).get("phase")
-        if phase not in ftj_logic.TERMINAL:
-            self.ctx.kube.delete(k8s.JOBS, meta["namespace"], naming.job_name(meta["name"]))
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.seen_job_phase[(meta["namespace"], naming.job_name(meta["name"]))] = FORGOTTEN
         self.ctx.forget(self.kind, meta["namespace"], meta["name"])
