@@ -153,6 +153,22 @@ def test_reports_are_throttled_and_carry_loss_eta_and_percent(token_file: Path):
     ), "the trainer writes only status.progress while training"
 
 
+def test_by_default_a_trainer_writes_its_status_at_most_every_30_seconds(token_file: Path):
+    """Hundreds of trainers at once: each may cost the API server (and every FineTuneJob watcher) one write per
+    30 s while training, plus the first and the last report."""
+    clock = FakeClock()
+    with FakeApiServer() as server:
+        callback = ProgressCallback(KubeStatusSink(client_for(server, token_file)), clock=clock)
+        callback.on_train_begin(None, state(0), None)
+        for step in range(1, 91):  # one step a second for 90 s, each logged
+            clock.now += 1.0
+            callback.on_log(None, state(step), None, logs={"loss": 1.0})
+            callback.on_step_end(None, state(step), None)
+        callback.on_train_end(None, state(90), None)
+    steps = [request["body"]["status"]["progress"]["step"] for request in server.requests]
+    assert steps == [0, 30, 60, 90, 90], "start, every 30 s (not at 29 s), forced at the end"
+
+
 def test_only_the_main_process_reports(tmp_path: Path):
     callback = ProgressCallback(FileSink(tmp_path))
     callback.on_train_begin(None, state(0, main=False), None)
