@@ -339,14 +339,36 @@ def test_restart_hash_ignores_the_adapter_list():
     assert restart_hash(config) != restart_hash(config.model_copy(update={"merge_adapter": True}))
 
 
-def test_resync_timers_run_only_when_enabled_and_unfinished():
+def test_resync_reconciles_unfinished_finetunejobs_and_every_modelserve():
+    """The periodic pass replaces kopf timers (which would put a finalizer on every object)."""
     from types import SimpleNamespace
 
-    from kubetune.operator.handlers import _resync, _resync_unfinished
+    from kubetune.operator import kube as k8s
+    from kubetune.operator.runner import resync_once
 
-    on = SimpleNamespace(ctx=SimpleNamespace(settings=OperatorSettings(resync=True)))
-    off = SimpleNamespace(ctx=SimpleNamespace(settings=OperatorSettings.from_env({"KUBETUNE_RESYNC": "false"})))
-    assert _resync(on) and not _resync(off)
-    assert _resync_unfinished(status={"phase": "Running"}, memo=on)
-    assert not _resync_unfinished(status={"phase": "Succeeded"}, memo=on)
-    assert not _resync_unfinished(status={"phase": "Running"}, memo=off)
+    def obj(name: str, phase: str | None = None, deleting: bool = False) -> dict:
+        meta = {"name": name, "namespace": "team"} | ({"deletionTimestamp": "x"} if deleting else {})
+        return {"metadata": meta, "status": {"phase": phase} if phase else {}}
+
+    listed = {
+        k8s.FINETUNEJOBS: [obj("running", "Running"), obj("done", "Succeeded"), obj("going", "Running", True)],
+        k8s.MODELSERVES: [obj("serve", "Ready")],
+    }
+    calls: list[tuple[str, str]] = []
+    service = lambda kind: SimpleNamespace(reconcile=lambda ns, name: calls.append((kind, name)))  # noqa: E731
+    ctx = SimpleNamespace(
+        settings=OperatorSettings(watch_namespaces=("team",)),
+        kube=SimpleNamespace(list=lambda res, ns: listed[res] if ns == "team" else []),
+        finetunejobs=service("ftj"),
+        modelserves=service("msv"),
+    )
+    resync_once(ctx)
+    assert calls == [("ftj", "running"), ("msv", "serve")]
+
+
+def test_leader_election_timing_follows_client_go():
+    from kubetune.operator.runner import elector_for
+
+    elector = elector_for(OperatorSettings(leader_election=True, leader_election_namespace="ops"), api=None)
+    assert (elector.lease_duration, elector.renew_deadline, elector.retry_period) == (15, 10, 2)
+    assert elector.namespace == "ops" and elector.name == "kubetune-operator"

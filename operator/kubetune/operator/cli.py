@@ -20,9 +20,13 @@ def _operator(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
-    from .runner import run  # kopf is imported only when the operator runs
+    from .runner import LeadershipLost, run  # kopf is imported only when the operator runs
 
-    run(settings)
+    try:
+        run(settings)
+    except LeadershipLost as exc:  # exit non-zero: Kubernetes restarts the container as a follower
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

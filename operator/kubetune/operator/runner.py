@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
+import uuid
+from pathlib import Path
 from typing import Any
 
 import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from . import kube as k8s
 from . import naming
-from .handlers import REGISTRY
+from .handlers import REGISTRY, RESYNC_SECONDS
 from .kube import Kube, load_configuration
+from .leader import LeaderElector
 from .metrics import OperatorMetrics
 from .services import OperatorContext
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class LeadershipLost(RuntimeError):
+    """The Lease was not renewed in time: another replica may lead now, so this process must stop acting."""
 
 
 def ensure_peering(settings: OperatorSettings, api: kubernetes.client.ApiClient) -> None:
@@ -77,6 +88,32 @@ def build_context(settings: OperatorSettings) -> OperatorContext:
     return OperatorContext(settings, Kube(load_configuration(settings.kubeconfig)), OperatorMetrics())
 
 
+def resync_once(ctx: OperatorContext) -> None:
+    """Safety net for lost events (kopf does not retry event handlers): reconcile every unfinished FineTuneJob
+    and every ModelServe (repairs drift of the unwatched ConfigMap too). One LIST per kind and namespace instead
+    of kopf timers, which would put a finalizer on every object."""
+    for namespace in ctx.settings.watch_namespaces or (None,):
+        for res, service in ((k8s.FINETUNEJOBS, ctx.finetunejobs), (k8s.MODELSERVES, ctx.modelserves)):
+            for body in ctx.kube.list(res, namespace):
+                meta = body["metadata"]
+                finished = (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                if meta.get("deletionTimestamp") or (res is k8s.FINETUNEJOBS and finished):
+                    continue
+                try:
+                    service.reconcile(meta["namespace"], meta["name"])
+                except Exception:  # one broken object must not stop the pass
+                    log.exception("resync of %s %s/%s failed", res.kind, meta["namespace"], meta["name"])
+
+
+async def _resync_forever(ctx: OperatorContext, interval: float = RESYNC_SECONDS) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(resync_once, ctx)
+        except Exception:  # the API server may be briefly away; the next pass retries
+            log.exception("resync pass failed")
+
+
 async def operate(
     settings: OperatorSettings,
     ctx: OperatorContext | None = None,
@@ -85,6 +122,7 @@ async def operate(
 ) -> None:
     """Run until `stop_flag` is set (or forever); the caller's loop is kopf's loop."""
     ctx = ctx or build_context(settings)
+    resync = asyncio.create_task(_resync_forever(ctx)) if settings.resync else None
     try:
         await asyncio.to_thread(ensure_peering, settings, ctx.kube.client)
         await kopf.operator(
@@ -99,12 +137,77 @@ async def operate(
             stop_flag=stop_flag,
         )
     finally:
+        if resync is not None:
+            resync.cancel()
         ctx.kube.close()
+
+
+def lease_namespace(settings: OperatorSettings) -> str:
+    """The Lease lives with the operator: the setting, else the pod's namespace, else `kubetune`."""
+    if settings.leader_election_namespace:
+        return settings.leader_election_namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "kubetune"
+    except OSError:
+        return "kubetune"
+
+
+def elector_for(settings: OperatorSettings, api: kubernetes.client.ApiClient) -> LeaderElector:
+    """client-go's timing scaled to the lease: 15 s lease, renew deadline 10 s, retry every 2 s by default."""
+    lease = float(settings.leader_election_lease_seconds)
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    return LeaderElector(
+        api,
+        lease_namespace(settings),
+        settings.leader_election_name,
+        identity,
+        lease_duration=lease,
+        renew_deadline=lease * 2 / 3,
+        retry_period=lease / 7.5,
+    )
+
+
+def lead(settings: OperatorSettings, stop: threading.Event | None = None, ready_flag: Any = None) -> None:
+    """Wait for the Lease, then run kopf standalone while renewing it. A clean stop (`stop`, SIGTERM) releases
+    the Lease so a successor starts at once; a lost Lease stops kopf and raises LeadershipLost (the process
+    exits and Kubernetes restarts it as a follower)."""
+    stop = stop or threading.Event()
+    settings = settings.model_copy(update={"peering": ""})
+    ctx = build_context(settings)
+    elector = elector_for(settings, ctx.kube.client)
+    if not elector.acquire(stop):
+        ctx.kube.close()
+        return
+    kopf_stop, done, lost = threading.Event(), threading.Event(), threading.Event()
+
+    def renew() -> None:
+        if not elector.keep(done):
+            lost.set()
+            kopf_stop.set()
+
+    def relay_stop() -> None:
+        while not done.is_set():
+            if stop.wait(0.5):
+                kopf_stop.set()
+                return
+
+    threading.Thread(target=renew, name="kubetune-lease", daemon=True).start()
+    threading.Thread(target=relay_stop, name="kubetune-stop", daemon=True).start()
+    try:
+        asyncio.run(operate(settings, ctx, ready_flag, kopf_stop))
+    finally:
+        done.set()
+    if lost.is_set():
+        raise LeadershipLost(f"lost the lease {elector.namespace}/{elector.name}")
+    elector.release()
 
 
 def run(settings: OperatorSettings) -> None:
     """Blocking entry point for `kubetune operator`."""
-    asyncio.run(operate(settings))
+    if settings.leader_election:
+        lead(settings)
+    else:
+        asyncio.run(operate(settings))
 
 
 class OperatorThread:

@@ -51,6 +51,20 @@ class OperatorSettings(BaseModel):
     """kopf peering object the operator joins, and creates at startup when missing (a ClusterKopfPeering, or a
     KopfPeering in each watched namespace); kopf pauses while it is missing. Empty runs standalone (no peering)."""
 
+    leader_election: bool = False
+    """Run several replicas: the one holding the Lease below runs kopf standalone (peering is not used), the
+    others wait and take over within about `leader_election_lease_seconds` when it dies (operator/leader.py)."""
+
+    leader_election_name: str = "kubetune-operator"
+    """Name of the coordination.k8s.io Lease of the leader election."""
+
+    leader_election_namespace: str = ""
+    """Namespace of that Lease; empty: the operator pod's own namespace (from its ServiceAccount), else kubetune."""
+
+    leader_election_lease_seconds: int = Field(default=15, ge=2, le=300)
+    """How long a Lease not renewed stays the leader's (client-go's default 15 s); renewals must succeed within
+    two thirds of it and are tried every lease/7.5 s (10 s and 2 s by default)."""
+
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint; 0 disables it."""
 
