@@ -191,7 +191,7 @@ def test_deleting_the_finetunejob_deletes_its_children(operator, kube, kubelet, 
     kubelet.start_job(ns, "sentiment-train")
     wait_phase(kube, ns, "sentiment", "Running")
     kube.delete(FTJ, ns, "sentiment")
-    kube.wait_for(FTJ, ns, "sentiment", gone, 30, what="to be deleted (finalizer released)")
+    kube.wait_for(FTJ, ns, "sentiment", gone, 30, what="to be deleted")
     for res, name in CHILDREN:  # the real garbage collector follows the owner references
         kube.wait_for(res, ns, name, gone, 30, what="to be garbage-collected")
     wait_until(lambda: kube.list(PODS, ns, JOB_PODS) == [], "for the trainer pod to be deleted")
@@ -200,22 +200,19 @@ def test_deleting_the_finetunejob_deletes_its_children(operator, kube, kubelet, 
 def test_deleting_the_namespace_with_a_running_finetunejob_completes(
     control_plane, operator_settings, kube, kubelet, ns
 ):
-    """The operator's finalizer must not keep a namespace in Terminating: it releases the FineTuneJob."""
+    """Namespace deletion with the operator running completes (no finalizer; the operator keeps out of the way)."""
     control = RealOperatorControl(control_plane, operator_settings)
     control.start()
     try:
         kube.create(FTJ, ns, finetunejob(ns))
         kube.wait_for(JOBS, ns, "sentiment-train", exists)
-        assert kube.get(FTJ, ns, "sentiment")["metadata"]["finalizers"] == ["kubetune.dev/finalizer"]
+        assert not kube.get(FTJ, ns, "sentiment")["metadata"].get("finalizers")
         kubelet.start_job(ns, "sentiment-train")
         wait_phase(kube, ns, "sentiment", "Running")
-        since = control_plane.audit.offset()
         control_plane.delete_namespace(ns)  # the fake kubelet stops the trainer pod the controller deletes
         kube.wait_for(NAMESPACES, None, ns, gone, NAMESPACE_GONE_SECONDS, what="to be deleted (namespace controller)")
     finally:
         control.stop()
-    released = [e for e in operator_requests(control_plane, since, "patch", "finetunejobs") if e.code < 400]
-    assert released, "the operator did not release its finalizer"
     # A terminating namespace refuses new objects (NamespaceLifecycle admission, 403): an Event the operator posts
     # while the namespace controller deletes the trainer is refused that way; anything else refused is a failure.
     refused = [r for r in control.refused() if "because it is being terminated" not in r]
