@@ -150,9 +150,14 @@ class Kube:
                 return None
             raise
 
-    def list(self, res: Resource, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        return self._call("GET", res.path(namespace), query=query)["items"]
+    def list(
+        self, res: Resource, namespace: str | None, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects filtered by the API server (`field_selector`: e.g. the Events of one object by uid)."""
+        query = {
+            key: value for key, value in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if value
+        }
+        return self._call("GET", res.path(namespace), query=query or None)["items"]
 
     def create(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create; None when an object of that name already exists (deterministic names make this idempotent)."""
