@@ -6,6 +6,8 @@ instead of Python lists. Every failure becomes an InvalidInputError that says wh
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +24,8 @@ from .errors import InvalidInputError, TrainerFailure
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 URL_TIMEOUT_SECONDS = 60
+TEXT_BUILDERS = {"json", "csv"}
+UTF8_CHECK_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,77 @@ def load_files(path: Path, field: str) -> Dataset:
     builder, files = data_files(path, field)
     if all(Path(name).stat().st_size == 0 for name in files):
         raise InvalidInputError(f"{field}: {path} is empty: it has no rows")
+    if builder in TEXT_BUILDERS:
+        # Arrow reads bytes that are not UTF-8 without complaint and fails only when a row is read, deep in
+        # the formatting step, with a bare UnicodeDecodeError: check the encoding first, naming file and fix.
+        for name in files:
+            check_utf8(Path(name), field)
     try:
         return load_dataset(builder, data_files=files, split="train")  # type: ignore[return-value]
     except Exception as error:  # parse errors surface as several exception types
+        where = locate_json_error([Path(name) for name in files]) if builder == "json" else None
         raise InvalidInputError(
-            f"{field}: cannot parse {path} as {builder}: {type(error).__name__}: {error}"
+            f"{field}: cannot parse {path} as {builder}: {where or f'{type(error).__name__}: {error}'}"
         ) from error
+
+
+def check_utf8(path: Path, field: str) -> None:
+    """Raise InvalidInputError naming the file, the first bad byte's line and the iconv command that fixes it."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with path.open("rb") as stream:
+        while chunk := stream.read(UTF8_CHECK_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                line = lines + chunk.count(b"\n", 0, error.start)
+                raise InvalidInputError(_not_utf8_message(path, field, offset + max(error.start, 0), line)) from None
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise InvalidInputError(_not_utf8_message(path, field, offset, lines)) from None
+
+
+def _not_utf8_message(path: Path, field: str, offset: int, line: int) -> str:
+    """Korean Windows (Excel's "CSV" and Notepad's "ANSI") writes CP949: say so when the bytes decode as CP949."""
+    with path.open("rb") as stream:
+        sample = stream.read(UTF8_CHECK_CHUNK)
+    try:
+        sample.decode("cp949")
+        source, guess = "cp949", " It looks like CP949/EUC-KR, what Excel and Notepad on Korean Windows write."
+    except UnicodeDecodeError:
+        source, guess = "<its encoding>", ""
+    fixed = path.with_name(f"{path.stem}.utf8{path.suffix}").name
+    return (
+        f"{field}: {path.name} is not UTF-8 text (byte offset {offset}, line {line}).{guess} "
+        f"Convert it to UTF-8, e.g. `iconv -f {source} -t utf-8 {path.name} > {fixed}`, and use the new file "
+        '(or save it from Excel as "CSV UTF-8").'
+    )
+
+
+def locate_json_error(files: list[Path]) -> str | None:
+    """File and line of the first malformed line of JSON Lines files (or the error position of one JSON document);
+    the `datasets` error gives only a position inside a block of bytes."""
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        try:
+            json.loads(text)
+            continue  # a whole JSON document (array or object) parses: not the culprit
+        except ValueError as whole:
+            if text.lstrip().startswith("["):
+                return f"{path.name} line {whole.lineno} column {whole.colno}: {whole.msg}"
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                return f"{path.name} line {number} is not valid JSON ({error.msg} at column {error.colno})"
+            if not isinstance(row, dict):
+                return f'{path.name} line {number} is not a JSON object (one row per line: {{"field": ...}})'
+    return None
 
 
 def download(url: str, target_dir: Path) -> Path:

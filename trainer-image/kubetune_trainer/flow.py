@@ -22,6 +22,7 @@ from .configs import build_configs
 from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
+from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
 from .hub_push import push_adapter
 from .manifest import build_manifest, spec_hash
@@ -38,9 +39,11 @@ from .outputs import (
 )
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
-from .sft_trainer import KubetuneSFTTrainer, build_trainer
+from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer
 
 log = logging.getLogger(__name__)
+
+METRIC_FIELDS = {field.alias or name for name, field in TrainingMetrics.model_fields.items()}
 
 
 def quiet_progress_bars() -> None:
@@ -101,7 +104,9 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
     summary: dict[str, Any] = {}
+    lengths = trainer.length_reports
     if me.is_main:
+        remove_training_args(partial_adapter_dir(output_dir))
         tokenizer.save_pretrained(str(partial_adapter_dir(output_dir)))
         manifest = build_manifest(
             spec,
@@ -113,8 +118,8 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
         )
         write_adapter_extras(
             partial_adapter_dir(output_dir),
-            render_model_card(spec, data, metrics, manifest),
-            metrics.to_wire(),
+            render_model_card(spec, data, metrics, manifest, lengths=lengths, epochs_run=trainer.state.epoch),
+            metrics_file(metrics, lengths),
             manifest,
         )
         final = publish_adapter(output_dir)
@@ -123,7 +128,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
         )
         progress.sink.finish(last, metrics)
-        summary = _summary(final, metrics, data.skipped_rows, hub_repo)
+        summary = _summary(final, metrics, data.skipped_rows, hub_repo) | length_counts(lengths)
     barrier()
     return summary
 
@@ -139,7 +144,7 @@ def _final_metrics(
     me: ProcessInfo,
 ) -> TrainingMetrics:
     """Final evaluation (every process), optional generation scores (main process) and throughput."""
-    final_eval = trainer.evaluate() if data.eval is not None else {}
+    final_eval = _final_evaluation(trainer) if data.eval is not None else {}
     loss_tokens = trainer.total_loss_tokens()
     scores = None
     if me.is_main:
@@ -162,6 +167,38 @@ def _final_metrics(
     )
 
 
+def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
+    """The evaluation the Trainer ran at the last step (epoch or evalSteps schedule), else a new one: evaluating
+    the same weights twice costs a full pass over the evaluation rows for nothing."""
+    last = trainer.state.log_history[-3:]
+    for entry in reversed(last):
+        if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
+            return entry
+    return trainer.evaluate()
+
+
+def length_counts(lengths: dict[str, LengthReport]) -> dict[str, int]:
+    """Rows that training.maxSeqLength cut (trained on the part that fits) or dropped (no answer token left)."""
+    return {
+        "truncatedRows": sum(report.cut for report in lengths.values()),
+        "droppedRows": sum(report.dropped for report in lengths.values()),
+    }
+
+
+def metrics_file(metrics: TrainingMetrics, lengths: dict[str, LengthReport]) -> dict[str, Any]:
+    """metrics.json: the status metrics plus the row counts and, when scored, how ROUGE-L/BLEU were computed."""
+    extra: dict[str, Any] = {**length_counts(lengths)}
+    if metrics.rouge_l is not None:
+        extra["generationMetrics"] = GENERATION_METHOD
+    return metrics.to_wire() | extra
+
+
+def remove_training_args(folder: Path) -> None:
+    """Trainer.save_model writes training_args.bin, a pickle: loading it runs code, and it is useless beside an
+    adapter, so it is neither published nor uploaded to the Hub."""
+    (folder / "training_args.bin").unlink(missing_ok=True)
+
+
 def _summary(final: Path, metrics: TrainingMetrics, skipped_rows: int, hub_repo: str | None) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "exitReason": "Succeeded",
@@ -180,9 +217,11 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     from kubetune.api.runtime import METRICS_FILE
 
     final = adapter_dir(output_dir)
-    metrics = TrainingMetrics.model_validate(json.loads((final / METRICS_FILE).read_text(encoding="utf-8")))
+    stored = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
+    metrics = TrainingMetrics.model_validate({key: value for key, value in stored.items() if key in METRIC_FIELDS})
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None
-    return _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
+    summary = _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
+    return summary | {key: stored[key] for key in ("truncatedRows", "droppedRows") if key in stored}
 
 
 def _logged_mean_loss(state) -> float | None:

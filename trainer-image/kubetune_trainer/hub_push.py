@@ -27,7 +27,12 @@ def push_adapter(adapter_dir: Path, output: OutputSpec) -> str | None:
     api = HfApi(token=token)
     try:
         api.create_repo(output.hub.repo, private=output.hub.private, exist_ok=True)
-        api.upload_folder(folder_path=str(adapter_dir), repo_id=output.hub.repo, commit_message="kubetune adapter")
+        api.upload_folder(
+            folder_path=str(adapter_dir),
+            repo_id=output.hub.repo,
+            commit_message="kubetune adapter",
+            ignore_patterns=["training_args.bin"],  # a pickle (runs code when loaded) that older runs left here
+        )
     except Exception as error:  # hub errors come in many types; the token is never part of their message
         raise TrainerFailure(
             f"output.hub: pushing to {output.hub.repo!r} failed: {type(error).__name__}: {error}"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kubetune.api import FineTuneJobSpec, TrainingMetrics
 
 from .data import PreparedData
+from .generation_eval import METHOD as GENERATION_METHOD
+from .sft_trainer import SPLIT_NAMES, LengthReport
 
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
 
@@ -20,13 +23,25 @@ def _example_prompt(data: PreparedData) -> str:
         )
     if data.format == "text":
         return 'prompt = "The beginning of a text to continue"'
-    template = data.prompt_template or ""
-    if data.format == "alpaca" and data.prompt_template and "{input}" in template:
-        from .data_formats import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT
+    example = (data.prompt_template or "").replace("{instruction}", "Your instruction")
+    example = example.replace("{input}", "Your input").replace("{question}", "Your question")
+    return f"prompt = {example!r}"
 
-        template = ALPACA_TEMPLATE_NO_INPUT if template == ALPACA_TEMPLATE else template
-    example = template.replace("{instruction}", "Your instruction").replace("{question}", "Your question")
-    return f"prompt = {example.replace('{input}', '')!r}"
+
+def _length_line(lengths: Mapping[str, LengthReport], max_seq_length: int) -> str:
+    """One sentence per split on what maxSeqLength cut or dropped, so the row counts above can be trusted."""
+    parts = [
+        f"{SPLIT_NAMES.get(split, split)}: {report.cut} cut, {report.dropped} dropped (prompt alone too long)"
+        for split, report in lengths.items()
+    ]
+    return f"Rows longer than maxSeqLength {max_seq_length}: {'; '.join(parts) or 'none counted'}."
+
+
+def _lora_modules(spec: FineTuneJobSpec) -> str:
+    modules = ", ".join(spec.lora.target_modules)
+    if spec.lora.layers_to_transform:
+        modules += f" (layers {', '.join(str(layer) for layer in spec.lora.layers_to_transform)} only)"
+    return modules
 
 
 def _value(number: float | int | None, digits: int = 4) -> str:
@@ -36,14 +51,28 @@ def _value(number: float | int | None, digits: int = 4) -> str:
 
 
 def render_model_card(
-    spec: FineTuneJobSpec, data: PreparedData, metrics: TrainingMetrics, manifest: dict[str, Any]
+    spec: FineTuneJobSpec,
+    data: PreparedData,
+    metrics: TrainingMetrics,
+    manifest: dict[str, Any],
+    *,
+    lengths: Mapping[str, LengthReport] | None = None,
+    epochs_run: float | None = None,
 ) -> str:
-    """Markdown with Hub-style front matter (library_name: peft, base_model) so the Hub shows it properly."""
+    """Markdown with Hub-style front matter (library_name: peft, base_model) so the Hub shows it properly.
+
+    `lengths`: rows cut/dropped by maxSeqLength per split; `epochs_run`: epochs actually trained (maxSteps can
+    stop a run before `training.epochs`). Row counts are those that reached training."""
     base = spec.base_model.describe()
     eval_rows = len(data.eval) if data.eval is not None else 0
     example_prompt = _example_prompt(data)
     training = spec.training
-    target = ", ".join(spec.lora.target_modules)
+    lengths = lengths or {}
+    train_rows = lengths["train"].rows - lengths["train"].dropped if "train" in lengths else len(data.train)
+    if "eval" in lengths:
+        eval_rows = lengths["eval"].rows - lengths["eval"].dropped
+    epochs = f"{training.epochs:g}" if epochs_run is None else f"{epochs_run:.2f} (of {training.epochs:g} planned)"
+    generation = f"\nROUGE-L and BLEU: {GENERATION_METHOD}.\n" if metrics.rouge_l is not None else ""
     quantization = ""
     if spec.quantization is not None:
         q = spec.quantization
@@ -65,8 +94,8 @@ library_name: peft
 # {METHOD_NAMES[spec.method]} adapter for {base}
 
 A {METHOD_NAMES[spec.method]} adapter trained by kubetune with trl's SFTTrainer on `{data.source}`
-({data.format} format, {len(data.train)} training rows, {eval_rows} evaluation rows, {data.skipped_rows} invalid rows
-skipped).
+({data.format} format, {train_rows} training rows, {eval_rows} evaluation rows, {data.skipped_rows} invalid rows
+skipped). {_length_line(lengths, training.max_seq_length)}
 
 ## Training
 
@@ -74,8 +103,8 @@ skipped).
 |---|---|
 | Base model | {base} (revision {manifest.get("baseModelRevision") or "default"}) |
 | Method | {spec.method} |
-| LoRA | r={spec.lora.r}, alpha={spec.lora.alpha:g}, dropout={spec.lora.dropout:g}, modules: {target} |
-{quantization}| Epochs / max steps | {training.epochs:g} / {training.max_steps or "-"} |
+| LoRA | r={spec.lora.r}, alpha={spec.lora.alpha:g}, dropout={spec.lora.dropout:g}, modules: {_lora_modules(spec)} |
+{quantization}| Epochs / max steps | {epochs} / {training.max_steps or "-"} |
 | Learning rate | {training.learning_rate:g} ({training.scheduler}, warmup ratio {training.warmup_ratio:g}) |
 | Batch | {training.batch_size} x {training.gradient_accumulation_steps} accumulation per device |
 | Max sequence length | {training.max_seq_length} |
@@ -94,7 +123,7 @@ skipped).
 | BLEU | {_value(metrics.bleu)} |
 | Steps | {_value(metrics.steps)} |
 | Loss-bearing tokens / s | {_value(metrics.tokens_per_second, 1)} |
-
+{generation}
 ## Usage
 
 ```python

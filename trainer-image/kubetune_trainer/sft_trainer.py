@@ -1,29 +1,73 @@
-"""trl's SFTTrainer plus the one thing it does not count: loss-bearing tokens (for tokens/s in metrics)."""
+"""trl's SFTTrainer plus what it does not do: count loss-bearing tokens (for tokens/s in metrics), and count the
+rows `training.maxSeqLength` cuts or drops (trl drops rows left without loss tokens silently), failing with a
+clear message when no row is left."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTTrainer
+from trl.data_utils import pack_dataset
 
 from .configs import TrainerConfigs
+from .errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
+IGNORED = -100
+CUT_COLUMN = "kubetune_cut"
+SPLIT_NAMES = {"train": "training", "eval": "evaluation"}
+
+
+@dataclass(frozen=True)
+class LengthReport:
+    """What `training.maxSeqLength` did to one split: rows cut (they still train on the part that fits) and rows
+    dropped (cut before their answer starts, so no token carries loss)."""
+
+    rows: int
+    cut: int
+    dropped: int
+    longest: int
+
 
 class KubetuneSFTTrainer(SFTTrainer):
-    """Counts the label tokens that carry loss (not prompt, not padding) as training proceeds."""
+    """Counts the label tokens that carry loss (not prompt, not padding) as training proceeds, and cuts rows to
+    `max_seq_length` itself so that what the cut costs is known (`length_reports`, per split)."""
 
     loss_tokens: int = 0
+
+    def __init__(self, *args, max_seq_length: int, **kwargs) -> None:
+        self.max_seq_length = max_seq_length
+        self.length_reports: dict[str, LengthReport] = {}
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """trl's tokenization without its truncation, then our counted cut, then trl's packing if asked."""
+        if not isinstance(dataset, Dataset) or "input_ids" in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        limit = args.max_length
+        args.max_length = None  # trl would cut and drop rows without telling how many
+        try:
+            prepared = super()._prepare_dataset(dataset, processing_class, args, False, formatting_func, dataset_name)
+        finally:
+            args.max_length = limit
+        prepared, report = cut_to_length(prepared, self.max_seq_length)
+        self.length_reports[dataset_name] = report
+        check_rows_left(dataset_name, report, self.max_seq_length)
+        if packing:
+            columns = prepared.select_columns(["input_ids", "labels"])
+            prepared = pack_dataset(columns, self.max_seq_length, args.packing_strategy, {})
+        return prepared
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs.get("labels")
         if isinstance(labels, torch.Tensor):
-            self.loss_tokens += int((labels[..., 1:] != -100).sum())
+            self.loss_tokens += int((labels[..., 1:] != IGNORED).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
     def total_loss_tokens(self) -> int:
@@ -32,20 +76,51 @@ class KubetuneSFTTrainer(SFTTrainer):
         return int(self.accelerator.reduce(count, reduction="sum").item())
 
 
-def truncate_tokenized(dataset: Dataset, max_length: int) -> Dataset:
-    """Cut tokenized rows to `max_length`: trl does not truncate padding-free batches itself.
+def cut_to_length(dataset: Dataset, max_length: int) -> tuple[Dataset, LengthReport]:
+    """Cut tokenized rows to `max_length` (every per-token column alike) and drop those left without a loss token.
 
-    Every per-token column (input_ids, labels, completion/assistant masks) is cut alike."""
+    Applies to padding-free batches too, which trl does not truncate itself."""
 
     def cut(row):
         length = len(row["input_ids"])
         if length <= max_length:
-            return {}
-        return {
+            return {CUT_COLUMN: 0}
+        shortened = {
             name: value[:max_length] for name, value in row.items() if isinstance(value, list) and len(value) == length
         }
+        return {**shortened, CUT_COLUMN: length}
 
-    return dataset.map(cut, desc="truncating rows")
+    marked = dataset.map(cut, desc="cutting rows to maxSeqLength")
+    lengths = marked[CUT_COLUMN]
+    kept = marked.filter(lambda row: any(label != IGNORED for label in row["labels"]), desc="dropping rows")
+    report = LengthReport(
+        rows=len(dataset),
+        cut=sum(1 for length in lengths if length) - (len(marked) - len(kept)),
+        dropped=len(marked) - len(kept),
+        longest=max(lengths, default=0),
+    )
+    return kept.remove_columns(CUT_COLUMN), report
+
+
+def check_rows_left(split: str, report: LengthReport, max_seq_length: int) -> None:
+    """No training or evaluation row left after the cut: stop now (exit 64) instead of failing inside the Trainer."""
+    what = SPLIT_NAMES.get(split, split)
+    if report.dropped:
+        log.warning(
+            "%d of %d %s rows dropped: their prompt alone fills training.maxSeqLength=%d, no answer token is left",
+            report.dropped,
+            report.rows,
+            what,
+            max_seq_length,
+        )
+    if report.cut:
+        log.warning("%d of %d %s rows cut to training.maxSeqLength=%d", report.cut, report.rows, what, max_seq_length)
+    if report.rows and report.dropped == report.rows:
+        raise InvalidInputError(
+            f"no {what} row is left: all {report.rows} are cut by training.maxSeqLength={max_seq_length} before "
+            f"their answer starts (the longest row has {report.longest} tokens); raise training.maxSeqLength or "
+            "shorten the prompts"
+        )
 
 
 def build_trainer(
@@ -58,7 +133,7 @@ def build_trainer(
     max_seq_length: int,
 ) -> KubetuneSFTTrainer:
     """The trainer with the LoRA adapter attached (trl applies `configs.lora` to the model)."""
-    trainer = KubetuneSFTTrainer(
+    return KubetuneSFTTrainer(
         model=model,
         args=configs.sft,
         train_dataset=train,
@@ -66,9 +141,5 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=configs.lora,
         callbacks=list(callbacks),
+        max_seq_length=max_seq_length,
     )
-    if configs.sft.padding_free and configs.sft.max_length is None:
-        trainer.train_dataset = truncate_tokenized(trainer.train_dataset, max_seq_length)
-        if trainer.eval_dataset is not None:
-            trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, max_seq_length)
-    return trainer
