@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import kopf
 from pydantic import ValidationError
 
 from kubetune.api.errors import format_validation_error
@@ -24,10 +25,14 @@ from kubetune.api.resources import FineTuneJob, ModelServe
 
 from . import kube as k8s
 from . import naming
-from .kube import Kube
+from .kube import Kube, KubeApiError
+from .manifests.meta import Owner
+from .manifests.trainer import trainer_children
 from .metrics import OperatorMetrics
+from .reconcile import drift
 from .reconcile import finetunejob as ftj_logic
 from .reconcile import modelserve as msv_logic
+from .reconcile.conditions import get_condition, set_condition
 from .reconcile.plan import Plan
 from .reconcile.report import report_from_pods
 from .settings import OperatorSettings
@@ -35,6 +40,22 @@ from .settings import OperatorSettings
 log = logging.getLogger(__name__)
 UNKNOWN: Any = object()
 FORGOTTEN = "Forgotten"  # the owner is being deleted: the Job's own deletion needs no reconcile
+# A create the API server refuses for good (bad request, forbidden by quota/RBAC/admission, invalid): retrying
+# at once changes nothing, so retries back off from RETRY_MIN to RETRY_MAX seconds.
+REFUSED = (400, 403, 422)
+RETRY_MIN, RETRY_MAX = 5.0, 300.0
+WAIT_SECONDS = 2.0  # a predecessor's or terminating child usually goes within seconds (garbage collector)
+CONFLICT = "ChildConflict"
+CHILD_REFUSED = "ChildRefused"
+
+
+class ChildProblem(Exception):
+    """A child the operator may not create or use now. `reason` is ChildRefused or an ownership verdict
+    (drift.FOREIGN, TERMINATING, PREDECESSOR); `waiting`: it should resolve by itself soon."""
+
+    def __init__(self, reason: str, message: str, waiting: bool) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.waiting = reason, message, waiting
 
 
 def now_rfc3339() -> str:
@@ -50,6 +71,8 @@ class OperatorContext:
         self._guard = threading.Lock()
         self.seen_job_phase: dict[tuple[str, str], str | None] = {}
         self.seen_ftj_phase: dict[str, str] = {}
+        self.seen_pod_cause: dict[tuple[str, str], tuple[str, str] | None] = {}
+        self.failures: dict[tuple[str, str, str], int] = {}  # consecutive refused/conflicting reconciles
         self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
@@ -64,6 +87,7 @@ class OperatorContext:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop((kind, namespace, name), None)
+            self.failures.pop((kind, namespace, name), None)
 
 
 def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -82,6 +106,12 @@ def _parse_status(model: type[FineTuneJobStatus] | type[ModelServeStatus], raw: 
         return model()
 
 
+def _stub(observed: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """What a child of `body` named like `observed` looks like, for the ownership check before a patch."""
+    meta = {"name": observed["metadata"]["name"], "ownerReferences": [Owner.of(body).reference()]}
+    return {"kind": observed.get("kind"), "metadata": meta}
+
+
 class _Service:
     kind = ""
     resource = k8s.FINETUNEJOBS
@@ -89,21 +119,113 @@ class _Service:
     def __init__(self, ctx: OperatorContext) -> None:
         self.ctx = ctx
 
-    def _apply(self, plan: Plan, body: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
-        """Create, patch, write status, post events. Returns what each create answered, by kind."""
+    logic: Any = ftj_logic
+    refused_condition = "JobCreated"  # the condition a refused child turns False
+
+    def _apply(self, plan: Plan, body: dict[str, Any], pending: Any = None) -> dict[str, dict[str, Any] | None]:
+        """Create (never adopting a foreign object), patch our own children, write status, post events.
+        Returns what each create answered, by kind (None: it existed already and is ours). `pending`: a status
+        to write when the plan writes none (a cleared ChildConflict)."""
         kube, meta = self.ctx.kube, body["metadata"]
         created: dict[str, dict[str, Any] | None] = {}
         for child in plan.create:
-            created[child["kind"]] = kube.create(child)
+            obj, was_created = self._ensure(child, body, missing=True)
+            created[child["kind"]] = obj if was_created else None
         for observed, patch in plan.patches:
+            self._verify(observed, _stub(observed, body))
             res = k8s.BY_KIND[observed["kind"]]
             kube.patch(res, observed["metadata"].get("namespace"), observed["metadata"]["name"], patch)
         if plan.status:
             kube.patch(self.resource, meta["namespace"], meta["name"], {"status": plan.status}, "status")
+        elif pending is not None:
+            self._write_status(body, pending)
         for event in plan.events:
             kube.event(body, event.type, event.reason, event.message)
         self.ctx.metrics.set_phase(self.kind, meta["uid"], plan.phase)
         return created
+
+    def _ensure(self, child: dict[str, Any], body: dict[str, Any], missing: bool) -> tuple[dict[str, Any], bool]:
+        """(the child as it exists, whether this call created it). `missing`: the plan expects it absent, so
+        create first and read only on 409; otherwise read first and create only when it is gone. An existing
+        object is used only when its controller reference is this owner's uid (see drift.ownership)."""
+        kube = self.ctx.kube
+        res, meta = k8s.BY_KIND[child["kind"]], child["metadata"]
+        existing = None if missing else kube.get(res, meta.get("namespace"), meta["name"])
+        if existing is None:
+            try:
+                created = kube.create(child)
+            except KubeApiError as exc:
+                if exc.status in REFUSED:
+                    message = f"the API server refused {drift.describe(child)}: {exc.reason}: {exc.message}"
+                    raise ChildProblem(CHILD_REFUSED, message, waiting=False) from None
+                raise
+            if created is not None:
+                return created, True
+            existing = kube.get(res, meta.get("namespace"), meta["name"])
+            if existing is None:
+                message = f"{drift.describe(child)} existed and was just deleted; creating ours next"
+                raise ChildProblem(drift.TERMINATING, message, waiting=True)
+        existing.setdefault("kind", child["kind"])
+        self._verify(existing, child)
+        return existing, False
+
+    @staticmethod
+    def _verify(observed: dict[str, Any], desired: dict[str, Any]) -> None:
+        """Raise unless `observed` is the operator's own `desired` child."""
+        verdict, why = drift.ownership(observed, desired)
+        if verdict != drift.OURS:
+            raise ChildProblem(verdict, why, waiting=verdict != drift.FOREIGN)
+
+    def _write_status(self, body: dict[str, Any], status: Any) -> None:
+        meta = body["metadata"]
+        patch = {"status": self.logic.status_patch(status)}
+        self.ctx.kube.patch(self.resource, meta["namespace"], meta["name"], patch, "status")
+
+    def _cleared(self, body: dict[str, Any], status: Any) -> Any:
+        """`status` with ChildConflict set False (the children are fine again); the same object when it is not
+        True (the caller writes it only then)."""
+        condition = get_condition(status.conditions, CONFLICT)
+        if condition is None or condition.status != "True":
+            return status
+        cleared = status.model_copy(deep=True)
+        generation, message = body["metadata"].get("generation"), "every child is the operator's own"
+        cleared.conditions = set_condition(
+            cleared.conditions, CONFLICT, "False", "Resolved", message, generation, now_rfc3339()
+        )
+        return cleared
+
+    def _blocked(self, body: dict[str, Any], status: Any, problem: ChildProblem) -> kopf.TemporaryError:
+        """Show the problem as conditions (and an Event when it is new); returns the error to retry with: soon
+        for a child that goes away by itself, else after a delay that doubles with each consecutive failure."""
+        meta = body["metadata"]
+        generation, now = meta.get("generation"), now_rfc3339()
+        refused = problem.reason == CHILD_REFUSED
+        condition_type, condition_status = (self.refused_condition, "False") if refused else (CONFLICT, "True")
+        before = get_condition(status.conditions, condition_type)
+        nxt = status.model_copy(deep=True)
+        conds = set_condition(
+            nxt.conditions, condition_type, condition_status, problem.reason, problem.message, generation, now
+        )
+        if self.kind == "ModelServe" and condition_type != "Ready":
+            conds = set_condition(conds, "Ready", "False", condition_type, problem.message, generation, now)
+        nxt.conditions, nxt.message, nxt.observed_generation = conds, problem.message, generation
+        self._write_status(body, nxt)
+        if before is None or before.message != problem.message or before.status != condition_status:
+            event_type = "Normal" if problem.waiting else "Warning"
+            self.ctx.kube.event(body, event_type, CHILD_REFUSED if refused else CONFLICT, problem.message)
+        key = (self.kind, meta["namespace"], meta["name"])
+        delay = WAIT_SECONDS
+        if not problem.waiting:
+            failures = self.ctx.failures.get(key, 0)
+            self.ctx.failures[key] = failures + 1
+            delay = min(RETRY_MIN * 2**failures, RETRY_MAX)
+        log.warning("%s %s/%s: %s; retrying in %.0f s", self.kind, meta["namespace"], meta["name"], problem, delay)
+        return kopf.TemporaryError(problem.message, delay=delay)
+
+    def _settled(self, body: dict[str, Any]) -> None:
+        """A reconcile that met no refusal or conflict: the next refusal is retried soon again."""
+        meta = body["metadata"]
+        self.ctx.failures.pop((self.kind, meta["namespace"], meta["name"]), None)
 
     def _validate(self, body: dict[str, Any], model: Any, status_model: Any, logic: Any, outcome: list[str]):
         """(object, status, None) for a valid object; (None, status, phase) after marking an invalid one
@@ -135,6 +257,8 @@ class _Service:
 class FineTuneJobService(_Service):
     kind = "FineTuneJob"
     resource = k8s.FINETUNEJOBS
+    logic = ftj_logic
+    refused_condition = "JobCreated"
 
     def reconcile(
         self, namespace: str, name: str, body: dict[str, Any] | None = None, job: Any = UNKNOWN
@@ -148,28 +272,44 @@ class FineTuneJobService(_Service):
             ftj, status, invalid_phase = self._validate(body, FineTuneJob, FineTuneJobStatus, ftj_logic, outcome)
             if ftj is None:
                 return invalid_phase
-            ftj = ftj.model_copy(update={"status": status})
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
                 return status.phase
-            job_name = naming.job_name(name)
-            if job is UNKNOWN:
-                fresh = status.job_name is None and not status.conditions
-                job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
-            plan = self._plan(ftj, job)
-            for child in plan.create:  # expect our own Job's ADDED event, so its handler skips it
-                if child["kind"] == "Job":
-                    self.ctx.seen_job_phase[(namespace, job_name)] = ftj_logic.job_phase(child)
-            created = self._apply(plan, body)
-            if "Job" in created:
-                if created["Job"] is None:  # it existed after all (a restart between create and status write)
-                    job = kube.get(k8s.JOBS, namespace, job_name)
-                    ftj = ftj.model_copy(update={"status": _parse_status(FineTuneJobStatus, plan.status)})
-                    plan = self._plan(ftj, job)
-                    self._apply(plan, body)
-                else:
-                    self.ctx.seen_job_phase[(namespace, job_name)] = ftj_logic.job_phase(created["Job"])
-            return plan.phase
+            try:
+                phase = self._step(ftj, status, body, job)
+            except ChildProblem as problem:
+                raise self._blocked(body, status, problem) from None
+            self._settled(body)
+            return phase
+
+    def _step(self, ftj: FineTuneJob, status: FineTuneJobStatus, body: dict[str, Any], job: Any) -> str:
+        """Check the children are ours (re-creating any that went missing), then plan and apply."""
+        kube, namespace, name = self.ctx.kube, body["metadata"]["namespace"], body["metadata"]["name"]
+        cleared = self._cleared(body, status)
+        ftj = ftj.model_copy(update={"status": cleared})
+        job_name = naming.job_name(name)
+        if job is UNKNOWN:
+            fresh = status.job_name is None and not status.conditions
+            job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
+        if job is not None:  # every child is ensured while the trainer Job exists (the plan creates them otherwise)
+            desired = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, self.ctx.settings)
+            self._verify({"kind": "Job", **job}, desired[-1])
+            for child in desired[:-1]:
+                self._ensure(child, body, missing=False)
+        plan = self._plan(ftj, job)
+        for child in plan.create:  # expect our own Job's ADDED event, so its handler skips it
+            if child["kind"] == "Job":
+                self.ctx.seen_job_phase[(namespace, job_name)] = ftj_logic.job_phase(child)
+        created = self._apply(plan, body, pending=cleared if cleared is not status else None)
+        if "Job" in created:
+            if created["Job"] is None:  # it existed after all (a restart between create and status write)
+                job = kube.get(k8s.JOBS, namespace, job_name)
+                ftj = ftj.model_copy(update={"status": _parse_status(FineTuneJobStatus, plan.status)})
+                plan = self._plan(ftj, job)
+                self._apply(plan, body)
+            else:
+                self.ctx.seen_job_phase[(namespace, job_name)] = ftj_logic.job_phase(created["Job"])
+        return plan.phase
 
     def _plan(self, ftj: FineTuneJob, job: dict[str, Any] | None) -> Plan:
         status = ftj.status or FineTuneJobStatus()
@@ -179,7 +319,35 @@ class FineTuneJobService(_Service):
             report = report_from_pods(
                 self.ctx.kube.list(k8s.PODS, job["metadata"]["namespace"], selector), naming.TRAINER_CONTAINER
             )
-        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339())
+        pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
+        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending)
+
+    def pending_cause(self, job: dict[str, Any]) -> tuple[str, str] | None:
+        """Why a Job has no running trainer: its pods' state, else the Events on the Job (FailedCreate) or its
+        newest pod (FailedMount), read by uid only while the pods do not tell."""
+        kube, meta = self.ctx.kube, job["metadata"]
+        pods = kube.list(k8s.PODS, meta["namespace"], f"{naming.JOB_NAME_LABEL}={meta['name']}")
+        cause = ftj_logic.pending_cause(job, pods, [])
+        if cause is not None:
+            return cause
+        newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=job)
+        uid = newest["metadata"]["uid"]
+        events = kube.list(k8s.EVENTS, meta["namespace"], field_selector=f"involvedObject.uid={uid}")
+        return ftj_logic.pending_cause(job, pods, events)
+
+    def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> None:
+        """A trainer pod changed: reconcile its FineTuneJob only when what the pod says about it changed (it got
+        stuck: Unschedulable, ImagePullBackOff, ...; or got unstuck), not on every status write of the kubelet."""
+        meta = pod["metadata"]
+        key, owner = (namespace, meta["name"]), (meta.get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
+        if deleted or not owner:
+            self.ctx.seen_pod_cause.pop(key, None)
+            return
+        cause = ftj_logic.pod_cause(pod)
+        if self.ctx.seen_pod_cause.get(key) == cause:
+            return
+        self.ctx.seen_pod_cause[key] = cause
+        self.reconcile(namespace, owner)
 
     def forget(self, body: dict[str, Any]) -> None:
         """After deletion: forget the object. The garbage collector deletes its Job (ownerReference) as the
@@ -193,6 +361,8 @@ class FineTuneJobService(_Service):
 class ModelServeService(_Service):
     kind = "ModelServe"
     resource = k8s.MODELSERVES
+    logic = msv_logic
+    refused_condition = "Ready"
 
     def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> str | None:
         kube = self.ctx.kube
@@ -203,20 +373,35 @@ class ModelServeService(_Service):
             msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
             if msv is None:
                 return invalid_phase
-            refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
-            jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
-            resolution = msv_logic.resolve_adapters(msv, jobs)
-            observed: dict[str, dict[str, Any] | None] = {}
-            if not resolution.failed and not resolution.waiting:
-                server = naming.server_name(name)
-                observed = {
-                    "ConfigMap": kube.get(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
-                    "Deployment": kube.get(k8s.DEPLOYMENTS, namespace, server),
-                    "Service": kube.get(k8s.SERVICES, namespace, server),
-                }
-            plan = msv_logic.plan_modelserve(msv, status, jobs, observed, self.ctx.settings, now_rfc3339())
-            self._apply(plan, body)
-            return plan.phase
+            try:
+                phase = self._step(msv, status, body)
+            except ChildProblem as problem:
+                raise self._blocked(body, status, problem) from None
+            self._settled(body)
+            return phase
+
+    def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any]) -> str:
+        """Resolve adapters, read the children (refusing any that is not ours), plan and apply."""
+        kube, namespace, name = self.ctx.kube, body["metadata"]["namespace"], body["metadata"]["name"]
+        cleared = self._cleared(body, status)
+        refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
+        jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
+        resolution = msv_logic.resolve_adapters(msv, jobs)
+        observed: dict[str, dict[str, Any] | None] = {}
+        if not resolution.failed and not resolution.waiting:
+            server = naming.server_name(name)
+            observed = {
+                "ConfigMap": kube.get(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
+                "Deployment": kube.get(k8s.DEPLOYMENTS, namespace, server),
+                "Service": kube.get(k8s.SERVICES, namespace, server),
+            }
+            for kind, child in observed.items():
+                if child is not None:
+                    child.setdefault("kind", kind)
+                    self._verify(child, _stub(child, body))
+        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339())
+        self._apply(plan, body, pending=cleared if cleared is not status else None)
+        return plan.phase
 
     def forget(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]

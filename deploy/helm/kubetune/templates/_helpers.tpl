@@ -55,9 +55,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 */}}
 {{- define "kubetune.namespacedRules" -}}
 # Events on the custom resources: the operator's steps (JobCreated, Started, Succeeded, ...) and kopf's errors.
+# Listed (by the uid of one trainer Job or pod) while a FineTuneJob is Pending, to show why: the Job
+# controller's FailedCreate (a quota or PodSecurity refused the pod), the kubelet's FailedMount.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 # The custom resources: kopf lists and watches them and keeps its finalizer and annotations on them (patch);
 # the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
@@ -82,10 +84,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-# Trainer pods are only read, for the termination message (final metrics, failure reason).
+# Trainer pods are only read: for the termination message (final metrics, failure reason), and watched (by
+# label) because a pod that is Unschedulable or cannot pull its image changes no Job status the operator sees.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # The server Deployment of a ModelServe: created, watched for readiness, repaired or updated (patch).
 - apiGroups: [apps]
   resources: [deployments]
@@ -100,11 +103,12 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
   resources: [configmaps]
   verbs: [get, create, patch]
 # A FineTuneJob's output claim and trainer ServiceAccount, and the trainer's Role and RoleBinding: created once,
-# never changed; garbage collection deletes them with their FineTuneJob.
+# never changed; garbage collection deletes them with their FineTuneJob. Read (get) to check an existing one's
+# controller reference (never adopting someone else's) and to re-create one deleted under a running job.
 - apiGroups: [""]
   resources: [persistentvolumeclaims, serviceaccounts]
-  verbs: [create]
+  verbs: [get, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
+  verbs: [get, create]
 {{- end }}

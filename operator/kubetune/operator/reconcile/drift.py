@@ -79,3 +79,55 @@ def repair_patch(desired: dict[str, Any]) -> dict[str, Any]:
 
 def drifted(observed: dict[str, Any], desired: dict[str, Any]) -> bool:
     return not contains(observed, repair_patch(desired))
+
+
+# Ownership of an existing object that has the name of a child the operator wants (see `ownership`).
+OURS = "Ours"
+TERMINATING = "Terminating"
+PREDECESSOR = "PreviousOwner"
+FOREIGN = "Foreign"
+
+
+def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The owner reference marked `controller: true` (at most one per object), or None."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
+def describe(obj: dict[str, Any]) -> str:
+    """`Kind/name`, as kubectl names an object."""
+    return f"{obj.get('kind', 'object')}/{(obj.get('metadata') or {}).get('name')}"
+
+
+def ownership(observed: dict[str, Any], desired: dict[str, Any]) -> tuple[str, str]:
+    """(verdict, why) for an object found under a desired child's name. Only OURS may be used or patched;
+    TERMINATING and PREDECESSOR (an earlier object of the same kind and name, e.g. a FineTuneJob deleted and
+    re-created) go away on their own and are waited for; FOREIGN belongs to someone else and is never touched.
+    A desired child without owner reference (a kept output claim) is ours when it carries all our labels."""
+    meta = observed.get("metadata") or {}
+    name = describe(desired)
+    if meta.get("deletionTimestamp"):
+        return TERMINATING, f"{name} is being deleted; waiting for it to go before creating ours"
+    owner = controller_of(observed)
+    wanted = controller_of(desired)
+    if wanted is not None and owner is not None and owner.get("uid") == wanted.get("uid"):
+        return OURS, f"{name} is ours"
+    if (
+        wanted is not None
+        and owner is not None
+        and (owner.get("kind"), owner.get("name"))
+        == (
+            wanted.get("kind"),
+            wanted.get("name"),
+        )
+    ):
+        return PREDECESSOR, (
+            f"{name} belongs to an earlier {owner.get('kind')} {owner.get('name')!r} (uid {owner.get('uid')}); "
+            "waiting for the garbage collector to delete it"
+        )
+    labels = meta.get("labels") or {}
+    wanted_labels = (desired.get("metadata") or {}).get("labels") or {}
+    if wanted is None and owner is None and all(labels.get(key) == value for key, value in wanted_labels.items()):
+        return OURS, f"{name} is ours (kept, carries our labels)"
+    held_by = f"it is controlled by {owner.get('kind')}/{owner.get('name')}" if owner else "it has no controller"
+    return FOREIGN, f"{name} already exists and is not ours ({held_by}); it is left untouched"
