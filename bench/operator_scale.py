@@ -129,6 +129,7 @@ class Lifecycle:
         self.stop = threading.Event()
         self.local = threading.local()
         self.plane = plane
+        self.healthy: Callable[[], None] = lambda: None
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="kubelet")
         self.clients: list[KubeTestClient] = []
         self.threads = [
@@ -214,11 +215,16 @@ class Lifecycle:
         self._submit(start)
 
     def wait(self, done: Callable[[], bool], timeout: float, what: str) -> float:
-        """Wait for `done()`; re-raise a kubelet or watch error at once. Returns the time it held."""
+        """Wait for `done()`; re-raise a kubelet or watch error, or what `self.healthy` raises (checked every
+        second: the operator's refusals in the audit log), at once. Returns the time it held."""
         deadline = time.perf_counter() + timeout
+        checked = time.perf_counter()
         while True:
             if not self.errors.empty():
                 raise self.errors.get()
+            if time.perf_counter() - checked > 1.0:
+                self.healthy()
+                checked = time.perf_counter()
             with self.lock:
                 if done():
                     return time.perf_counter()
@@ -249,6 +255,17 @@ def start_operator(cluster: RealCluster, ns: str, workdir: Path) -> subprocess.P
     return process
 
 
+def _operator_healthy(cluster: RealCluster, operator: subprocess.Popen, since: int) -> None:
+    """Stop the run at once when the operator died or the API server refused it (it would retry forever)."""
+    if operator.poll() is not None:
+        raise RuntimeError(f"the operator exited with {operator.returncode}")
+    refused = cluster.audit.refused(OPERATOR_USER, since)
+    if refused:
+        raise RuntimeError(
+            "the API server refused the operator: " + "; ".join(f"{e.code} {e.verb} {e.uri}" for e in refused[:3])
+        )
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -263,6 +280,7 @@ def run(cluster: RealCluster, count: int, timeout: float, workdir: Path) -> dict
         time.sleep(0.5)  # the benchmark's own watches are established (they list first, then watch)
         rss_idle, _ = _rss_kib(operator.pid)
         since = cluster.audit.offset()
+        lifecycle.healthy = lambda: _operator_healthy(cluster, operator, since)
         started = time.perf_counter()
         for index in range(count):
             name = f"job-{index:04d}"
