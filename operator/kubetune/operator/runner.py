@@ -193,8 +193,14 @@ def lead(settings: OperatorSettings, stop: threading.Event | None = None, ready_
 
     threading.Thread(target=renew, name="kubetune-lease", daemon=True).start()
     threading.Thread(target=relay_stop, name="kubetune-stop", daemon=True).start()
+    async def operate_until_stopped() -> None:
+        try:
+            await operate(settings, ctx, ready_flag, kopf_stop)
+        finally:  # kopf stopped on its own (SIGTERM): free its thread that waits on the flag, or asyncio.run hangs
+            kopf_stop.set()
+
     try:
-        asyncio.run(operate(settings, ctx, ready_flag, kopf_stop))
+        asyncio.run(operate_until_stopped())
     finally:
         done.set()
     if lost.is_set():
