@@ -41,6 +41,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -95,22 +97,35 @@ def _rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def watch(client: KubeTestClient, path: str, on_event: Callable[[str, dict[str, Any]], None], stop: threading.Event):
-    """Follow `path` (a namespaced collection) from now on; reconnect from the last resourceVersion."""
+def watch(
+    connect: Callable[[], KubeTestClient],
+    path: str,
+    on_event: Callable[[str, dict[str, Any]], None],
+    stop: threading.Event,
+) -> None:
+    """Follow `path` (a namespaced collection) from now on. A dropped connection (seen under load: a TLS read
+    error) is resumed from the last resourceVersion with a fresh client, as client-go's reflector does."""
+    client = connect()
     version = client.http.get(path).json()["metadata"]["resourceVersion"]
     while not stop.is_set():
         params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": "30", "allowWatchBookmarks": "true"}
-        with client.http.stream("GET", path, params=params, timeout=None) as response:
-            for line in response.iter_lines():
-                if stop.is_set():
-                    return
-                if not line:
-                    continue
-                event = json.loads(line)
-                obj = event["object"]
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                if event["type"] != "BOOKMARK":
-                    on_event(event["type"], obj)
+        try:
+            with client.http.stream("GET", path, params=params, timeout=None) as response:
+                for line in response.iter_lines():
+                    if stop.is_set():
+                        return
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch of {path} ended: {event['object'].get('message')}")
+                    version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        on_event(event["type"], event["object"])
+        except httpx.TransportError:
+            if stop.is_set():
+                return
+            client = connect()
 
 
 class Lifecycle:
@@ -164,7 +179,7 @@ class Lifecycle:
 
     def _follow(self, path: str, handler: Callable[[str, dict[str, Any]], None]) -> None:
         try:
-            watch(self._client(), path, handler, self.stop)
+            watch(self._client, path, handler, self.stop)
         except BaseException as error:  # reported by the main thread
             if not self.stop.is_set():
                 self.errors.put(error)
