@@ -69,8 +69,34 @@ def contains(observed: Any, desired: Any, quantities: bool = False) -> bool:
     return quantities and _same_quantity(observed, desired)
 
 
-def repair_patch(desired: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch that puts back what the operator owns: labels, owner references and the body."""
+# Kinds whose `spec.replicas` an autoscaler may own through the `scale` subresource.
+SCALABLE = frozenset({"Deployment", "StatefulSet", "ReplicaSet"})
+
+
+def scaled_elsewhere(observed: dict[str, Any]) -> bool:
+    """True when `spec.replicas` was last written through the `scale` subresource: the HorizontalPodAutoscaler
+    controller (and KEDA, through an HPA) or `kubectl scale` own the size from then on. The API server records
+    who owns each field (`metadata.managedFields`, with `subresource: scale`), so no permission to read
+    HorizontalPodAutoscalers is needed. A plain edit of the Deployment does not count: that is drift."""
+    for entry in (observed.get("metadata") or {}).get("managedFields") or []:
+        fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if entry.get("subresource") == "scale" and "f:replicas" in fields:
+            return True
+    return False
+
+
+def _leave_replicas(desired: dict[str, Any], observed: dict[str, Any] | None) -> dict[str, Any]:
+    """`desired` without `spec.replicas` when an autoscaler owns the observed object's size."""
+    if observed is None or desired.get("kind") not in SCALABLE or not scaled_elsewhere(observed):
+        return desired
+    spec = {key: value for key, value in (desired.get("spec") or {}).items() if key != "replicas"}
+    return {**desired, "spec": spec}
+
+
+def repair_patch(desired: dict[str, Any], observed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A merge patch that puts back what the operator owns: labels, owner references and the body (without
+    `spec.replicas` when an autoscaler took the observed object's size over: see `scaled_elsewhere`)."""
+    desired = _leave_replicas(desired, observed)
     meta = desired.get("metadata", {})
     patch = {key: value for key, value in desired.items() if key not in {"apiVersion", "kind", "metadata"}}
     patch["metadata"] = {key: meta[key] for key in ("labels", "ownerReferences") if key in meta}
@@ -78,7 +104,7 @@ def repair_patch(desired: dict[str, Any]) -> dict[str, Any]:
 
 
 def drifted(observed: dict[str, Any], desired: dict[str, Any]) -> bool:
-    return not contains(observed, repair_patch(desired))
+    return not contains(observed, repair_patch(desired, observed))
 
 
 # Ownership of an existing object that has the name of a child the operator wants (see `ownership`).
