@@ -293,6 +293,32 @@ def test_drift_compares_quantities_by_value():
     assert not contains({"image": "500m"}, {"image": "0.5"})  # not a quantity field: compared as text
 
 
+def test_replicas_written_through_the_scale_subresource_belong_to_the_autoscaler():
+    """managedFields as the API server records them after the HPA controller scaled the Deployment: replicas is
+    then not drift, and a repair of other drift leaves it out; an ordinary edit of replicas is still drift."""
+    desired = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "chat", "labels": {"a": "b"}},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "server", "image": "s:1"}]}}},
+    }
+
+    def observed(replicas: int, image: str, scaler: dict) -> dict:
+        operator = {"manager": "kubetune", "operation": "Update", "fieldsV1": {"f:spec": {"f:template": {}}}}
+        return {
+            "metadata": {"name": "chat", "labels": {"a": "b"}, "managedFields": [operator, scaler]},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "server", "image": image}]}}},
+        }
+
+    hpa = {"manager": "hpa", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    edit = {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    assert not drifted(observed(4, "s:1", hpa), desired)
+    assert "replicas" not in repair_patch(desired, observed(4, "s:2", hpa))["spec"]
+    assert drifted(observed(4, "s:2", hpa), desired), "other drift is still repaired"
+    assert drifted(observed(4, "s:1", edit), desired), "an edit of replicas is drift"
+    assert repair_patch(desired, observed(4, "s:1", edit))["spec"]["replicas"] == 1
+
+
 def _msv(**spec) -> ModelServe:
     body = modelserve("default", **spec)
     body["metadata"].update(uid="uid-2", generation=1)
