@@ -46,7 +46,8 @@ def test_only_the_answer_and_eos_carry_loss_by_default(tiny_model_dir: Path, tmp
 
 
 def test_padding_free_rows_are_cut_to_max_seq_length(tiny_model_dir: Path, tmp_path: Path):
-    rows = [{"instruction": "Where does the amber fox live? " * 8, "input": "", "output": "north " * 10}] * 3
+    # The answer starts inside the first 24 tokens: cut rows keep some loss (those that do not are dropped).
+    rows = [{"instruction": "Fox?", "input": "", "output": "north " * 10}] * 3
     trainer, _ = trainer_for(tiny_model_dir, rows, tmp_path, paddingFree=True, maxSeqLength=24)
     for row in trainer.train_dataset:
         assert {len(value) for value in row.values() if isinstance(value, list)} == {24}
@@ -65,8 +66,8 @@ def test_push_to_the_hub_creates_the_repo_and_uploads_the_folder(tmp_path: Path,
         def create_repo(self, repo_id, private, exist_ok):
             calls.append(("create", repo_id, private, exist_ok))
 
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload", folder_path, repo_id))
+        def upload_folder(self, folder_path, repo_id, commit_message, ignore_patterns):
+            calls.append(("upload", folder_path, repo_id, ignore_patterns))
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
@@ -75,7 +76,7 @@ def test_push_to_the_hub_creates_the_repo_and_uploads_the_folder(tmp_path: Path,
     assert calls == [
         ("token", "hf_secret"),
         ("create", "acme/adapter", True, True),
-        ("upload", str(tmp_path), "acme/adapter"),
+        ("upload", str(tmp_path), "acme/adapter", ["training_args.bin"]),  # a pickle never goes to the Hub
     ]
     assert push_adapter(tmp_path, OutputSpec()) is None
     monkeypatch.delenv("HF_TOKEN")
