@@ -21,6 +21,7 @@ OWNED_BY_MSV = {naming.LABEL_MODELSERVE: kopf.PRESENT}
 # The children the operator watches, by the label its own objects carry (a server-side selector per watch).
 CHILD_WATCHES = {
     ("batch", "v1", "jobs"): naming.LABEL_FINETUNEJOB,
+    ("", "v1", "pods"): naming.LABEL_FINETUNEJOB,
     ("apps", "v1", "deployments"): naming.LABEL_MODELSERVE,
     ("", "v1", "services"): naming.LABEL_MODELSERVE,
 }
@@ -128,6 +129,12 @@ def trainer_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
         return
     ctx.seen_job_phase[key] = phase
     ctx.finetunejobs.reconcile(namespace, owner, job=None if deleted else dict(body))
+
+
+@kopf.on.event("", "v1", "pods", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def trainer_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """The Job's status does not change when its pod is Unschedulable or cannot pull its image: the pod does."""
+    _ctx(memo).finetunejobs.pod_changed(namespace, dict(body), event.get("type") == "DELETED")
 
 
 @kopf.index(*MSV, registry=REGISTRY)

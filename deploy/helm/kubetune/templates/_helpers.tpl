@@ -79,11 +79,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [kubetune.dev]
   resources: [modelserves/status]
   verbs: [patch]
-# The trainer Job: created, followed, suspended and resumed (patch), stopped when its FineTuneJob is deleted
-# unfinished (delete frees the GPUs at once instead of waiting for garbage collection).
+# The trainer Job: created, followed, suspended and resumed (patch). Never deleted: the garbage collector does
+# that with its FineTuneJob (ownerReference), as the deletion's propagation policy says.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
 # Trainer pods are only read: for the termination message (final metrics, failure reason), and watched (by
 # label) because a pod that is Unschedulable or cannot pull its image changes no Job status the operator sees.
 - apiGroups: [""]

@@ -57,6 +57,60 @@ def job_phase(job: dict[str, Any] | None) -> str | None:
     return "Pending"
 
 
+# Container waiting reasons that keep a pod from ever running until someone acts (the kubelet's names).
+STUCK_WAITING = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+)
+# Events that explain why a Job has no running pod: on the Job (its controller could not create the pod) or on
+# the pod (the kubelet could not mount a volume).
+BLOCKING_EVENTS = ("FailedCreate", "FailedMount", "FailedAttachVolume", "FailedScheduling")
+
+
+def pod_cause(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) keeping one trainer pod from running, as the scheduler or the kubelet wrote it."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = condition.get("reason") or "Unschedulable"
+            return reason, condition.get("message") or "the pod cannot be scheduled"
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING:
+            name = container.get("name") or "container"
+            return waiting["reason"], f"container {name}: {waiting.get('message') or waiting['reason']}"
+    return None
+
+
+def pending_cause(
+    job: dict[str, Any] | None, pods: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> tuple[str, str] | None:
+    """Why the trainer Job has no running pod: a pod's scheduling or container state first, else the newest
+    blocking Event on the Job or one of its pods (FailedCreate: e.g. a quota or PodSecurity refused the pod;
+    FailedMount). None when nothing is known to be wrong (the pod is simply starting)."""
+    if job is None or job_phase(job) != "Pending":
+        return None
+    live = [pod for pod in pods if (pod.get("status") or {}).get("phase") in (None, "Pending")]
+    for pod in sorted(live, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "", reverse=True):
+        cause = pod_cause(pod)
+        if cause is not None:
+            return cause
+    uids = {(job.get("metadata") or {}).get("uid")} | {(pod.get("metadata") or {}).get("uid") for pod in live}
+    blocking = [
+        event
+        for event in events
+        if event.get("reason") in BLOCKING_EVENTS and (event.get("involvedObject") or {}).get("uid") in uids - {None}
+    ]
+    if not blocking:
+        return None
+    newest = max(blocking, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return newest["reason"], newest.get("message") or newest["reason"]
+
+
 def needs_report(status: FineTuneJobStatus, job: dict[str, Any] | None) -> bool:
     """Read the trainer's termination message only when the Job just finished and something is missing."""
     phase = job_phase(job)
@@ -91,7 +145,8 @@ def plan_invalid(ftj_status: FineTuneJobStatus, message: str, generation: int | 
     nxt = ftj_status.model_copy(deep=True)
     nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
     nxt.conditions = set_condition(nxt.conditions, "Validated", "False", "InvalidSpec", message, generation, now)
-    nxt.conditions = set_condition(nxt.conditions, "Failed", "True", "InvalidSpec", message, generation, now)
+    conds = set_condition(nxt.conditions, "Failed", "True", "InvalidSpec", message, generation, now)
+    nxt.conditions = set_condition(conds, "Succeeded", "False", "InvalidSpec", message, generation, now)
     plan.events.append(Event("Warning", "InvalidSpec", message))
     return _finish(plan, ftj_status, nxt)
 
@@ -119,14 +174,30 @@ def _failure(job: dict[str, Any], report: TrainerReport | None) -> tuple[str, st
     return reason, "; ".join(parts)
 
 
+def _pending(
+    plan: Plan, nxt: FineTuneJobStatus, cause: tuple[str, str] | None, generation: int | None, now: str
+) -> None:
+    """Pending until a trainer pod really runs, with the reason it does not (Unschedulable, ImagePullBackOff,
+    FailedCreate, ...) as condition `Running=False` and message; a new cause is also posted as a Warning."""
+    reason, message = cause or ("PodStarting", "waiting for the trainer pod to start")
+    if cause is not None:
+        message = f"{reason}: {message}"
+        if nxt.message != message:
+            plan.events.append(Event("Warning", reason, message))
+    nxt.phase, nxt.message = "Pending", message
+    nxt.conditions = set_condition(nxt.conditions, "Running", "False", reason, message, generation, now)
+
+
 def plan_finetunejob(
     ftj: FineTuneJob,
     job: dict[str, Any] | None,
     report: TrainerReport | None,
     settings: OperatorSettings,
     now: str,
+    pending: tuple[str, str] | None = None,
 ) -> Plan:
-    """Next step for a valid FineTuneJob. A finished one is never touched again."""
+    """Next step for a valid FineTuneJob. A finished one is never touched again. `pending` is why its Job has
+    no running pod (`pending_cause`), shown until a pod really runs."""
     current = ftj.status or FineTuneJobStatus()
     plan = Plan(phase=current.phase)
     if current.phase in TERMINAL:
@@ -191,6 +262,7 @@ def plan_finetunejob(
         nxt.completion_time = now
         conds = set_condition(conds, "Running", "False", reason, message, generation, now)
         conds = set_condition(conds, "Failed", "True", reason, message, generation, now)
+        conds = set_condition(conds, "Succeeded", "False", reason, message, generation, now)
     elif spec.suspend:
         nxt.phase, nxt.message = "Suspended", "suspended: the trainer pods are stopped, checkpoints are kept"
         conds = set_condition(conds, "Running", "False", "Suspended", nxt.message, generation, now)
@@ -202,9 +274,10 @@ def plan_finetunejob(
             nxt.phase, nxt.message = "Running", "the trainer is running"
             nxt.start_time = nxt.start_time or job_status.get("startTime") or now
             conds = set_condition(conds, "Running", "True", "TrainerRunning", nxt.message, generation, now)
-        elif current.phase != "Pending" or not nxt.message:
-            nxt.phase = "Pending"
-            nxt.message = "waiting for the trainer pod to start"
+        else:
+            nxt.conditions = conds
+            _pending(plan, nxt, pending, generation, now)
+            conds = nxt.conditions
     nxt.conditions = conds
     if nxt.phase != current.phase:
         kind = "Warning" if nxt.phase == "Failed" else "Normal"

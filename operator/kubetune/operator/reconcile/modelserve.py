@@ -127,8 +127,26 @@ def desired_children(msv: ModelServe, resolution: Resolution, settings: Operator
     ]
 
 
+def _rollout(deployment: dict[str, Any], wanted: int) -> tuple[bool, str]:
+    """(complete, what is left) as `kubectl rollout status` judges it: the controller saw the newest spec, every
+    replica runs the newest template and is available, and no replica of an older ReplicaSet is left."""
+    meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+    if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+        return False, "the Deployment controller has not seen the newest spec yet"
+    updated, total = int(status.get("updatedReplicas") or 0), int(status.get("replicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    if updated < wanted:
+        return False, f"{updated}/{wanted} server replicas updated"
+    if total > updated:
+        return False, f"{total - updated} old server replica(s) still running"
+    if available < wanted:
+        return False, f"{available}/{wanted} updated server replicas available"
+    return True, f"{available}/{wanted} server replicas ready"
+
+
 def _deployment_state(deployment: dict[str, Any] | None, wanted: int) -> tuple[str, str, str, int]:
-    """(phase, reason, message, readyReplicas) from the observed Deployment."""
+    """(phase, reason, message, readyReplicas) from the observed Deployment: Ready only once the rollout is
+    complete (a stuck rollout with an old replica still serving is not Ready)."""
     if deployment is None:
         return "Deploying", "Creating", "creating the server Deployment", 0
     status = deployment.get("status") or {}
@@ -136,11 +154,20 @@ def _deployment_state(deployment: dict[str, Any] | None, wanted: int) -> tuple[s
     progressing = raw_condition(deployment, "Progressing") or {}
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         return "Failed", "ProgressDeadlineExceeded", progressing.get("message") or "the rollout did not finish", ready
-    if ready >= 1 and ready >= min(wanted, 1):
-        return "Ready", "MinimumReplicasAvailable", f"{ready}/{wanted} server replicas ready", ready
-    if wanted == 0:
+    complete, message = _rollout(deployment, wanted)
+    if complete and wanted == 0:
         return "Deploying", "ScaledToZero", "replicas is 0: no server pod runs", ready
-    return "Deploying", "WaitingForReplicas", f"{ready}/{wanted} server replicas ready", ready
+    if complete:
+        return "Ready", "RolloutComplete", message, ready
+    return "Deploying", "RolloutInProgress", message, ready
+
+
+def _unavailable(conds: list, reason: str, message: str, generation: int | None, now: str) -> list:
+    """No server to offer: Available, Progressing and Ready say so (a ModelServe whose FineTuneJob went away
+    must not keep `Available=True`)."""
+    conds = set_condition(conds, "Available", "False", reason, message, generation, now)
+    conds = set_condition(conds, "Progressing", "False", reason, message, generation, now)
+    return set_condition(conds, "Ready", "False", reason, message, generation, now)
 
 
 def plan_modelserve(
@@ -164,12 +191,12 @@ def plan_modelserve(
         message = "; ".join(text for _, text in resolution.failed)
         nxt.phase, nxt.message = "Failed", message
         conds = set_condition(conds, "AdaptersReady", "False", reason, message, generation, now)
-        conds = set_condition(conds, "Ready", "False", reason, message, generation, now)
+        conds = _unavailable(conds, reason, message, generation, now)
     elif resolution.waiting:
         message = "waiting for " + "; ".join(resolution.waiting)
         nxt.phase, nxt.message = "WaitingForAdapters", message
         conds = set_condition(conds, "AdaptersReady", "False", "WaitingForFineTuneJob", message, generation, now)
-        conds = set_condition(conds, "Ready", "False", "WaitingForFineTuneJob", message, generation, now)
+        conds = _unavailable(conds, "WaitingForFineTuneJob", message, generation, now)
     else:
         owner = owner_of(msv)
         deployment = observed.get("Deployment")
@@ -195,6 +222,8 @@ def plan_modelserve(
         )
         available = "True" if ready >= 1 else "False"
         conds = set_condition(conds, "Available", available, reason, message, generation, now)
+        rolling = "True" if reason in ("Creating", "RolloutInProgress") else "False"
+        conds = set_condition(conds, "Progressing", rolling, reason, message, generation, now)
         conds = set_condition(conds, "Ready", "True" if phase == "Ready" else "False", reason, message, generation, now)
     nxt.conditions = conds
     plan.phase = nxt.phase
