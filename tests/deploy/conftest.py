@@ -9,6 +9,7 @@ from . import render
 # Non-default values that exercise every switch of the chart; the namespaced overlay's settings are the subset
 # `NAMESPACED_VALUES`, so kustomize and Helm can be compared for that mode too.
 NAMESPACED_VALUES = {"watch": {"namespaces": ["team-a", "team-b"]}}
+HA_VALUES = {"operator": {"replicas": 2, "leaderElection": {"enabled": True}}}
 CUSTOM_VALUES = {
     "watch": {"namespaces": ["ml-prod"]},
     "operator": {
