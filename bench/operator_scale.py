@@ -108,7 +108,7 @@ def watch(
     client = connect()
     version = client.http.get(path).json()["metadata"]["resourceVersion"]
     while not stop.is_set():
-        params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": "30", "allowWatchBookmarks": "true"}
+        params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": "5", "allowWatchBookmarks": "true"}
         try:
             with client.http.stream("GET", path, params=params, timeout=None) as response:
                 for line in response.iter_lines():
@@ -162,8 +162,12 @@ class Lifecycle:
         return self
 
     def close(self) -> None:
+        """Stop, then close the clients once no thread reads from them: closing a socket another thread is
+        reading lets that thread read the next connection that reuses the descriptor (seen: TLS errors)."""
         self.stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for thread in self.threads:
+            thread.join(15)  # a watch ends at its server-side timeout (5 s) at the latest
         for client in self.clients:
             client.close()
 
