@@ -193,6 +193,7 @@ def lead(settings: OperatorSettings, stop: threading.Event | None = None, ready_
 
     threading.Thread(target=renew, name="kubetune-lease", daemon=True).start()
     threading.Thread(target=relay_stop, name="kubetune-stop", daemon=True).start()
+
     async def operate_until_stopped() -> None:
         try:
             await operate(settings, ctx, ready_flag, kopf_stop)
