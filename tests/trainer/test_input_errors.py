@@ -86,7 +86,11 @@ def test_a_malformed_jsonl_line_is_named_by_its_number(pvc_root: Path, tmp_path:
     assert code == 64 and message in summary["message"]
 
 
-def test_no_training_row_left_after_max_seq_length_fails_at_once(pvc_root: Path, tmp_path: Path, caplog):
+def test_no_training_row_left_after_max_seq_length_fails_before_the_model_loads(
+    pvc_root: Path, tmp_path: Path, caplog, monkeypatch
+):
+    loads = []
+    monkeypatch.setattr("kubetune_trainer.flow.load_model", lambda *args, **kwargs: loads.append(args))
     code, summary = run_trainer(
         pvc_root, tmp_path, caplog, "long.jsonl", jsonl(LONG_ROWS).encode(), training={"maxSeqLength": 32}
     )
@@ -94,6 +98,7 @@ def test_no_training_row_left_after_max_seq_length_fails_at_once(pvc_root: Path,
     message = summary["message"]
     assert "no training row is left: all 6 are cut by training.maxSeqLength=32 before their answer" in message
     assert "raise training.maxSeqLength" in message
+    assert loads == [], "failed before loading the base model"
 
 
 @pytest.mark.parametrize(
@@ -177,3 +182,15 @@ def test_the_final_evaluation_runs_once(pvc_root: Path, tmp_path: Path, caplog, 
     assert len(calls) == 1 and summary["metrics"]["evalLoss"] > 0
     card = (tmp_path / "output" / ADAPTER_DIR / "README.md").read_text()
     assert "| Epochs / max steps | 1.00 (of 3 planned) / 2 |" in card
+
+
+def test_prompts_are_checked_until_one_fits(tiny_model_dir: Path):
+    from kubetune_trainer.sft_trainer import check_prompts_fit
+
+    tokenizer = load_tokenizer(ModelLocation(str(tiny_model_dir), None, False))
+    long_rows = format_rows(Dataset.from_list(LONG_ROWS[:2]), "alpaca").dataset
+    with pytest.raises(InvalidInputError, match=r"no evaluation row is left: all 2 .* shortest prompt has 443 tokens"):
+        check_prompts_fit("eval", long_rows, tokenizer, 48)
+    mixed = format_rows(Dataset.from_list(LONG_ROWS[:2] + SHORT_ROWS[:1]), "alpaca").dataset
+    check_prompts_fit("train", mixed, tokenizer, 48)  # one row has room for its answer: trl trains on it
+    check_prompts_fit("eval", None, tokenizer, 48)

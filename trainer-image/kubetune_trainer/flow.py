@@ -39,7 +39,7 @@ from .outputs import (
 )
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
-from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer
+from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer, check_prompts_fit
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
     configs = build_configs(spec, checkpoints_dir=checkpoints, device=device, has_eval=data.eval is not None)
     location = locate_model(spec.base_model)
     tokenizer = load_tokenizer(location)
+    for split, rows in (("train", data.train), ("eval", data.eval)):
+        check_prompts_fit(split, rows, tokenizer, spec.training.max_seq_length)
     model = load_model(location, configs.precision, device, configs.quantization, spec.training.gradient_checkpointing)
 
     progress = ProgressCallback(choose_sink(output_dir))

@@ -16,12 +16,14 @@ from trl.data_utils import pack_dataset
 
 from .configs import TrainerConfigs
 from .errors import InvalidInputError
+from .generation_eval import prompt_text
 
 log = logging.getLogger(__name__)
 
 IGNORED = -100
 CUT_COLUMN = "kubetune_cut"
 SPLIT_NAMES = {"train": "training", "eval": "evaluation"}
+PROMPT_CHECK_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,29 @@ def check_rows_left(split: str, report: LengthReport, max_seq_length: int) -> No
             f"their answer starts (the longest row has {report.longest} tokens); raise training.maxSeqLength or "
             "shorten the prompts"
         )
+
+
+def check_prompts_fit(
+    split: str, rows: Dataset | None, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
+) -> None:
+    """Before the base model loads (minutes for a 7B model): fail at once when no row's prompt leaves room for an
+    answer token within `max_seq_length`. Reads rows only until one fits, so it is cheap on good data; prompts
+    are counted without special tokens, so it never refuses data that trl would train on."""
+    if rows is None or len(rows) == 0 or "prompt" not in rows.column_names:
+        return
+    shortest = None
+    for start in range(0, len(rows), PROMPT_CHECK_BATCH):
+        chunk = rows.select(range(start, min(start + PROMPT_CHECK_BATCH, len(rows))))
+        prompts = [prompt_text(row, tokenizer) for row in chunk]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        if min(lengths) < max_seq_length:
+            return
+        shortest = min(lengths) if shortest is None else min(shortest, *lengths)
+    raise InvalidInputError(
+        f"no {SPLIT_NAMES.get(split, split)} row is left: all {len(rows)} are cut by training.maxSeqLength="
+        f"{max_seq_length} before their answer starts (the shortest prompt has {shortest} tokens); raise "
+        "training.maxSeqLength or shorten the prompts"
+    )
 
 
 def build_trainer(
