@@ -176,3 +176,92 @@ DataKey = Annotated[
     AfterValidator(_data_key),
 ]
 ShortText = Annotated[str, Field(max_length=253)]
+
+
+# Label keys and values, and extended resource names, as the API server checks them in pods (a pod template
+# that breaks them is refused when the operator creates the Job or Deployment; the CRD refuses them first).
+_NAME_PART = "([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+_PREFIX_PART = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_LABEL_KEY_PATTERN = f"^({_PREFIX_PART}/)?{_NAME_PART}$"
+_LABEL_VALUE_PATTERN = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_EXTENDED_RESOURCE_PATTERN = f"^{_PREFIX_PART}/{_NAME_PART}$"
+_LABEL_KEY = re.compile(_LABEL_KEY_PATTERN)
+_LABEL_VALUE = re.compile(_LABEL_VALUE_PATTERN)
+_EXTENDED_RESOURCE = re.compile(_EXTENDED_RESOURCE_PATTERN)
+_LABEL_KEY_RULE = (
+    "must be a valid label key: an optional DNS subdomain prefix and '/', then a name of at most 63 letters, "
+    "digits, '-', '_' or '.' that starts and ends with a letter or digit (e.g. 'nvidia.com/gpu.product')"
+)
+_LABEL_KEYS_CEL = {"rule": f"self.all(k, k.matches('{_LABEL_KEY_PATTERN}'))", "message": f"every key {_LABEL_KEY_RULE}"}
+_EXTENDED_RESOURCE_CEL = {
+    "rule": "!self.contains('kubernetes.io/') && !self.startsWith('requests.')",
+    "message": "must be an extended resource name outside the kubernetes.io domain (e.g. 'nvidia.com/gpu')",
+}
+
+
+def _label_key(value: str) -> str:
+    prefix, _, name = value.rpartition("/")
+    if len(prefix) > 253 or len(name) > 63 or not _LABEL_KEY.match(value):
+        raise ValueError(f"{value!r} {_LABEL_KEY_RULE}")
+    return value
+
+
+def _optional_label_key(value: str) -> str:
+    return _label_key(value) if value else value
+
+
+def _label_value(value: str) -> str:
+    if len(value) > 63 or not _LABEL_VALUE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit (or empty)"
+        )
+    return value
+
+
+def _label_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        _label_key(key)
+    return value
+
+
+def _extended_resource(value: str) -> str:
+    prefix, _, name = value.rpartition("/")
+    if len(prefix) > 253 or len(name) > 63 or not _EXTENDED_RESOURCE.match(value):
+        raise ValueError(
+            f"{value!r} is not an extended resource name: use a lower-case domain, '/', and a name "
+            "(e.g. 'nvidia.com/gpu', 'amd.com/gpu', 'nvidia.com/mig-1g.10gb')"
+        )
+    if "kubernetes.io/" in value or value.startswith("requests."):
+        raise ValueError(f"{value!r} {_EXTENDED_RESOURCE_CEL['message']}")
+    return value
+
+
+LabelKey = Annotated[
+    str,
+    Field(min_length=1, max_length=317, json_schema_extra={"pattern": _LABEL_KEY_PATTERN}),
+    AfterValidator(_label_key),
+]
+TolerationKey = Annotated[
+    str,
+    Field(max_length=317, json_schema_extra={"pattern": f"^(({_PREFIX_PART}/)?{_NAME_PART})?$"}),
+    AfterValidator(_optional_label_key),
+]
+"""A label key, or empty (with operator Exists: every taint)."""
+LabelValue = Annotated[
+    str, Field(max_length=63, json_schema_extra={"pattern": _LABEL_VALUE_PATTERN}), AfterValidator(_label_value)
+]
+NodeSelector = Annotated[
+    dict[str, LabelValue],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [_LABEL_KEYS_CEL]}),
+    AfterValidator(_label_keys),
+]
+ExtendedResourceName = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=253,
+        json_schema_extra={"pattern": _EXTENDED_RESOURCE_PATTERN, "x-kubernetes-validations": [_EXTENDED_RESOURCE_CEL]},
+    ),
+    AfterValidator(_extended_resource),
+]

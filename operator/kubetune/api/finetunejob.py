@@ -11,8 +11,10 @@ from pydantic import Field, model_validator
 from .base import (
     ApiModel,
     DataKey,
+    ExtendedResourceName,
     HfRepoId,
     HttpsUrl,
+    NodeSelector,
     ObjectName,
     Quantity,
     ShortText,
@@ -251,7 +253,7 @@ class ResourceSpec(ApiModel):
     gpus: int = Field(default=1, ge=0, le=64)
     """GPUs per pod, requested as `gpuResourceName`; 0 trains on CPU (tiny models only)."""
 
-    gpu_resource_name: ShortText = "nvidia.com/gpu"
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu, or a MIG profile)."""
 
     cpu: Quantity | None = None
@@ -263,7 +265,7 @@ class ResourceSpec(ApiModel):
     shm_size: Quantity = "2Gi"
     """Size of the memory-backed /dev/shm (data loader workers and NCCL need more than the 64 MiB default)."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """Node labels the pod must match, e.g. {'nvidia.com/gpu.product': 'NVIDIA-A100-SXM4-80GB'}."""
 
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)

@@ -6,7 +6,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import ApiModel, Dns1123Label, ObjectName, Quantity, ShortText, nested_default
+from .base import (
+    ApiModel,
+    Dns1123Label,
+    ExtendedResourceName,
+    NodeSelector,
+    ObjectName,
+    Quantity,
+    ShortText,
+    nested_default,
+)
 from .conditions import Condition
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
 
@@ -56,7 +65,7 @@ class ServeResourceSpec(ApiModel):
     gpus: int = Field(default=1, ge=0, le=16)
     """GPUs per replica; 0 serves on CPU (small models only)."""
 
-    gpu_resource_name: ShortText = "nvidia.com/gpu"
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPU."""
 
     cpu: Quantity | None = None
@@ -65,7 +74,7 @@ class ServeResourceSpec(ApiModel):
     memory: Quantity | None = None
     """Memory request and limit, e.g. '32Gi'."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """Node labels the pods must match."""
 
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import ApiModel, DataKey, HfRepoId, ObjectName, RelativePath, ShortText
+from .base import ApiModel, DataKey, HfRepoId, ObjectName, RelativePath, ShortText, TolerationKey
 
 
 def exactly_one(model: ApiModel, fields: tuple[str, ...], where: str) -> None:
@@ -98,10 +98,36 @@ class QuantizationSpec(ApiModel):
     """Data type for the matrix products of quantized layers. Use float16 on GPUs without bf16 (pre-Ampere)."""
 
 
+TOLERATION_RULES = (
+    "a toleration with operator Exists must not have a value (Exists matches any value)",
+    "a toleration without key must use operator Exists (it then tolerates every taint)",
+    "tolerationSeconds is only valid with effect NoExecute",
+)
+
+
 class Toleration(ApiModel):
     """A Kubernetes toleration, so pods can run on tainted (e.g. GPU) nodes."""
 
-    key: ShortText | None = None
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                    "message": TOLERATION_RULES[0],
+                },
+                {
+                    "rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                    "message": TOLERATION_RULES[1],
+                },
+                {
+                    "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "message": TOLERATION_RULES[2],
+                },
+            ]
+        }
+    }
+
+    key: TolerationKey | None = None
     """Taint key to tolerate; empty with operator Exists tolerates every taint."""
 
     operator: Literal["Exists", "Equal"] = "Equal"
@@ -115,3 +141,14 @@ class Toleration(ApiModel):
 
     toleration_seconds: int | None = Field(default=None, ge=0)
     """How long a NoExecute taint is tolerated before eviction; empty means forever."""
+
+    @model_validator(mode="after")
+    def _as_kubernetes_checks(self) -> Toleration:
+        """The API server refuses a pod with such a toleration; say so before any pod is made."""
+        if self.operator == "Exists" and self.value:
+            raise ValueError(TOLERATION_RULES[0])
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_RULES[1])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(TOLERATION_RULES[2])
+        return self
