@@ -11,11 +11,13 @@ from kubetune.api.modelserve import ModelServeStatus
 from kubetune.api.resources import FineTuneJob, ModelServe
 from kubetune.api.runtime import TrainerExit
 from kubetune.api.sources import SecretKeyRef, Toleration
-from kubetune.operator import naming
+from kubetune.operator import naming, services
 from kubetune.operator.manifests import pod
 from kubetune.operator.manifests.meta import Owner, labels
 from kubetune.operator.manifests.server import restart_hash
 from kubetune.operator.manifests.trainer import output_location, pod_failure_policy, trainer_children
+from kubetune.operator.metrics import OperatorMetrics
+from kubetune.operator.reconcile import drift
 from kubetune.operator.reconcile import finetunejob as ftj_logic
 from kubetune.operator.reconcile import modelserve as msv_logic
 from kubetune.operator.reconcile.conditions import set_condition
@@ -398,3 +400,74 @@ def test_leader_election_timing_follows_client_go():
     elector = elector_for(OperatorSettings(leader_election=True, leader_election_namespace="ops"), api=None)
     assert (elector.lease_duration, elector.renew_deadline, elector.retry_period) == (15, 10, 2)
     assert elector.namespace == "ops" and elector.name == "kubetune-operator"
+
+
+OWNER = Owner("kubetune.dev/v1alpha1", "FineTuneJob", "sentiment", "ns", "uid-new")
+
+
+def _child(**meta: object) -> dict:
+    """The spec ConfigMap as found on the server, with `meta` merged into its metadata."""
+    child = trainer_children(OWNER, FineTuneJobSpec.model_validate(finetunejob("ns")["spec"]), SETTINGS)[0]
+    return {**child, "metadata": {**child["metadata"], **meta}}
+
+
+def _ref(kind: str, name: str, uid: str) -> list[dict]:
+    return [{"apiVersion": "v1", "kind": kind, "name": name, "uid": uid, "controller": True}]
+
+
+@pytest.mark.parametrize(
+    ("meta", "verdict", "named"),
+    [
+        ({}, drift.OURS, "is ours"),
+        ({"deletionTimestamp": NOW}, drift.TERMINATING, "being deleted"),
+        ({"ownerReferences": _ref("FineTuneJob", "sentiment", "uid-old")}, drift.PREDECESSOR, "uid-old"),
+        ({"ownerReferences": _ref("FineTuneJob", "other", "uid-x")}, drift.FOREIGN, "FineTuneJob/other"),
+        ({"ownerReferences": _ref("Deployment", "sentiment", "uid-y")}, drift.FOREIGN, "Deployment/sentiment"),
+        ({"ownerReferences": []}, drift.FOREIGN, "no controller"),
+    ],
+)
+def test_ownership_uses_the_controller_reference_uid(meta: dict, verdict: str, named: str):
+    desired = _child()
+    verdict_seen, why = drift.ownership(_child(**meta), desired)
+    assert verdict_seen == verdict and named in why and "ConfigMap/sentiment-spec" in why
+
+
+def test_a_kept_claim_is_ours_only_with_all_our_labels():
+    spec = FineTuneJobSpec.model_validate({**finetunejob("ns")["spec"], "output": {"keep": True}})
+    claim = next(c for c in trainer_children(OWNER, spec, SETTINGS) if c["kind"] == "PersistentVolumeClaim")
+    assert "ownerReferences" not in claim["metadata"]
+    assert drift.ownership(claim, claim)[0] == drift.OURS
+    stranger = {**claim, "metadata": {**claim["metadata"], "labels": {"app": "theirs"}}}
+    assert drift.ownership(stranger, claim)[0] == drift.FOREIGN
+
+
+class _RecordingKube:
+    """Records status writes and events (what _blocked sends)."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    def patch(self, res, namespace, name, patch, subresource=None):
+        self.patches.append(patch)
+
+    def event(self, owner, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+
+def test_refusals_become_a_condition_and_back_off_exponentially():
+    kube = _RecordingKube()
+    ctx = services.OperatorContext(SETTINGS, kube, OperatorMetrics())  # type: ignore[arg-type]
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "a", "namespace": "n"}}
+    refused = services.ChildProblem(services.CHILD_REFUSED, "exceeded quota", waiting=False)
+    delays = [ctx.finetunejobs._blocked(body, FineTuneJobStatus(), refused).delay for _ in range(8)]
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
+    created = next(c for c in kube.patches[-1]["status"]["conditions"] if c["type"] == "JobCreated")
+    assert (created["status"], created["reason"], created["message"]) == ("False", "ChildRefused", "exceeded quota")
+    assert kube.events[0] == ("Warning", "ChildRefused", "exceeded quota")
+    waiting = services.ChildProblem(drift.TERMINATING, "ConfigMap/x is being deleted", waiting=True)
+    assert ctx.finetunejobs._blocked(body, FineTuneJobStatus(), waiting).delay == services.WAIT_SECONDS
+    conflict = next(c for c in kube.patches[-1]["status"]["conditions"] if c["type"] == "ChildConflict")
+    assert (conflict["status"], conflict["reason"]) == ("True", "Terminating")
+    ctx.finetunejobs._settled(body)
+    assert ctx.finetunejobs._blocked(body, FineTuneJobStatus(), refused).delay == 5
