@@ -84,13 +84,14 @@ def test_image_pull_backoff_is_shown_until_the_pod_runs(operator, kube: KubeTest
 
 
 def test_a_pod_the_api_server_refuses_shows_the_jobs_failed_create(operator, kube: KubeTestClient, ns: str):
-    """A quota on pods refuses the trainer pod, not its Job: the Job controller reports FailedCreate as an Event.
-    (No quota controller runs here, so the admission plugin refuses with "status unknown for quota"; a real one
-    says "exceeded quota": both name the quota.)"""
+    """A quota on pods refuses the trainer pod, not its Job: the Job controller reports FailedCreate as an Event."""
     quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
     kube.create(QUOTAS, ns, {"apiVersion": "v1", "kind": "ResourceQuota", **quota})
+    # No quota controller runs here: write the usage it would compute (admission needs it to judge).
+    kube.patch(QUOTAS, ns, "no-pods", {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}, "status")
     kube.create(FTJ, ns, finetunejob(ns))
-    ftj = kube.wait_for(FTJ, ns, "sentiment", _message_has("no-pods"), TIMEOUT, "the FailedCreate message")
+    refused = _message_has("exceeded quota: no-pods")
+    ftj = kube.wait_for(FTJ, ns, "sentiment", refused, TIMEOUT, "the FailedCreate message")
     assert ftj["status"]["phase"] == "Pending"
     running = condition(ftj, "Running")
     assert running is not None and running["reason"] == "FailedCreate" and "quota" in running["message"]

@@ -25,6 +25,8 @@ CHILD_WATCHES = {
     ("apps", "v1", "deployments"): naming.LABEL_MODELSERVE,
     ("", "v1", "services"): naming.LABEL_MODELSERVE,
 }
+# The only Events watched: a Job controller that could not create a pod (a quota, PodSecurity) changes no Job status.
+REFUSED_PODS = "involvedObject.kind=Job,reason=FailedCreate"
 RETRY_SECONDS = 5  # a failed reconcile (API hiccup) is retried soon, not after kopf's default minute
 RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed (runner.py)
 
@@ -64,6 +66,7 @@ def watch_only_our_children(settings: kopf.OperatorSettings) -> None:
     by kopf after every Job, Deployment and Service of the watched namespaces has been sent, decoded and cached."""
     for resource, label in CHILD_WATCHES.items():
         settings.watching.label_selectors[resource] = label
+    settings.watching.field_selectors[("", "v1", "events")] = REFUSED_PODS
 
 
 @kopf.on.cleanup(registry=REGISTRY)
@@ -135,6 +138,12 @@ def trainer_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
 def trainer_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
     """The Job's status does not change when its pod is Unschedulable or cannot pull its image: the pod does."""
     _ctx(memo).finetunejobs.pod_changed(namespace, dict(body), event.get("type") == "DELETED")
+
+
+@kopf.on.event("", "v1", "events", registry=REGISTRY)
+def trainer_pod_refused(body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """A FailedCreate Event of a Job (server-side field selector REFUSED_PODS): show it on the FineTuneJob."""
+    _ctx(memo).finetunejobs.job_refused(namespace, dict(body))
 
 
 @kopf.index(*MSV, registry=REGISTRY)

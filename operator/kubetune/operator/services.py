@@ -349,12 +349,30 @@ class FineTuneJobService(_Service):
         self.ctx.seen_pod_cause[key] = cause
         self.reconcile(namespace, owner)
 
+    def job_refused(self, namespace: str, event: dict[str, Any]) -> None:
+        """A Job could not create its pod (FailedCreate): reconcile the FineTuneJob of a trainer Job once per new
+        message (the Job controller retries with backoff and the Event's count grows)."""
+        involved = event.get("involvedObject") or {}
+        if event.get("reason") != "FailedCreate" or involved.get("kind") != "Job":
+            return
+        key = (namespace, f"job/{involved.get('name')}")
+        cause = ("FailedCreate", event.get("message") or "")
+        if self.ctx.seen_pod_cause.get(key) == cause:
+            return
+        job = self.ctx.kube.get(k8s.JOBS, namespace, involved["name"])
+        owner = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
+        if job is None or not owner:
+            return
+        self.ctx.seen_pod_cause[key] = cause
+        self.reconcile(namespace, owner, job=job)
+
     def forget(self, body: dict[str, Any]) -> None:
         """After deletion: forget the object. The garbage collector deletes its Job (ownerReference) as the
         deletion's propagation policy says; an orphaning delete keeps it, as asked."""
         meta = body["metadata"]
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.seen_job_phase[(meta["namespace"], naming.job_name(meta["name"]))] = FORGOTTEN
+        self.ctx.seen_pod_cause.pop((meta["namespace"], f"job/{naming.job_name(meta['name'])}"), None)
         self.ctx.forget(self.kind, meta["namespace"], meta["name"])
 
 

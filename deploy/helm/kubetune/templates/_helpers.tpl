@@ -55,11 +55,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 */}}
 {{- define "kubetune.namespacedRules" -}}
 # Events on the custom resources: the operator's steps (JobCreated, Started, Succeeded, ...) and kopf's errors.
-# Listed (by the uid of one trainer Job or pod) while a FineTuneJob is Pending, to show why: the Job
-# controller's FailedCreate (a quota or PodSecurity refused the pod), the kubelet's FailedMount.
+# Read while a FineTuneJob is Pending, to show why: listed by the uid of one trainer Job or pod, and the Job
+# controller's FailedCreate (a quota or PodSecurity refused the pod) watched by field selector; FailedMount.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, list]
+  verbs: [create, list, watch]
 # The custom resources: kopf lists and watches them and keeps its finalizer and annotations on them (patch);
 # the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
