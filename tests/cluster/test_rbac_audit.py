@@ -17,7 +17,7 @@ from kubetune.operator.manifests.meta import Owner
 from kubetune.operator.manifests.trainer import trainer_rbac
 
 from tests.deploy import rbac, render
-from tests.deploy.conftest import NAMESPACED_VALUES
+from tests.deploy.conftest import HA_VALUES, NAMESPACED_VALUES
 from tests.deploy.rbac import Permission
 
 from .conftest import COLLECTED_MODULES
@@ -31,6 +31,7 @@ EVIDENCE = {
     "test_observability.py",
     "test_end_to_end.py",
     "test_install.py",
+    "test_leader_election.py",
 }
 INSTALL_MODES = ("kustomize:cluster-wide", "kustomize:namespaced", "helm:cluster-wide")
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "nodes", "persistentvolumes"}
@@ -41,6 +42,8 @@ ADMISSION_CHECKED = {
     ("update", API_GROUP, "finetunejobs/finalizers"),
     ("update", API_GROUP, "modelserves/finalizers"),
 }
+# Leader election (the HA install only: a Role in the operator's namespace), compared with its own renderings below.
+LEADER_ELECTION = "leases"
 # A namespace being deleted refuses new objects with 403 (NamespaceLifecycle admission): not an RBAC refusal.
 TERMINATING = "because it is being terminated"
 # test_refusals.py provokes quota refusals of the operator's Job creates on purpose (and checks them itself).
@@ -60,6 +63,7 @@ class Evidence:
     scenarios: set[Permission]
     installs: dict[str, set[Permission]]
     refused: list[str]
+    leader_election: set[Permission]
 
     def cluster_wide(self) -> set[Permission]:
         return self.scenarios | self.installs["kustomize:cluster-wide"] | self.installs["helm:cluster-wide"]
@@ -90,7 +94,9 @@ def evidence(request: pytest.FixtureRequest, control_plane) -> Evidence:
         for e in control_plane.audit.refused(OPERATOR_USER)
         if TERMINATING not in e.message and PROVOKED not in e.message
     ]
-    return Evidence(control_plane.audit.permissions(OPERATOR_USER), installs, refused)
+    used = control_plane.audit.permissions(OPERATOR_USER)
+    leases = {perm for perm in used if perm[2] == LEADER_ELECTION}
+    return Evidence(used - leases, installs, refused, leases)
 
 
 def _describe(perms: set[Permission]) -> str:
@@ -112,7 +118,8 @@ def test_the_operator_was_refused_nothing(evidence: Evidence):
 
 def test_the_evidence_shows_the_operator_at_work(evidence: Evidence):
     """The audit log saw the calls the coverage below relies on (so an empty log cannot pass it)."""
-    assert {("create", "batch", "jobs"), ("patch", "batch", "jobs"), ("delete", "batch", "jobs")} <= evidence.scenarios
+    assert {("create", "batch", "jobs"), ("patch", "batch", "jobs")} <= evidence.scenarios
+    assert ("delete", "batch", "jobs") not in evidence.scenarios, "the garbage collector deletes trainer Jobs"
     assert ("patch", API_GROUP, "finetunejobs/status") in evidence.scenarios
     assert {"create", "list", "watch", "patch"} <= {
         verb for verb, _, res in evidence.installs["kustomize:cluster-wide"] if res == "clusterkopfpeerings"
@@ -148,6 +155,18 @@ def test_namespaced_rbac_is_what_the_operator_uses(source: str, evidence: Eviden
     assert sorted(ns for ns, _ in roles) == NAMESPACED_VALUES["watch"]["namespaces"]
     for (namespace, _), granted in roles.items():
         assert_exactly(granted, evidence.in_namespace(), f"{source} Role in {namespace}")
+
+
+@pytest.mark.parametrize("source", ["kustomize", "helm"])
+def test_leader_election_rbac_is_what_the_operator_uses(source: str, evidence: Evidence):
+    """The HA install adds exactly one Role, in the operator's namespace, for the Lease (test_leader_election)."""
+    if source == "kustomize":
+        manifests = render.kustomize(render.OVERLAYS / "cluster-wide-ha")
+    else:
+        manifests = render.helm_template(HA_VALUES)
+    roles = rbac.roles(manifests, "Role")
+    assert [namespace for namespace, _ in roles] == [render.NAMESPACE]
+    assert_exactly(set().union(*roles.values()), evidence.leader_election, f"{source} leader-election Role")
 
 
 def test_the_comparison_fails_on_a_missing_or_extra_permission():
