@@ -1,0 +1,94 @@
+"""What keeps the operator cheap and peaceful at scale, on the real control plane: the API server filters its child
+watches (label selectors in the watch requests, from the audit log), and the ModelServe drift repair leaves the
+server Deployment's `replicas` to an autoscaler that took it over through the scale subresource."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from tests.support.envtest.fixtures import RealCluster, RealOperatorControl
+from tests.support.envtest.kubelet import FakeKubelet
+from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, KubeTestClient, resource_path
+
+from .helpers import exists, finetunejob, modelserve, operator_requests, wait_phase
+
+TIMEOUT = 30
+HPAS = ("autoscaling/v2", "horizontalpodautoscalers")
+
+
+def test_child_watches_are_filtered_by_the_api_server(control_plane: RealCluster, operator: RealOperatorControl):
+    """kopf's `labels=` handler filter is client-side: without a selector in the request the server would send every
+    Job, Deployment and Service of the namespace. The audit log shows what the operator really asked for."""
+    selectors: dict[str, set[str]] = {}
+    for event in operator_requests(control_plane, operator.since, "watch", "jobs") + [
+        e
+        for resource in ("deployments", "services", "finetunejobs")
+        for e in operator_requests(control_plane, operator.since, "watch", resource)
+    ]:
+        query = parse_qs(urlsplit(event.uri).query)
+        selectors.setdefault(event.resource, set()).update(query.get("labelSelector", [""]))
+    assert selectors == {
+        "jobs": {"kubetune.dev/finetunejob"},
+        "deployments": {"kubetune.dev/modelserve"},
+        "services": {"kubetune.dev/modelserve"},
+        "finetunejobs": {""},
+    }, "children are watched by our labels only; the custom resources are watched whole"
+
+
+def _train(kube: KubeTestClient, kubelet: FakeKubelet, ns: str) -> None:
+    kube.create(FTJ, ns, finetunejob(ns))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists, TIMEOUT)
+    kubelet.start_job(ns, "sentiment-train")
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    wait_phase(kube, ns, "sentiment", "Succeeded")
+
+
+def _scale_as_the_hpa_controller(kube: KubeTestClient, ns: str, name: str, replicas: int) -> None:
+    """What the HorizontalPodAutoscaler controller does: write `spec.replicas` through the scale subresource, under
+    its own field manager (this control plane runs no HPA controller: the test plays it)."""
+    path = resource_path(*DEPLOYMENTS, ns, name) + "/scale"
+    response = kube.http.patch(
+        path,
+        params={"fieldManager": "horizontal-pod-autoscaler"},
+        content=f'{{"spec": {{"replicas": {replicas}}}}}',
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    kube._check(response)
+
+
+def test_repair_leaves_replicas_to_an_autoscaler(
+    control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    _train(kube, kubelet, ns)
+    kube.create(MSV, ns, modelserve(ns))
+    kube.wait_for(DEPLOYMENTS, ns, "chat", exists, TIMEOUT)
+    kubelet.deployment_ready(ns, "chat")
+    wait_phase(kube, ns, "chat", "Ready", res=MSV)
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "chat", "namespace": ns},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"},
+            "minReplicas": 1,
+            "maxReplicas": 5,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                }
+            ],
+        },
+    }
+    kube.create(HPAS, ns, hpa)
+    since = control_plane.audit.offset()
+
+    _scale_as_the_hpa_controller(kube, ns, "chat", 3)
+    kubelet.deployment_ready(ns, "chat", 3)
+    # The operator follows the rollout (Deployment events) and writes readyReplicas 3 to the ModelServe status; it
+    # applies child patches before the status, so once the status says 3 that reconcile's repairs were sent.
+    kube.wait_for(MSV, ns, "chat", lambda m: (m.get("status") or {}).get("readyReplicas") == 3, TIMEOUT)
+
+    assert kube.get(DEPLOYMENTS, ns, "chat")["spec"]["replicas"] == 3
+    patches = [e.name for e in operator_requests(control_plane, since, "patch", "deployments")]
+    assert patches == [], "the operator does not take replicas back from the autoscaler"
