@@ -60,7 +60,7 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list, watch]
-# The custom resources: kopf lists and watches them and keeps its finalizer and annotations on them (patch);
+# The custom resources: kopf lists and watches them and keeps its annotations on them (patch; no finalizer);
 # the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs, modelserves]
