@@ -471,3 +471,77 @@ def test_refusals_become_a_condition_and_back_off_exponentially():
     assert (conflict["status"], conflict["reason"]) == ("True", "Terminating")
     ctx.finetunejobs._settled(body)
     assert ctx.finetunejobs._blocked(body, FineTuneJobStatus(), refused).delay == 5
+
+
+# ---- status truth ------------------------------------------------------------------------------
+def _pod(name="sentiment-train-a", created="2026-01-01T00:00:00Z", **status) -> dict:
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}, "status": status}
+
+
+def test_pending_cause_reads_the_scheduler_the_kubelet_and_the_job_controller():
+    job = {**_job(active=1, ready=0), "metadata": {"name": "sentiment-train", "uid": "uid-job"}}
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+    assert ftj_logic.pending_cause(job, [_pod(phase="Pending", conditions=[unschedulable])], []) == (
+        "Unschedulable",
+        "0/3 nodes",
+    )
+    pulling = {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}
+    reason, message = ftj_logic.pending_cause(job, [_pod(phase="Pending", containerStatuses=[pulling])], [])
+    assert reason == "ImagePullBackOff" and "no such image" in message
+    starting = {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert ftj_logic.pending_cause(job, [_pod(phase="Pending", containerStatuses=[starting])], []) is None
+    refused = {"reason": "FailedCreate", "message": "exceeded quota", "involvedObject": {"uid": "uid-job"}}
+    other = {"reason": "FailedCreate", "message": "someone else's", "involvedObject": {"uid": "uid-other"}}
+    assert ftj_logic.pending_cause(job, [], [other, refused]) == ("FailedCreate", "exceeded quota")
+    assert ftj_logic.pending_cause(job, [], [other]) is None
+    running = {**job, "status": {"active": 1, "ready": 1}}
+    assert ftj_logic.pending_cause(running, [_pod(phase="Pending", conditions=[unschedulable])], []) is None
+
+
+def test_a_pending_cause_is_the_status_and_a_failure_sets_succeeded_false():
+    plan = ftj_logic.plan_finetunejob(
+        _ftj().model_copy(update={"status": FineTuneJobStatus(phase="Pending", job_name="sentiment-train")}),
+        _job(active=1, ready=0),
+        None,
+        SETTINGS,
+        NOW,
+        ("Unschedulable", "0/3 nodes are available"),
+    )
+    assert plan.status["phase"] == "Pending" and plan.status["message"] == "Unschedulable: 0/3 nodes are available"
+    running = next(c for c in plan.status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "Unschedulable")
+    assert [e.reason for e in plan.events] == ["Unschedulable"]
+    failed = ftj_logic.plan_finetunejob(
+        _ftj(), _job(conditions=[_cond("Failed", "BackoffLimitExceeded")]), None, SETTINGS, NOW
+    )
+    succeeded = next(c for c in failed.status["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "BackoffLimitExceeded")
+
+
+def _deployment(generation=1, observed=1, replicas=1, updated=1, available=1, ready=1) -> dict:
+    status = {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated}
+    status.update(availableReplicas=available, readyReplicas=ready)
+    return {"metadata": {"generation": generation}, "status": status}
+
+
+def test_modelserve_is_ready_only_when_the_rollout_is_complete():
+    assert msv_logic._deployment_state(_deployment(), 1)[:2] == ("Ready", "RolloutComplete")
+    stuck = _deployment(replicas=2, updated=1, available=1, ready=1)  # the old replica serves, the new one does not
+    assert msv_logic._deployment_state(stuck, 1)[:2] == ("Deploying", "RolloutInProgress")
+    assert msv_logic._deployment_state(_deployment(generation=2), 1)[0] == "Deploying"
+    assert msv_logic._deployment_state(_deployment(available=0, ready=0), 1)[0] == "Deploying"
+    assert msv_logic._deployment_state(_deployment(replicas=0, updated=0, available=0, ready=0), 0)[1] == "ScaledToZero"
+
+
+def test_trainer_pods_request_cpu_and_memory_and_push_with_their_own_token():
+    spec = {"resources": {"gpus": 1}, "output": {"hub": {"repo": "acme/a", "tokenSecretRef": {"name": "push"}}}}
+    children = trainer_children(Owner("v", "FineTuneJob", "x", "ns", "u"), _ftj(**spec).spec, OperatorSettings())
+    container = children[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}  # never BestEffort
+    assert "cpu" not in container["resources"]["limits"]  # a request alone: no limit guessed
+    env = {item["name"]: item for item in container["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # the base model's read token
+    assert env["HF_PUSH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "push"
+    context = children[-1]["spec"]["template"]["spec"]["securityContext"]
+    assert context == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}  # no fixed UID/fsGroup
+    assert pod.pod_security_context(2000)["fsGroup"] == 2000

@@ -70,7 +70,8 @@ def test_push_to_the_hub_creates_the_repo_and_uploads_the_folder(tmp_path: Path,
             calls.append(("upload", folder_path, repo_id, ignore_patterns))
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_TOKEN", "hf_read_only")  # the base model's token: never used to push
+    monkeypatch.setenv("HF_PUSH_TOKEN", "hf_secret")
     output = OutputSpec.model_validate({"hub": {"repo": "acme/adapter", "tokenSecretRef": {"name": "hub"}}})
     assert push_adapter(tmp_path, output) == "acme/adapter"
     assert calls == [
@@ -79,8 +80,8 @@ def test_push_to_the_hub_creates_the_repo_and_uploads_the_folder(tmp_path: Path,
         ("upload", str(tmp_path), "acme/adapter", ["training_args.bin"]),  # a pickle never goes to the Hub
     ]
     assert push_adapter(tmp_path, OutputSpec()) is None
-    monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(TrainerFailure, match="no Hub token in HF_TOKEN"):
+    monkeypatch.delenv("HF_PUSH_TOKEN")  # HF_TOKEN alone (a read token) is not enough
+    with pytest.raises(TrainerFailure, match="no Hub token in HF_PUSH_TOKEN"):
         push_adapter(tmp_path, output)
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from kubetune.api import OutputSpec
-from kubetune.api.runtime import ENV_HF_TOKEN
+from kubetune.api.runtime import ENV_HF_PUSH_TOKEN
 
 from .errors import TrainerFailure
 
@@ -20,10 +20,10 @@ def push_adapter(adapter_dir: Path, output: OutputSpec) -> str | None:
         return None
     from huggingface_hub import HfApi
 
-    # The operator passes one HF_TOKEN: the base model's secret, else output.hub.tokenSecretRef.
-    token = os.environ.get(ENV_HF_TOKEN)
+    # The push's own write token (output.hub.tokenSecretRef), never the base model's read token in HF_TOKEN.
+    token = os.environ.get(ENV_HF_PUSH_TOKEN)
     if not token:
-        raise TrainerFailure(f"output.hub: no Hub token in {ENV_HF_TOKEN} (from output.hub.tokenSecretRef)")
+        raise TrainerFailure(f"output.hub: no Hub token in {ENV_HF_PUSH_TOKEN} (from output.hub.tokenSecretRef)")
     api = HfApi(token=token)
     try:
         api.create_repo(output.hub.repo, private=output.hub.private, exist_ok=True)

@@ -41,6 +41,19 @@ class OperatorSettings(BaseModel):
     trainer_memory: str | None = None
     """Memory request/limit of trainer pods whose FineTuneJob does not set resources.memory."""
 
+    trainer_cpu_request: str | None = "1"
+    """CPU request (no limit) of trainer pods when neither the FineTuneJob nor `trainer_cpu` gives one: a pod
+    without requests is BestEffort, the first one the kubelet evicts under node pressure. Empty: no request."""
+
+    trainer_memory_request: str | None = "4Gi"
+    """Memory request (no limit) of trainer pods when neither the FineTuneJob nor `trainer_memory` gives one (see
+    `trainer_cpu_request`). Empty: no request."""
+
+    pod_fs_group: int | None = Field(default=None, ge=1)
+    """fsGroup of trainer and server pods. Unset by default: OpenShift's restricted-v2 assigns the UID and group
+    itself (and refuses ones outside the namespace's range); the images run as the numeric non-root USER 1000. Set
+    it (e.g. 1000) where volumes are provisioned root-owned and the pods must be able to write to them."""
+
     server_cpu: str | None = None
     """CPU request/limit of server pods whose ModelServe does not set resources.cpu."""
 
@@ -83,7 +96,9 @@ class OperatorSettings(BaseModel):
     kubeconfig: str | None = None
     """kubeconfig file to use outside a cluster (default: in-cluster config, then $KUBECONFIG)."""
 
-    @field_validator("trainer_cpu", "trainer_memory", "server_cpu", "server_memory")
+    @field_validator(
+        "trainer_cpu", "trainer_memory", "trainer_cpu_request", "trainer_memory_request", "server_cpu", "server_memory"
+    )
     @classmethod
     def _quantities(cls, value: str | None) -> str | None:
         return None if value in (None, "") else _quantity(value)

@@ -7,18 +7,16 @@ from typing import Any
 from kubetune.api.runtime import SHM_DIR
 from kubetune.api.sources import SecretKeyRef, Toleration
 
-RUN_AS_USER = 1000
 
-
-def pod_security_context() -> dict[str, Any]:
-    """The restricted Pod Security Standard at pod level: non-root, default seccomp profile."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_USER,
-        "runAsGroup": RUN_AS_USER,
-        "fsGroup": RUN_AS_USER,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def pod_security_context(fs_group: int | None = None) -> dict[str, Any]:
+    """The restricted Pod Security Standard at pod level: non-root, default seccomp profile. No UID or group is
+    set: the images declare a numeric non-root USER (which the kubelet can check against runAsNonRoot), and
+    OpenShift's restricted-v2 assigns its own (refusing fixed ones outside the namespace's range). `fs_group`
+    only where an administrator sets one (operator setting `pod_fs_group`)."""
+    context: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if fs_group is not None:
+        context["fsGroup"] = fs_group
+    return context
 
 
 def container_security_context() -> dict[str, Any]:
@@ -38,13 +36,21 @@ def resources(
     gpu_resource_name: str,
     default_cpu: str | None = None,
     default_memory: str | None = None,
+    request_cpu: str | None = None,
+    request_memory: str | None = None,
 ) -> dict[str, Any]:
-    """Requests equal limits for cpu and memory (predictable placement); GPUs as limits."""
+    """Requests equal limits for cpu and memory (predictable placement); GPUs as limits. Where neither the spec
+    nor a default gives a value, `request_*` is a request alone (never BestEffort, no limit guessed)."""
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
-    for name, value in (("cpu", cpu or default_cpu), ("memory", memory or default_memory)):
+    for name, value, floor in (
+        ("cpu", cpu or default_cpu, request_cpu),
+        ("memory", memory or default_memory, request_memory),
+    ):
         if value:
             limits[name] = requests[name] = str(value)
+        elif floor:
+            requests[name] = str(floor)
     if gpus > 0:
         limits[gpu_resource_name] = str(gpus)
     result: dict[str, Any] = {}

@@ -109,7 +109,7 @@ def server_deployment(
         "volumeMounts": volumes.mounts,
     }
     pod_spec: dict[str, Any] = {
-        "securityContext": pod.pod_security_context(),
+        "securityContext": pod.pod_security_context(settings.pod_fs_group),
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": volumes.volumes,

@@ -8,7 +8,7 @@ from typing import Any
 from kubetune.api import runtime
 from kubetune.api.base import API_GROUP
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.sources import PvcPath, SecretKeyRef
+from kubetune.api.sources import PvcPath
 
 from .. import naming
 from ..settings import OperatorSettings
@@ -78,13 +78,6 @@ def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
     ]
 
 
-def _token_ref(spec: FineTuneJobSpec) -> SecretKeyRef | None:
-    """The Hub token: the base model's, else the push target's (one HF_TOKEN serves both)."""
-    if spec.base_model.token_secret_ref is not None:
-        return spec.base_model.token_secret_ref
-    return spec.output.hub.token_secret_ref if spec.output.hub is not None else None
-
-
 def trainer_volumes(owner: Owner, spec: FineTuneJobSpec) -> pod.Volumes:
     """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), /dev/shm."""
     volumes = pod.Volumes()
@@ -119,9 +112,12 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
             str(PurePosixPath(runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT)) / runtime.HF_HOME_SUBDIR),
         ),
     ]
-    token = _token_ref(spec)
-    if token is not None:
-        env.append(pod.env_secret(runtime.ENV_HF_TOKEN, token))
+    # Two tokens, each for its one use: the base model's (read) and the push target's (write, output.hub); a read
+    # token is never handed to the push, nor a write token to every download.
+    if spec.base_model.token_secret_ref is not None:
+        env.append(pod.env_secret(runtime.ENV_HF_TOKEN, spec.base_model.token_secret_ref))
+    if spec.output.hub is not None:
+        env.append(pod.env_secret(runtime.ENV_HF_PUSH_TOKEN, spec.output.hub.token_secret_ref))
     return env
 
 
@@ -155,7 +151,14 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
         "env": trainer_env(owner, spec),
         "resources": pod.resources(
-            res.cpu, res.memory, res.gpus, res.gpu_resource_name, settings.trainer_cpu, settings.trainer_memory
+            res.cpu,
+            res.memory,
+            res.gpus,
+            res.gpu_resource_name,
+            settings.trainer_cpu,
+            settings.trainer_memory,
+            settings.trainer_cpu_request,
+            settings.trainer_memory_request,
         ),
         "securityContext": pod.container_security_context(),
         "volumeMounts": volumes.mounts,
@@ -164,7 +167,7 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": naming.trainer_account(owner.name),
-        "securityContext": pod.pod_security_context(),
+        "securityContext": pod.pod_security_context(settings.pod_fs_group),
         "containers": [container],
         "volumes": volumes.volumes,
         **pod.scheduling(res.node_selector, res.tolerations, res.priority_class_name),
