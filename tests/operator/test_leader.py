@@ -140,3 +140,23 @@ def test_release_lets_a_follower_take_over_at_once():
     assert not follower.try_acquire_or_renew()
     leader.release()
     assert follower.try_acquire_or_renew()
+
+
+def test_a_leader_that_finds_another_holder_gives_up_at_once():
+    """E.g. after a long pause (GC, a frozen node) its Lease expired and a follower took over."""
+    api, clock = FakeLeases(), Clock()
+    leader, follower = elector(api, "a", clock, retry_period=0.01), elector(api, "b", clock)
+    assert leader.try_acquire_or_renew()
+    assert not follower.try_acquire_or_renew()
+    clock.now += 16
+    assert follower.try_acquire_or_renew()
+    waits = []
+
+    class Counting(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            clock.now += 1
+            return False
+
+    assert leader.keep(Counting()) is False
+    assert len(waits) == 1, "it gave up at the first renewal, not after the renew deadline"

@@ -125,6 +125,9 @@ class LeaderElector:
         while not stop.wait(self.retry_period):
             if self._attempt():
                 last = self.clock()
+            elif self._observed is not None and self._observed[0] not in ("", self.identity):
+                log.error("lost the lease %s/%s: %s holds it", self.namespace, self.name, self._observed[0])
+                return False
             elif self.clock() - last >= self.renew_deadline:
                 log.error(
                     "lost the lease %s/%s: not renewed for %.0f s", self.namespace, self.name, self.renew_deadline
