@@ -160,3 +160,18 @@ def test_a_modelserve_whose_finetunejob_went_away_is_not_available(
     msv = kube.wait_for(MSV, ns, "chat", _status_of("Available", "False", "FineTuneJobNotFound"), TIMEOUT, "gone")
     assert msv["status"]["phase"] == "Failed"
     assert (condition(msv, "Ready") or {}).get("status") == "False"
+
+
+def test_trainer_pod_is_burstable_pushes_with_its_own_token_and_names_no_uid(operator, kube: KubeTestClient, ns: str):
+    """The pod the real Job controller creates, as PodSecurity `restricted` admitted it: requests by default (the API
+    server computes qosClass), no fixed UID or fsGroup, and the Hub push's write token apart from the read token."""
+    hub = {"repo": "acme/sentiment", "tokenSecretRef": {"name": "hub-write", "key": "token"}}
+    kube.create(FTJ, ns, finetunejob(ns, resources={"gpus": 0}, output={"hub": hub}))
+    pod = _trainer_pod(kube, ns)
+    assert pod["status"]["qosClass"] == "Burstable"  # not BestEffort: not the first evicted under node pressure
+    [container] = pod["spec"]["containers"]
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}
+    assert "runAsUser" not in pod["spec"]["securityContext"] and "fsGroup" not in pod["spec"]["securityContext"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item}
+    assert env == {"HF_TOKEN": {"name": "hf-token", "key": "token"}, "HF_PUSH_TOKEN": hub["tokenSecretRef"]}
