@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.deploy import rbac, render
@@ -21,6 +22,7 @@ from tests.support.envtest.fixtures import OPERATOR_NAMESPACE, OPERATOR_USER, Re
 from tests.support.kube.server import FTJ, JOBS
 
 from .helpers import exists, finetunejob, operator_requests, wait_until
+from .install_support import free_port
 
 LEASES = ("coordination.k8s.io/v1", "leases")
 LEASE_SECONDS = 15  # the default, as client-go's
@@ -63,6 +65,7 @@ class Replica:
     def __init__(self, cluster: RealCluster, ns: str, identity: str, lease: str, logs: Path) -> None:
         self.identity = identity
         self.log = logs / f"{identity}.log"
+        self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
         env = {
             **os.environ,
             "KUBECONFIG": str(cluster.operator_kubeconfig),
@@ -70,7 +73,7 @@ class Replica:
             "KUBETUNE_LEADER_ELECTION_NAME": lease,
             "KUBETUNE_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
             "KUBETUNE_METRICS_PORT": "0",
-            "KUBETUNE_LIVENESS_ENDPOINT": "",
+            "KUBETUNE_LIVENESS_ENDPOINT": self.liveness,
             "KUBETUNE_RESYNC": "false",
             "KUBETUNE_TRAINER_IMAGE": "example.org/trainer:ha",
             "POD_NAME": identity,
@@ -89,6 +92,13 @@ class Replica:
     def says(self, text: str) -> bool:
         assert self.process.poll() is None, f"{self.identity} exited:\n{self.output()[-3000:]}"
         return text in self.output()
+
+    def live(self) -> bool:
+        """The liveness probe's view: a follower must answer too, or the kubelet restarts it."""
+        try:
+            return httpx.get(self.liveness, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def end(self, sig: int) -> int:
         if self.process.poll() is None:
@@ -129,6 +139,7 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, kube, ns, repl
     wait_until(lambda: first.says("leading"), "for the leader to start the operator")
     second = replicas("operator-b")
     wait_until(lambda: second.says("waiting to lead"), "for the second replica to wait", 60)
+    wait_until(second.live, "for the follower to answer its liveness probe")
 
     kube.create(FTJ, ns, finetunejob(ns, "first"))
     kube.wait_for(JOBS, ns, "first-train", exists)
@@ -143,6 +154,7 @@ def test_one_replica_acts_and_the_other_takes_over(control_plane, kube, ns, repl
     lease = kube.get(LEASES, OPERATOR_NAMESPACE, f"kubetune-{ns}")["spec"]
     assert (lease["holderIdentity"], lease["leaseTransitions"]) == ("operator-b", 1)
     assert takeover < LEASE_SECONDS + TAKEOVER_MARGIN, f"takeover after a SIGKILL took {takeover:.1f} s"
+    wait_until(second.live, "for the new leader's kopf to answer the liveness probe on the same port")
 
     third = replicas("operator-c")  # a rolling update: the new pod waits, the old leader stops (SIGTERM)
     wait_until(lambda: third.says("waiting to lead"), "for the new replica to wait", 60)

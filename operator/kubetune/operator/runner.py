@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 import kubernetes
@@ -167,6 +171,35 @@ def elector_for(settings: OperatorSettings, api: kubernetes.client.ApiClient) ->
     )
 
 
+@contextlib.contextmanager
+def follower_liveness(endpoint: str) -> Iterator[None]:
+    """While a replica waits for the Lease, answer the liveness probe on kopf's endpoint (kopf serves it only once
+    it runs): otherwise the kubelet would restart every follower after the probe's failure threshold."""
+    if not endpoint:
+        yield
+        return
+    url = urlsplit(endpoint)
+    path = url.path or "/"
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path.split("?")[0] == path else 404)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_: Any) -> None:
+            """Probes every 15 s are not worth a log line."""
+
+    server = http.server.ThreadingHTTPServer((url.hostname or "0.0.0.0", url.port or 80), Health)
+    thread = threading.Thread(target=server.serve_forever, name="kubetune-follower-health", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()  # kopf binds the same port next
+
+
 def lead(settings: OperatorSettings, stop: threading.Event | None = None, ready_flag: Any = None) -> None:
     """Wait for the Lease, then run kopf standalone while renewing it. A clean stop (`stop`, SIGTERM) releases
     the Lease so a successor starts at once; a lost Lease stops kopf and raises LeadershipLost (the process
@@ -175,7 +208,9 @@ def lead(settings: OperatorSettings, stop: threading.Event | None = None, ready_
     settings = settings.model_copy(update={"peering": ""})
     ctx = build_context(settings)
     elector = elector_for(settings, ctx.kube.client)
-    if not elector.acquire(stop):
+    with follower_liveness(settings.liveness_endpoint):
+        acquired = elector.acquire(stop)
+    if not acquired:
         ctx.kube.close()
         return
     kopf_stop, done, lost = threading.Event(), threading.Event(), threading.Event()
