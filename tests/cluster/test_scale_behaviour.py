@@ -4,6 +4,9 @@ server Deployment's `replicas` to an autoscaler that took it over through the sc
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support.envtest.fixtures import RealCluster, RealOperatorControl
@@ -13,6 +16,7 @@ from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, KubeTestClien
 from .helpers import exists, finetunejob, modelserve, operator_requests, wait_phase
 
 TIMEOUT = 30
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "operator_scale.py"
 HPAS = ("autoscaling/v2", "horizontalpodautoscalers")
 
 
@@ -92,3 +96,22 @@ def test_repair_leaves_replicas_to_an_autoscaler(
     assert kube.get(DEPLOYMENTS, ns, "chat")["spec"]["replicas"] == 3
     patches = [e.name for e in operator_requests(control_plane, since, "patch", "deployments")]
     assert patches == [], "the operator does not take replicas back from the autoscaler"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("operator_scale", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_benchmark_runs_three_lifecycles(control_plane: RealCluster, kubelet: FakeKubelet, tmp_path: Path):
+    """Smoke test of `bench/operator_scale.py` (N=3) on the session's control plane: every lifecycle completes
+    with the operator as its own process, and the audit log shows each request the minimum counts, per job."""
+    bench = _bench()
+    result = bench.run(control_plane, 3, TIMEOUT, tmp_path)
+    assert result["refused"] == 0
+    per_job = result["breakdown"]
+    assert per_job["create jobs"] == 1 and per_job["patch finetunejobs/status"] >= 3 and per_job["list pods"] >= 1
+    assert result["requests_per_lifecycle"] >= bench.minimum()
