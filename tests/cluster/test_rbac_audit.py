@@ -47,7 +47,7 @@ LEADER_ELECTION = "leases"
 # A namespace being deleted refuses new objects with 403 (NamespaceLifecycle admission): not an RBAC refusal.
 TERMINATING = "because it is being terminated"
 # test_refusals.py provokes quota refusals of the operator's Job creates on purpose (and checks them itself).
-PROVOKED = "exceeded quota: kubetune-test-no-jobs"
+PROVOKED = "exceeded quota: kubetune-test-refuses"
 
 
 def delegated() -> set[Permission]:

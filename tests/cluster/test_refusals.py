@@ -1,9 +1,10 @@
-"""A child the real API server refuses for good reaches the FineTuneJob's status, with the server's message and an
-Event, and is retried with a growing delay instead of every few seconds forever.
+"""A child the real API server refuses for good reaches the FineTuneJob's or ModelServe's status, with the
+server's message and an Event, and is retried with a growing delay instead of every few seconds forever.
 
-The refusal is provoked on purpose with a ResourceQuota allowing no Job (403 from quota admission). These tests run
-their own operator (not the `operator` fixture, which fails a test on any 403) and check that the 403s are
-exactly the provoked ones; test_rbac_audit.py leaves refusals of the quota named PROVOKED_QUOTA out of its proof."""
+The refusal is provoked on purpose with a ResourceQuota allowing no Job, or no Deployment (403 from quota
+admission). These tests run their own operator (not the `operator` fixture, which fails a test on any 403) and
+check that the 403s are exactly the provoked ones; test_rbac_audit.py leaves refusals of the quota named
+PROVOKED_QUOTA out of its proof."""
 
 from __future__ import annotations
 
@@ -15,20 +16,33 @@ import pytest
 from kubetune.operator import services
 
 from tests.support.envtest.fixtures import RealCluster, RealOperatorControl
-from tests.support.kube.server import FTJ, JOBS, KubeTestClient
+from tests.support.envtest.kubelet import FakeKubelet
+from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, KubeTestClient
 
-from .helpers import condition, exists, finetunejob, operator_requests, wait_event, wait_until
+from .helpers import (
+    condition,
+    exists,
+    finetunejob,
+    modelserve,
+    operator_requests,
+    wait_event,
+    wait_phase,
+    wait_until,
+)
 
 TIMEOUT = 30  # generous for a loaded 2-core box; every wait returns as soon as its condition holds
-PROVOKED_QUOTA = "kubetune-test-no-jobs"
+PROVOKED_QUOTA = "kubetune-test-refuses"
 QUOTAS = ("v1", "resourcequotas")
 NO_JOBS = {"count/jobs.batch": "0"}
+NO_DEPLOYMENTS = {"count/deployments.apps": "0"}
 
 
 @pytest.fixture
 def control(control_plane: RealCluster, operator_settings, monkeypatch) -> Iterator[RealOperatorControl]:
-    """The operator, retrying refusals from 1 s (doubling) so a few retries fit in seconds."""
+    """The operator, retrying refusals after 1, 2, 4, 4... s (not 5 s doubling up to 5 minutes), so a few
+    retries, and the one after the quota goes, fit in seconds."""
     monkeypatch.setattr(services, "RETRY_MIN", 1.0)
+    monkeypatch.setattr(services, "RETRY_MAX", 4.0)
     control = RealOperatorControl(control_plane, operator_settings)
     control.start()
     try:
@@ -37,17 +51,20 @@ def control(control_plane: RealCluster, operator_settings, monkeypatch) -> Itera
         control.stop()
 
 
-def refuse_jobs(kube: KubeTestClient, ns: str) -> None:
-    """A quota of zero Jobs, with the status the quota controller (not run here) would write, so admission
-    refuses every Job create with `exceeded quota`."""
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": PROVOKED_QUOTA},
-        "spec": {"hard": NO_JOBS},
-    }
-    kube.create(QUOTAS, ns, quota)
-    kube.patch(QUOTAS, ns, PROVOKED_QUOTA, {"status": {"hard": NO_JOBS, "used": NO_JOBS}}, "status")
+def refuse(kube: KubeTestClient, ns: str, hard: dict[str, str]) -> None:
+    """A quota of zero such objects, with the status the quota controller (not run here) would write, so
+    admission refuses every create of them with `exceeded quota`."""
+    metadata = {"name": PROVOKED_QUOTA}
+    kube.create(QUOTAS, ns, {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": metadata, "spec": {"hard": hard}})
+    kube.patch(QUOTAS, ns, PROVOKED_QUOTA, {"status": {"hard": hard, "used": hard}}, "status")
+
+
+def only_provoked(control: RealOperatorControl) -> None:
+    """The operator was refused something, and only creates, only by the provoked quota."""
+    refused = control.refused()
+    assert refused and all(f"exceeded quota: {PROVOKED_QUOTA}" in line and " create " in line for line in refused), (
+        refused
+    )
 
 
 def attempt_times(cluster: RealCluster, since: int, count: int) -> list[float]:
@@ -65,7 +82,7 @@ def attempt_times(cluster: RealCluster, since: int, count: int) -> list[float]:
 def test_a_job_refused_by_a_quota_shows_on_the_finetunejob_and_retries_back_off(
     control_plane: RealCluster, control: RealOperatorControl, kube: KubeTestClient, ns: str
 ):
-    refuse_jobs(kube, ns)
+    refuse(kube, ns, NO_JOBS)
     since = control_plane.audit.offset()
     kube.create(FTJ, ns, finetunejob(ns))
 
@@ -88,7 +105,33 @@ def test_a_job_refused_by_a_quota_shows_on_the_finetunejob_and_retries_back_off(
         "for JobCreated=True once the quota is gone",
         TIMEOUT,
     )
-    refused = control.refused()
-    assert refused and all(f"exceeded quota: {PROVOKED_QUOTA}" in line and " create " in line for line in refused), (
-        refused
+    only_provoked(control)
+
+
+def test_a_deployment_refused_by_a_quota_shows_on_the_modelserve(
+    control_plane: RealCluster, control: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    kube.create(FTJ, ns, finetunejob(ns))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists, TIMEOUT)
+    kubelet.start_job(ns, "sentiment-train")
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    wait_phase(kube, ns, "sentiment", "Succeeded")
+    refuse(kube, ns, NO_DEPLOYMENTS)
+
+    kube.create(MSV, ns, modelserve(ns))
+    ready = wait_until(
+        lambda: (
+            (condition(kube.get(MSV, ns, "chat"), "Ready") or {}).get("reason") == "ChildRefused"
+            and condition(kube.get(MSV, ns, "chat"), "Ready")
+        ),
+        "for Ready=False/ChildRefused",
+        TIMEOUT,
     )
+    assert ready["status"] == "False" and "Deployment/chat" in ready["message"]
+    assert f"exceeded quota: {PROVOKED_QUOTA}" in ready["message"]
+    wait_event(kube, ns, "chat", "ChildRefused")
+    assert kube.find(DEPLOYMENTS, ns, "chat") is None
+
+    kube.delete(QUOTAS, ns, PROVOKED_QUOTA)
+    kube.wait_for(DEPLOYMENTS, ns, "chat", exists, TIMEOUT)
+    only_provoked(control)
