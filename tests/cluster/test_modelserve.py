@@ -235,10 +235,12 @@ def test_spec_changes_patch_the_deployment_and_hot_reload_adapters(
         TIMEOUT,
         what="to roll out",
     )
-    # The real Deployment controller rolls out a new ReplicaSet; once its two pods are ready, so is the ModelServe.
+    # The real Deployment controller rolls out a new ReplicaSet; once its two pods are ready and the old ReplicaSet
+    # is scaled down (the rollout is complete), so is the ModelServe.
     kubelet.deployment_ready(ns, "chat")
-    msv = kube.wait_for(MSV, ns, "chat", lambda m: m["status"].get("readyReplicas") == 2, TIMEOUT, "2 ready")
-    assert msv["status"]["phase"] == "Ready"
+    msv = wait_phase(kube, ns, "chat", "Ready", res=MSV)
+    assert msv["status"]["readyReplicas"] == 2
+    assert (condition(msv, "Progressing") or {}).get("status") == "False"
     revisions = {
         rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
         for rs in kube.list(REPLICASETS, ns)

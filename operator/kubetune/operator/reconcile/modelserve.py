@@ -210,6 +210,9 @@ def plan_modelserve(
         if any(child["kind"] == "Deployment" for child in plan.create):
             deployment = None
         phase, reason, message, ready = _deployment_state(deployment, msv.spec.replicas)
+        if phase != "Failed" and any(current["kind"] == "Deployment" for current, _ in plan.patches):
+            # What was observed predates this reconcile's patch: a rollout of the patched spec starts now.
+            phase, reason, message = "Deploying", "RolloutInProgress", "updating the server Deployment"
         nxt.phase, nxt.message, nxt.ready_replicas = phase, message, ready
         nxt.adapters = resolution.adapters
         nxt.adapter_names = ",".join(adapter.name for adapter in resolution.adapters) or None
