@@ -165,3 +165,36 @@ def test_children_deleted_under_a_running_job_come_back(
     spec = kube.wait_for(CONFIGMAPS, ns, "sentiment-spec", lambda cm: controller_uid(cm) == uid, TIMEOUT)
     assert set(spec["data"]) == {SPEC_FILE}
     kube.wait_for(ROLEBINDINGS, ns, "sentiment-trainer", lambda rb: controller_uid(rb) == uid, TIMEOUT)
+
+
+def test_a_foreign_child_under_a_running_job_is_reported_and_the_job_still_finishes(
+    control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """Someone replaced the trainer's RoleBinding with their own: shown, never patched, and the status still
+    follows the trainer Job to its end."""
+    kube.create(FTJ, ns, finetunejob(ns))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists, TIMEOUT)
+    kube.delete(ROLEBINDINGS, ns, "sentiment-trainer")
+    kube.wait_for(ROLEBINDINGS, ns, "sentiment-trainer", gone, TIMEOUT)
+    theirs = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "sentiment-trainer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+    }
+    kube.create(ROLEBINDINGS, ns, theirs)
+
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    found = wait_until(lambda: conflict(kube, ns, "sentiment"), "for ChildConflict on the FineTuneJob", TIMEOUT)
+    assert found["reason"] == "Foreign" and "RoleBinding/sentiment-trainer" in found["message"]
+    wait_event(kube, ns, "sentiment", "ChildConflict")
+
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    done = wait_phase(kube, ns, "sentiment", "Succeeded")
+    assert condition(done, "ChildConflict")["status"] == "True"  # still true: theirs is still there
+    after = kube.get(ROLEBINDINGS, ns, "sentiment-trainer")
+    assert (
+        controller_uid(after) is None and after["roleRef"]["name"] == "view" and after["subjects"] == theirs["subjects"]
+    )

@@ -56,6 +56,7 @@ class ChildProblem(Exception):
     def __init__(self, reason: str, message: str, waiting: bool) -> None:
         super().__init__(message)
         self.reason, self.message, self.waiting = reason, message, waiting
+        self.late = False  # raised after the reconcile wrote its status (which is then read again)
 
 
 def now_rfc3339() -> str:
@@ -278,24 +279,31 @@ class FineTuneJobService(_Service):
             try:
                 phase = self._step(ftj, status, body, job)
             except ChildProblem as problem:
+                if problem.late:
+                    fresh = kube.get(k8s.FINETUNEJOBS, namespace, name) or body
+                    status = _parse_status(FineTuneJobStatus, fresh.get("status") or {})
                 raise self._blocked(body, status, problem) from None
             self._settled(body)
             return phase
 
     def _step(self, ftj: FineTuneJob, status: FineTuneJobStatus, body: dict[str, Any], job: Any) -> str:
-        """Check the children are ours (re-creating any that went missing), then plan and apply."""
+        """Check the Job is ours and re-create any other child that went missing while it runs, then plan and
+        apply. A problem with another child is raised after the status is written, so the Job's progress
+        (finished, failed) still shows."""
         kube, namespace, name = self.ctx.kube, body["metadata"]["namespace"], body["metadata"]["name"]
-        cleared = self._cleared(body, status)
-        ftj = ftj.model_copy(update={"status": cleared})
         job_name = naming.job_name(name)
         if job is UNKNOWN:
             fresh = status.job_name is None and not status.conditions
             job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
-        if job is not None:  # every child is ensured while the trainer Job exists (the plan creates them otherwise)
+        problem = None
+        checked = job is None  # the plan creates (and so checks) every child when there is no Job
+        if job is not None:
             desired = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, self.ctx.settings)
             self._verify({"kind": "Job", **job}, desired[-1])
-            for child in desired[:-1]:
-                self._ensure(child, body, missing=False)
+            if ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:  # a finished Job needs no children
+                problem, checked = self._ensure_each(desired[:-1], body), True
+        cleared = self._cleared(body, status) if checked and problem is None else status
+        ftj = ftj.model_copy(update={"status": cleared})
         plan = self._plan(ftj, job)
         for child in plan.create:  # expect our own Job's ADDED event, so its handler skips it
             if child["kind"] == "Job":
@@ -309,7 +317,19 @@ class FineTuneJobService(_Service):
                 self._apply(plan, body)
             else:
                 self.ctx.seen_job_phase[(namespace, job_name)] = ftj_logic.job_phase(created["Job"])
+        if problem is not None:
+            problem.late = True
+            raise problem
         return plan.phase
+
+    def _ensure_each(self, children: list[dict[str, Any]], body: dict[str, Any]) -> ChildProblem | None:
+        """Ensure each child exists and is ours; the first problem met, or None."""
+        for child in children:
+            try:
+                self._ensure(child, body, missing=False)
+            except ChildProblem as problem:
+                return problem
+        return None
 
     def _plan(self, ftj: FineTuneJob, job: dict[str, Any] | None) -> Plan:
         status = ftj.status or FineTuneJobStatus()
