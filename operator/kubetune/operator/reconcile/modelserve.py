@@ -206,7 +206,7 @@ def plan_modelserve(
             if current is None:
                 plan.create.append(child)
             elif drifted(current, child):
-                plan.patches.append((current, repair_patch(child)))
+                plan.patches.append((current, repair_patch(child, current)))
         if any(child["kind"] == "Deployment" for child in plan.create):
             deployment = None
         phase, reason, message, ready = _deployment_state(deployment, msv.spec.replicas)
