@@ -10,9 +10,28 @@ from typing import Any
 
 from tests.support.envtest.audit import AuditEvent
 from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster
-from tests.support.kube.server import FTJ, KubeTestClient, resource_path
+from tests.support.kube.server import (
+    CONFIGMAPS,
+    FTJ,
+    JOBS,
+    PVCS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
+    KubeTestClient,
+    resource_path,
+)
 
 EVENTS = ("v1", "events")
+# Every child the operator creates for the FineTuneJob `finetunejob(ns)` builds ("sentiment"), Job last.
+SENTIMENT_CHILDREN = (
+    (CONFIGMAPS, "sentiment-spec"),
+    (PVCS, "sentiment-output"),
+    (SERVICEACCOUNTS, "sentiment-trainer"),
+    (ROLES, "sentiment-trainer"),
+    (ROLEBINDINGS, "sentiment-trainer"),
+    (JOBS, "sentiment-train"),
+)
 
 
 def finetunejob(ns: str, name: str = "sentiment", **spec: Any) -> dict[str, Any]:

@@ -5,19 +5,22 @@ so a FineTuneJob, and its namespace, can be deleted while the operator is down, 
 from __future__ import annotations
 
 from tests.support.envtest.fixtures import NAMESPACES, RealOperatorControl
-from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, MSV, PODS, PVCS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS
+from tests.support.kube.server import FTJ, JOBS, MSV, PODS
 
-from .helpers import delete, exists, finetunejob, gone, modelserve, operator_requests, wait_phase, wait_until
+from .helpers import (
+    SENTIMENT_CHILDREN,
+    delete,
+    exists,
+    finetunejob,
+    gone,
+    modelserve,
+    operator_requests,
+    wait_phase,
+    wait_until,
+)
 
 OLD_FINALIZER = "kubetune.dev/finalizer"
-CHILDREN = [
-    (CONFIGMAPS, "sentiment-spec"),
-    (PVCS, "sentiment-output"),
-    (SERVICEACCOUNTS, "sentiment-trainer"),
-    (ROLES, "sentiment-trainer"),
-    (ROLEBINDINGS, "sentiment-trainer"),
-    (JOBS, "sentiment-train"),
-]
+CHILDREN = SENTIMENT_CHILDREN
 JOB_PODS = "batch.kubernetes.io/job-name=sentiment-train"
 NAMESPACE_GONE_SECONDS = 60
 

@@ -9,9 +9,10 @@ import json
 import pytest
 from kubetune.api import runtime
 
-from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, PODS, PVCS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS, KubeError
+from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, PODS, PVCS, ROLEBINDINGS, ROLES, KubeError
 
 from .helpers import (
+    SENTIMENT_CHILDREN,
     condition,
     event_reasons,
     exists,
@@ -73,14 +74,7 @@ def test_full_lora_lifecycle(operator, kube, kubelet, ns):
     assert _job_condition(kube.get(JOBS, ns, "sentiment-train"), "Complete")  # the real Job controller's verdict
 
     owner_uid = ftj["metadata"]["uid"]
-    for res, name in [
-        (CONFIGMAPS, "sentiment-spec"),
-        (PVCS, "sentiment-output"),
-        (SERVICEACCOUNTS, "sentiment-trainer"),
-        (ROLES, "sentiment-trainer"),
-        (ROLEBINDINGS, "sentiment-trainer"),
-        (JOBS, "sentiment-train"),
-    ]:
+    for res, name in SENTIMENT_CHILDREN:
         child = kube.get(res, ns, name)
         assert child["metadata"]["ownerReferences"][0]["uid"] == owner_uid, name
         assert child["metadata"]["labels"]["kubetune.dev/finetunejob"] == "sentiment"

@@ -11,9 +11,10 @@ from kubetune.operator.manifests.meta import Owner
 from kubetune.operator.manifests.trainer import spec_configmap, trainer_rbac
 
 from tests.support.envtest.fixtures import NAMESPACES, RealOperatorControl
-from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, PODS, PVCS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS
+from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, PODS, SERVICEACCOUNTS
 
 from .helpers import (
+    SENTIMENT_CHILDREN,
     delete,
     event_reasons,
     exists,
@@ -26,14 +27,7 @@ from .helpers import (
     wait_until,
 )
 
-CHILDREN = [
-    (CONFIGMAPS, "sentiment-spec"),
-    (PVCS, "sentiment-output"),
-    (SERVICEACCOUNTS, "sentiment-trainer"),
-    (ROLES, "sentiment-trainer"),
-    (ROLEBINDINGS, "sentiment-trainer"),
-    (JOBS, "sentiment-train"),
-]
+CHILDREN = SENTIMENT_CHILDREN
 LABEL = "kubetune.dev/finetunejob=sentiment"
 JOB_PODS = "batch.kubernetes.io/job-name=sentiment-train"
 NAMESPACE_GONE_SECONDS = 60

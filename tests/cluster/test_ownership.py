@@ -19,12 +19,11 @@ from tests.support.kube.server import (
     MSV,
     PVCS,
     ROLEBINDINGS,
-    ROLES,
-    SERVICEACCOUNTS,
     KubeTestClient,
 )
 
 from .helpers import (
+    SENTIMENT_CHILDREN,
     condition,
     exists,
     finetunejob,
@@ -38,14 +37,7 @@ from .helpers import (
 
 TIMEOUT = 30  # generous for a loaded 2-core box; every wait returns as soon as its condition holds
 HOLD = "example.com/hold"  # a finalizer of someone else's (a backup tool, a test) that keeps an object Terminating
-TRAINER_CHILDREN = (
-    (CONFIGMAPS, "sentiment-spec"),
-    (PVCS, "sentiment-output"),
-    (SERVICEACCOUNTS, "sentiment-trainer"),
-    (ROLES, "sentiment-trainer"),
-    (ROLEBINDINGS, "sentiment-trainer"),
-    (JOBS, "sentiment-train"),
-)
+TRAINER_CHILDREN = SENTIMENT_CHILDREN
 
 
 def controller_uid(obj: dict[str, Any] | None) -> str | None:
