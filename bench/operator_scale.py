@@ -66,9 +66,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.envtest.controlplane import ControlPlane, assets_folder  # noqa: E402
-from tests.support.envtest.fixtures import OPERATOR_USER, OPERATOR_WATCHES, RESTRICTED, RealCluster  # noqa: E402
+from tests.support.envtest.fixtures import OPERATOR_USER, OPERATOR_WATCHES, RESTRICTED, RealCluster, installed_cluster  # noqa: E402
 from tests.support.envtest.kubelet import FakeKubelet  # noqa: E402
-from tests.support.kube.resources import load_crds  # noqa: E402
 from tests.support.kube.server import FTJ, KubeTestClient, resource_path  # noqa: E402
 
 JOB_LABEL = "batch.kubernetes.io/job-name"
@@ -381,23 +380,12 @@ def control_plane(workdir: Path) -> Iterator[RealCluster]:
     assets = assets_folder()
     if assets is None:
         raise SystemExit("set KUBEBUILDER_ASSETS (see /work/shared/envtest/README.md)")
-    plane = TunedControlPlane(assets, workdir / "control-plane")
-    clusters: list[RealCluster] = []
-
-    def install(started: ControlPlane) -> None:
-        cluster = RealCluster(started, workdir)
-        clusters.append(cluster)
-        cluster.apply_crds(load_crds())
-        cluster.install_operator_identity()
-
-    plane.start(before_controllers=install)
-    kubelet = FakeKubelet(plane.client()).start()  # the Node and the reaper of deleted pods
-    try:
-        yield clusters[0]
-    finally:
-        kubelet.stop()
-        clusters[0].admin.close()
-        plane.stop()
+    with installed_cluster(TunedControlPlane(assets, workdir / "control-plane"), workdir) as cluster:
+        kubelet = FakeKubelet(cluster.client()).start()  # the Node and the reaper of deleted pods
+        try:
+            yield cluster
+        finally:
+            kubelet.stop()
 
 
 def report(result: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +127,10 @@ def apply(client: KubeTestClient, manifest: dict[str, Any]) -> None:
             raise
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
-    assets = require_assets_or_skip()
-    workdir = tmp_path_factory.mktemp("envtest")
-    plane = ControlPlane(assets, workdir / "control-plane")
+@contextmanager
+def installed_cluster(plane: ControlPlane, workdir: Path) -> Iterator[RealCluster]:
+    """Start `plane` with the CRDs and the operator's identity installed before the controllers (so the garbage
+    collector follows the CRDs at once); stop it afterwards. The session fixture and the scale benchmark."""
     clusters: list[RealCluster] = []
 
     def install(started: ControlPlane) -> None:
@@ -145,6 +145,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClus
     finally:
         clusters[0].admin.close()
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    assets = require_assets_or_skip()
+    workdir = tmp_path_factory.mktemp("envtest")
+    with installed_cluster(ControlPlane(assets, workdir / "control-plane"), workdir) as cluster:
+        yield cluster
 
 
 def _slug(text: str) -> str:
