@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from kubetune.api import ServeConfig
 from kubetune.api.runtime import resolve_pvc_path
+from kubetune.api.serving import ReplicaAdapter, ReplicaAdapters
 
 from . import batch as batching
 from .adapters import BASE_ROW, AdapterSet, AdapterSource, merge_single_adapter
@@ -72,7 +73,9 @@ class EngineStats:
 
 def adapter_sources(config: ServeConfig, root: str | None = None) -> list[AdapterSource]:
     """The adapters of a ServeConfig with their folders resolved under the claim mount root."""
-    return [AdapterSource(adapter.name, resolve_pvc_path(adapter.pvc, root)) for adapter in config.adapters]
+    return [
+        AdapterSource(adapter.name, resolve_pvc_path(adapter.pvc, root), adapter.pvc) for adapter in config.adapters
+    ]
 
 
 def cache_argument(model) -> str:
@@ -109,7 +112,9 @@ class Engine:
         self._state: batching.BatchState | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.failed_adapters: dict[str, str] = {}
+        self.failed_adapters: dict[str, str] = {}  # name -> why it was refused
+        self._refused_folders: dict[str, str] = {}  # name -> the folder that was refused
+        self._wanted: list[AdapterSource] = adapter_sources(config, pvc_root)  # the serve.json last asked for
 
     # ----- lifecycle -----
     @property
@@ -188,6 +193,26 @@ class Engine:
             return {}
         return self._adapters.names()
 
+    def adapter_report(self) -> ReplicaAdapters:
+        """Each adapter of the serve.json last asked for, as this replica serves it (GET /adapters): loaded from
+        that folder, still queued or loading, or refused with the reason."""
+        folders = self.adapter_folders()
+        states = []
+        for source in self._wanted:
+            if source.pvc is None:
+                continue
+            state, message = "Loading", None
+            if self._merged_name is not None and self.ready:
+                merged = source.name == self._merged_name
+                state = "Loaded" if merged else "Refused"
+                message = None if merged else "mergeAdapter is set: adapters change only with a restart"
+            elif folders.get(source.name) == source.path:
+                state = "Loaded"
+            elif self._refused_folders.get(source.name) == source.path:
+                state, message = "Refused", self.failed_adapters.get(source.name)
+            states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
+        return ReplicaAdapters(adapters=states)
+
     def _row_key(self, model: str) -> str:
         assert self._adapters is not None
         if self._merged_name:
@@ -222,6 +247,7 @@ class Engine:
         """Serve exactly `sources` from now on (added, replaced or removed between steps); resolves to a SyncReport."""
         future: Future = Future()
         with self._cond:
+            self._wanted = list(sources)
             self._ops.append((sources, future))
             self._cond.notify_all()
         if self._thread is None or not self._thread.is_alive():
@@ -294,8 +320,10 @@ class Engine:
         wanted = {s.name: s for s in sources}
         for name in sorted(set(current) - set(wanted)):
             self._adapters.remove(name)
-            self.failed_adapters.pop(name, None)
             report.removed.append(name)
+        for name in set(self.failed_adapters) - set(wanted):
+            self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
         for name, source in wanted.items():
             if current.get(name) == source.path:
                 continue
@@ -308,8 +336,10 @@ class Engine:
                 log.error("adapter %r refused: %s", name, exc)
                 report.failed[name] = str(exc)
                 self.failed_adapters[name] = str(exc)
+                self._refused_folders[name] = source.path
                 continue
             self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
             report.added.append(name)
         return report
 
