@@ -35,6 +35,7 @@ from .reconcile import modelserve as msv_logic
 from .reconcile.conditions import get_condition, set_condition
 from .reconcile.plan import Plan
 from .reconcile.report import report_from_pods
+from .server_adapters import ask_all, server_pods
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ FORGOTTEN = "Forgotten"  # the owner is being deleted: the Job's own deletion ne
 REFUSED = (400, 403, 422)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0
 WAIT_SECONDS = 2.0  # a predecessor's or terminating child usually goes within seconds (garbage collector)
+RECHECK_MIN, RECHECK_MAX = 5.0, 60.0  # asking servers again whether they loaded their adapters, backing off
 CONFLICT = "ChildConflict"
 CHILD_REFUSED = "ChildRefused"
 
@@ -75,6 +77,7 @@ class OperatorContext:
         self.seen_pod_cause: dict[tuple[str, str], tuple[str, str] | None] = {}
         self.failures: dict[tuple[str, str, str], int] = {}  # consecutive refused/conflicting reconciles
         self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
+        self._rechecks: dict[tuple[str, str, str], tuple[threading.Timer, int]] = {}
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 
@@ -89,6 +92,37 @@ class OperatorContext:
         with self._guard:
             self._locks.pop((kind, namespace, name), None)
             self.failures.pop((kind, namespace, name), None)
+        self.recheck(kind, namespace, name, wanted=False)
+
+    def recheck(self, kind: str, namespace: str, name: str, wanted: bool = True) -> None:
+        """Reconcile the object again later when `wanted` (nothing in Kubernetes changes when a server reads its
+        refreshed serve.json): after RECHECK_MIN seconds, doubling while it stays wanted, up to RECHECK_MAX. Not
+        wanted: cancel what is scheduled and start over next time."""
+        key = (kind, namespace, name)
+        with self._guard:
+            timer, count = self._rechecks.pop(key, (None, 0))
+            if timer is not None:
+                timer.cancel()
+            if not wanted:
+                return
+            delay = min(RECHECK_MIN * 2**count, RECHECK_MAX)
+            timer = threading.Timer(delay, self._recheck_now, key)
+            timer.daemon = True
+            self._rechecks[key] = (timer, count + 1)
+            timer.start()
+
+    def _recheck_now(self, kind: str, namespace: str, name: str) -> None:
+        service = self.modelserves if kind == self.modelserves.kind else self.finetunejobs
+        try:
+            service.reconcile(namespace, name)
+        except Exception as exc:  # kopf.TemporaryError included: the resync pass retries
+            log.warning("recheck of %s %s/%s failed: %s", kind, namespace, name, exc)
+
+    def stop_rechecks(self) -> None:
+        with self._guard:
+            for timer, _ in self._rechecks.values():
+                timer.cancel()
+            self._rechecks.clear()
 
 
 def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -437,9 +471,21 @@ class ModelServeService(_Service):
                 if child is not None:
                     child.setdefault("kind", kind)
                     self._verify(child, _stub(child, body))
-        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339())
+        reports = self._ask_servers(namespace, observed.get("Deployment"))
+        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports)
         self._apply(plan, body, pending=cleared if cleared is not status else None)
+        if plan.recheck:
+            self.ctx.recheck(self.kind, namespace, name)
+        elif reports:
+            self.ctx.recheck(self.kind, namespace, name, wanted=False)
         return plan.phase
+
+    def _ask_servers(self, namespace: str, deployment: dict[str, Any] | None) -> list:
+        """The adapter reports of the Deployment's ready server pods (none while no replica is ready)."""
+        if deployment is None or not int((deployment.get("status") or {}).get("readyReplicas") or 0):
+            return []
+        selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
+        return ask_all(server_pods(deployment, self.ctx.kube.list(k8s.PODS, namespace, selector)))
 
     def forget(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
