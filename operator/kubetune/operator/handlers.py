@@ -18,12 +18,29 @@ FTJ = (API_GROUP, API_VERSION, "finetunejobs")
 MSV = (API_GROUP, API_VERSION, "modelserves")
 OWNED_BY_FTJ = {naming.LABEL_FINETUNEJOB: kopf.PRESENT}
 OWNED_BY_MSV = {naming.LABEL_MODELSERVE: kopf.PRESENT}
+OURS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"  # every child (ConfigMaps belong to both kinds)
 # The children the operator watches, by the label its own objects carry (a server-side selector per watch).
 CHILD_WATCHES = {
     ("batch", "v1", "jobs"): naming.LABEL_FINETUNEJOB,
     ("", "v1", "pods"): naming.LABEL_FINETUNEJOB,
     ("apps", "v1", "deployments"): naming.LABEL_MODELSERVE,
     ("", "v1", "services"): naming.LABEL_MODELSERVE,
+    ("", "v1", "configmaps"): OURS,
+    ("", "v1", "persistentvolumeclaims"): naming.LABEL_FINETUNEJOB,
+    ("", "v1", "serviceaccounts"): naming.LABEL_FINETUNEJOB,
+    ("rbac.authorization.k8s.io", "v1", "roles"): naming.LABEL_FINETUNEJOB,
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): naming.LABEL_FINETUNEJOB,
+}
+# The children read from kopf indices instead of GETs (cache.py): kind -> (resource, index id).
+CACHED_CHILDREN = {
+    "Job": (("batch", "v1", "jobs"), "cached_jobs"),
+    "Deployment": (("apps", "v1", "deployments"), "cached_deployments"),
+    "Service": (("", "v1", "services"), "cached_services"),
+    "ConfigMap": (("", "v1", "configmaps"), "cached_configmaps"),
+    "PersistentVolumeClaim": (("", "v1", "persistentvolumeclaims"), "cached_persistentvolumeclaims"),
+    "ServiceAccount": (("", "v1", "serviceaccounts"), "cached_serviceaccounts"),
+    "Role": (("rbac.authorization.k8s.io", "v1", "roles"), "cached_roles"),
+    "RoleBinding": (("rbac.authorization.k8s.io", "v1", "rolebindings"), "cached_rolebindings"),
 }
 # The only Events watched: a Job controller that could not create a pod (a quota, PodSecurity) changes no Job status.
 REFUSED_PODS = "involvedObject.kind=Job,reason=FailedCreate"
@@ -35,14 +52,26 @@ def _ctx(memo: Any) -> OperatorContext:
     return memo.ctx
 
 
+def _by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """A child as the watch last saw it, by (namespace, name): what cache.ChildReader reads instead of a GET."""
+    return {(namespace, name): dict(body)}
+
+
+for _kind, (_resource, _index_id) in CACHED_CHILDREN.items():
+    _label = CHILD_WATCHES[_resource].split("=")[0]
+    kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_by_name)
+
+
 @kopf.on.startup(registry=REGISTRY)
-def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
     """kopf's bookkeeping under kubetune.dev, quiet event posting, metrics endpoint.
 
     No handler needs a finalizer (owner references and the garbage collector clean up; no kopf timers, no
     mandatory delete handler), so kopf adds none. The name is still set: kopf removes a finalizer of that name
     that no handler requires, which migrates objects an older operator finalized (`kubetune.dev/finalizer`)."""
     ctx = _ctx(memo)
+    for kind, (_, index_id) in CACHED_CHILDREN.items():  # live views, filled before any other handler runs
+        ctx.children.attach(kind, kwargs[index_id])
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -144,6 +173,29 @@ def trainer_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
 def trainer_pod_refused(body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
     """A FailedCreate Event of a Job (server-side field selector REFUSED_PODS): show it on the FineTuneJob."""
     _ctx(memo).finetunejobs.job_refused(namespace, dict(body))
+
+
+@kopf.on.event("", "v1", "configmaps", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=REGISTRY)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=OWNED_BY_FTJ, registry=REGISTRY)
+@kopf.on.event("", "v1", "serviceaccounts", labels=OWNED_BY_FTJ, registry=REGISTRY)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=OWNED_BY_FTJ, registry=REGISTRY)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def child_deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """A child deleted under a running FineTuneJob, or a ModelServe's serve.json, comes back at once (the cached
+    read may still have shown it a moment ago). Deletions by the garbage collector after their owner, or of a
+    finished job's children, need nothing."""
+    if event.get("type") != "DELETED":
+        return
+    ctx = _ctx(memo)
+    owner = next((ref for ref in body.get("metadata", {}).get("ownerReferences", []) if ref.get("controller")), {})
+    if not owner or ctx.is_gone(owner.get("uid", "")):
+        return
+    if owner.get("kind") == "FineTuneJob":
+        phase = ctx.seen_job_phase.get((namespace, naming.job_name(owner["name"])))
+        if phase not in ("Succeeded", "Failed", FORGOTTEN):
+            ctx.finetunejobs.reconcile(namespace, owner["name"])
+    elif owner.get("kind") == "ModelServe":
+        ctx.modelserves.reconcile(namespace, owner["name"])
 
 
 @kopf.index(*MSV, registry=REGISTRY)

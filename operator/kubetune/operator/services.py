@@ -25,6 +25,7 @@ from kubetune.api.resources import FineTuneJob, ModelServe
 
 from . import kube as k8s
 from . import naming
+from .cache import ChildReader
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
 from .manifests.trainer import trainer_children
@@ -47,6 +48,7 @@ REFUSED = (400, 403, 422)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0
 WAIT_SECONDS = 2.0  # a predecessor's or terminating child usually goes within seconds (garbage collector)
 RECHECK_MIN, RECHECK_MAX = 5.0, 60.0  # asking servers again whether they loaded their adapters, backing off
+GONE_SECONDS = 600.0  # how long a deleted owner's uid is remembered (its children's deletions need nothing)
 CONFLICT = "ChildConflict"
 CHILD_REFUSED = "ChildRefused"
 
@@ -78,6 +80,8 @@ class OperatorContext:
         self.failures: dict[tuple[str, str, str], int] = {}  # consecutive refused/conflicting reconciles
         self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
         self._rechecks: dict[tuple[str, str, str], tuple[threading.Timer, int]] = {}
+        self._gone: dict[str, float] = {}  # uids of deleted custom resources -> when (their children go next)
+        self.children = ChildReader(kube)  # reads of children from the watches' indices (cache.py)
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 
@@ -93,6 +97,17 @@ class OperatorContext:
             self._locks.pop((kind, namespace, name), None)
             self.failures.pop((kind, namespace, name), None)
         self.recheck(kind, namespace, name, wanted=False)
+
+    def mark_gone(self, uid: str) -> None:
+        """Remember a deleted owner for a while: the garbage collector deletes its children after it."""
+        now = time.monotonic()
+        with self._guard:
+            self._gone = {key: when for key, when in self._gone.items() if now - when < GONE_SECONDS}
+            self._gone[uid] = now
+
+    def is_gone(self, uid: str) -> bool:
+        with self._guard:
+            return uid in self._gone
 
     def recheck(self, kind: str, namespace: str, name: str, wanted: bool = True) -> None:
         """Reconcile the object again later when `wanted` (nothing in Kubernetes changes when a server reads its
@@ -185,7 +200,7 @@ class _Service:
         object is used only when its controller reference is this owner's uid (see drift.ownership)."""
         kube = self.ctx.kube
         res, meta = k8s.BY_KIND[child["kind"]], child["metadata"]
-        existing = None if missing else kube.get(res, meta.get("namespace"), meta["name"])
+        existing = None if missing else self.ctx.children.get(res, meta.get("namespace"), meta["name"])
         if existing is None:
             try:
                 created = kube.create(child)
@@ -328,7 +343,7 @@ class FineTuneJobService(_Service):
         job_name = naming.job_name(name)
         if job is UNKNOWN:
             fresh = status.job_name is None and not status.conditions
-            job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
+            job = None if fresh else self.ctx.children.get(k8s.JOBS, namespace, job_name)
         problem = None
         checked = job is None  # the plan creates (and so checks) every child when there is no Job
         if job is not None:
@@ -413,7 +428,7 @@ class FineTuneJobService(_Service):
         cause = ("FailedCreate", event.get("message") or "")
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
-        job = self.ctx.kube.get(k8s.JOBS, namespace, involved["name"])
+        job = self.ctx.children.get(k8s.JOBS, namespace, involved["name"])
         owner = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
         if job is None or not owner:
             return
@@ -424,6 +439,7 @@ class FineTuneJobService(_Service):
         """After deletion: forget the object. The garbage collector deletes its Job (ownerReference) as the
         deletion's propagation policy says; an orphaning delete keeps it, as asked."""
         meta = body["metadata"]
+        self.ctx.mark_gone(meta["uid"])
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.seen_job_phase[(meta["namespace"], naming.job_name(meta["name"]))] = FORGOTTEN
         self.ctx.seen_pod_cause.pop((meta["namespace"], f"job/{naming.job_name(meta['name'])}"), None)
@@ -462,10 +478,11 @@ class ModelServeService(_Service):
         observed: dict[str, dict[str, Any] | None] = {}
         if not resolution.failed and not resolution.waiting:
             server = naming.server_name(name)
+            read = self.ctx.children.get
             observed = {
-                "ConfigMap": kube.get(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
-                "Deployment": kube.get(k8s.DEPLOYMENTS, namespace, server),
-                "Service": kube.get(k8s.SERVICES, namespace, server),
+                "ConfigMap": read(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
+                "Deployment": read(k8s.DEPLOYMENTS, namespace, server),
+                "Service": read(k8s.SERVICES, namespace, server),
             }
             for kind, child in observed.items():
                 if child is not None:
@@ -489,5 +506,6 @@ class ModelServeService(_Service):
 
     def forget(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
+        self.ctx.mark_gone(meta["uid"])
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.forget(self.kind, meta["namespace"], meta["name"])
