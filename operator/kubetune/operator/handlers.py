@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -42,8 +43,13 @@ CACHED_CHILDREN = {
     "Role": (("rbac.authorization.k8s.io", "v1", "roles"), "cached_roles"),
     "RoleBinding": (("rbac.authorization.k8s.io", "v1", "rolebindings"), "cached_rolebindings"),
 }
-# The only Events watched: a Job controller that could not create a pod (a quota, PodSecurity) changes no Job status.
+# The only Events watched (server-side field selectors): a Job controller that could not create a pod (a quota,
+# PodSecurity) changes no Job status; a kubelet that cannot mount a pod's volume changes no pod status either. kopf
+# opens one watch per resource with one selector, and a field selector cannot OR two values: the same Events are
+# also served as events.k8s.io/v1, so the second selector watches that API.
 REFUSED_PODS = "involvedObject.kind=Job,reason=FailedCreate"
+STUCK_MOUNTS = "regarding.kind=Pod,reason=FailedMount"
+EVENTS_V1 = ("events.k8s.io", "v1", "events")
 RETRY_SECONDS = 5  # a failed reconcile (API hiccup) is retried soon, not after kopf's default minute
 RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed (runner.py)
 
@@ -96,6 +102,7 @@ def watch_only_our_children(settings: kopf.OperatorSettings) -> None:
     for resource, label in CHILD_WATCHES.items():
         settings.watching.label_selectors[resource] = label
     settings.watching.field_selectors[("", "v1", "events")] = REFUSED_PODS
+    settings.watching.field_selectors[EVENTS_V1] = STUCK_MOUNTS
 
 
 @kopf.on.cleanup(registry=REGISTRY)
@@ -180,10 +187,11 @@ def trainer_pod_refused(body: kopf.Body, namespace: str, memo: Any, **_: Any) ->
 @kopf.on.event("", "v1", "serviceaccounts", labels=OWNED_BY_FTJ, registry=REGISTRY)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=OWNED_BY_FTJ, registry=REGISTRY)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=OWNED_BY_FTJ, registry=REGISTRY)
-def child_deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+async def child_deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
     """A child deleted under a running FineTuneJob, or a ModelServe's serve.json, comes back at once (the cached
     read may still have shown it a moment ago). Deletions by the garbage collector after their owner, or of a
-    finished job's children, need nothing."""
+    finished job's children, need nothing. Async: every other event of these kinds returns at once, in the loop
+    (no thread hop for thousands of ADDED/MODIFIED events at scale)."""
     if event.get("type") != "DELETED":
         return
     ctx = _ctx(memo)
@@ -193,9 +201,25 @@ def child_deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: A
     if owner.get("kind") == "FineTuneJob":
         phase = ctx.seen_job_phase.get((namespace, naming.job_name(owner["name"])))
         if phase not in ("Succeeded", "Failed", FORGOTTEN):
-            ctx.finetunejobs.reconcile(namespace, owner["name"])
+            await asyncio.to_thread(ctx.finetunejobs.reconcile, namespace, owner["name"])
     elif owner.get("kind") == "ModelServe":
-        ctx.modelserves.reconcile(namespace, owner["name"])
+        await asyncio.to_thread(ctx.modelserves.reconcile, namespace, owner["name"])
+
+
+@kopf.index("", "v1", "pods", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def trainer_pods(namespace: str, name: str, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], str]:
+    """Trainer pod -> its FineTuneJob (an Event names only the pod)."""
+    return {(namespace, name): labels[naming.LABEL_FINETUNEJOB]}
+
+
+@kopf.on.event(*EVENTS_V1, registry=REGISTRY)
+def trainer_volume_stuck(body: kopf.Body, namespace: str, memo: Any, trainer_pods: kopf.Index, **_: Any) -> None:
+    """A FailedMount Event of a trainer pod (server-side field selector STUCK_MOUNTS): show it on the FineTuneJob
+    now, not at the next resync (the pod's own status only says ContainerCreating)."""
+    regarding = body.get("regarding") or {}
+    owner = next(iter(trainer_pods.get((namespace, regarding.get("name")), [])), None)
+    if owner is not None:
+        _ctx(memo).finetunejobs.pod_event(namespace, regarding["name"], owner, body.get("reason"), body.get("note"))
 
 
 @kopf.index(*MSV, registry=REGISTRY)

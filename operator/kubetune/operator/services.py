@@ -411,8 +411,18 @@ class FineTuneJobService(_Service):
         key, owner = (namespace, meta["name"]), (meta.get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
         if deleted or not owner:
             self.ctx.seen_pod_cause.pop(key, None)
+            self.ctx.seen_pod_cause.pop((namespace, f"pod/{meta['name']}"), None)
             return
         cause = ftj_logic.pod_cause(pod)
+        if self.ctx.seen_pod_cause.get(key) == cause:
+            return
+        self.ctx.seen_pod_cause[key] = cause
+        self.reconcile(namespace, owner)
+
+    def pod_event(self, namespace: str, pod: str, owner: str, reason: Any, message: Any) -> None:
+        """A blocking Event on a trainer pod (FailedMount): reconcile its FineTuneJob once per new message (the
+        kubelet repeats it every couple of minutes, with a growing count)."""
+        key, cause = (namespace, f"pod/{pod}"), (str(reason), str(message or ""))
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause

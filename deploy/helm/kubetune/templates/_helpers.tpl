@@ -60,6 +60,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list, watch]
+# The same Events through events.k8s.io: a second watch, for a kubelet's FailedMount on a trainer pod (field
+# selector regarding.kind=Pod,reason=FailedMount; one watch can hold only one selector per API).
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [list, watch]
 # The custom resources: kopf lists and watches them and keeps its annotations on them (patch; no finalizer);
 # the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
