@@ -256,8 +256,8 @@ def prepare(
 
 
 def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any) -> str:
-    if "value" in item:
-        return mapped(item["value"])
+    if "value" in item or not item.get("valueFrom"):
+        return mapped(item.get("value", ""))  # no value at all is the empty string, as the kubelet sets it
     source = item.get("valueFrom") or {}
     if "secretKeyRef" in source:
         ref = source["secretKeyRef"]
