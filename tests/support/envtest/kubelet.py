@@ -232,7 +232,7 @@ class FakeKubelet(Kubelet):
         template = deployment["spec"]["template"]
         host = hostrun.prepare(self.client, namespace, template, root, claims_root, pod_name=f"{name}-0")
         container = template["spec"]["containers"][0]
-        port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == "http")
+        port = _serving_port(container)
         pod_ip = _free_loopback_address(port)
         process = hostrun.start(host, {runtime.ENV_HOST: pod_ip, runtime.ENV_PORT: str(port)}, root / f"{name}.log")
         server = ServerProcess(process, f"http://{pod_ip}:{port}", root / f"{name}.log")
@@ -298,6 +298,20 @@ class FakeKubelet(Kubelet):
 
     def deployment_deadline_exceeded(self, namespace: str, name: str) -> dict[str, Any]:
         raise NotImplementedError("the real Deployment controller reports ProgressDeadlineExceeded: leave pods pending")
+
+
+def _serving_port(container: dict[str, Any]) -> int:
+    """The port the container serves on: its port named `http`, else its readiness probe's, else its first."""
+    ports = container.get("ports") or []
+    named = [p["containerPort"] for p in ports if p.get("name") == "http"]
+    probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("port")
+    if named:
+        return int(named[0])
+    if isinstance(probe, int):
+        return probe
+    if ports:
+        return int(ports[0]["containerPort"])
+    raise ValueError(f"container {container['name']!r} names no port to serve on")
 
 
 def _free_loopback_address(port: int) -> str:
