@@ -122,25 +122,31 @@ class Engine:
         return self._ready.is_set() and not self._stopping
 
     def load(self) -> None:
-        """Load tokenizer, base model and the configured adapters; raises AdapterLoadError on a refused adapter."""
+        """Load tokenizer, base model and the configured adapters. A refused adapter (another base model, no
+        adapter_config.json) is reported (GET /adapters, a 404 naming the reason) while the base and the other
+        adapters serve, as when it is hot-added later: a replica started after the refusal (a scale-up, a restart)
+        must not crash-loop where the running ones serve. With mergeAdapter the one adapter is the model, so its
+        refusal raises AdapterLoadError."""
         started = time.monotonic()
-        self.tokenizer = load_tokenizer(self.base_location)
-        model = load_base_model(self.base_location, self.config.quantization, self.device)
         sources = adapter_sources(self.config, self.pvc_root)
-        for source in sources:
-            check_adapter_base(
-                source.name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
-            )
         if self.config.merge_adapter:
             if len(sources) != 1:
                 raise AdapterLoadError(f"mergeAdapter needs exactly one adapter, got {len(sources)}")
+            self._check_base(sources[0])  # before the base loads: fail fast
+        self.tokenizer = load_tokenizer(self.base_location)
+        model = load_base_model(self.base_location, self.config.quantization, self.device)
+        if self.config.merge_adapter:
             model = merge_single_adapter(model, sources[0])
             self._merged_name = sources[0].name
             self._adapters = AdapterSet(model, merged=True)
         else:
             self._adapters = AdapterSet(model)
             for source in sources:
-                self._adapters.add(source)
+                try:
+                    self._check_base(source)
+                    self._adapters.add(source)
+                except AdapterLoadError as exc:
+                    self._refuse(source, exc)
         self._eos_ids = self._find_eos_ids(model)
         self._cache_arg = cache_argument(model)
         self._ready.set()
@@ -328,20 +334,26 @@ class Engine:
             if current.get(name) == source.path:
                 continue
             try:
-                check_adapter_base(
-                    name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
-                )
+                self._check_base(source)
                 self._adapters.add(source)
             except AdapterLoadError as exc:
-                log.error("adapter %r refused: %s", name, exc)
+                self._refuse(source, exc)
                 report.failed[name] = str(exc)
-                self.failed_adapters[name] = str(exc)
-                self._refused_folders[name] = source.path
                 continue
             self.failed_adapters.pop(name, None)
             self._refused_folders.pop(name, None)
             report.added.append(name)
         return report
+
+    def _check_base(self, source: AdapterSource) -> None:
+        check_adapter_base(
+            source.name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
+        )
+
+    def _refuse(self, source: AdapterSource, exc: AdapterLoadError) -> None:
+        log.error("adapter %r refused: %s", source.name, exc)
+        self.failed_adapters[source.name] = str(exc)
+        self._refused_folders[source.name] = source.path
 
     def _forward(self, row_keys: list[str], **inputs) -> torch.Tensor:
         assert self._adapters is not None

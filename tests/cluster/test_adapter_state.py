@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.server.lora_factory import train_fact_adapter
@@ -94,5 +95,13 @@ def test_status_reports_each_adapter_as_the_server_serves_it(
         loaded = condition(msv, "AdaptersLoaded")
         assert (loaded["status"], loaded["reason"]) == ("False", "AdapterRefused") and "'alien'" in loaded["message"]
         assert msv["status"]["phase"] == "Ready"  # the other adapters and the base still serve
+
+        # The container restarts (as a new replica would start): it reads serve.json with the refused adapter at
+        # start, serves the rest and reports the same, instead of crash-looping where the running one served.
+        server.stop()
+        pod_ip = server.url.split("//")[1].split(":")[0]
+        server = kubelet.serve_deployment(ns, "tiny", tmp_path / "server-pod", claims_root=claims, pod_ip=pod_ip)
+        states = {a["name"]: a["state"] for a in httpx.get(f"{server.url}/adapters").json()["adapters"]}
+        assert states == {"first": "Loaded", "alien": "Refused", "second": "Loaded"}
     finally:
         server.stop()

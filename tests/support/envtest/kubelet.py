@@ -223,17 +223,24 @@ class FakeKubelet(Kubelet):
 
     # ---- Deployments (the real Deployment and ReplicaSet controllers do the rest) ------------------
     def serve_deployment(
-        self, namespace: str, name: str, root: Path, claims_root: Path | None = None, timeout: float = 120
+        self,
+        namespace: str,
+        name: str,
+        root: Path,
+        claims_root: Path | None = None,
+        timeout: float = 120,
+        pod_ip: str | None = None,
     ) -> ServerProcess:
         """Run the Deployment's server container on the host as its pod would run: on a pod IP of its own (a free
         loopback address 127.x.y.z, reported as the pod's status.podIP) and the container's own port, so the
-        operator reaches it as in a cluster. `.refresh_config()` plays the kubelet's later ConfigMap refresh."""
+        operator reaches it as in a cluster. `.refresh_config()` plays the kubelet's later ConfigMap refresh; a
+        `pod_ip` given restarts the container of a pod that runs there already."""
         deployment = self.client.get(DEPLOYMENTS, namespace, name)
         template = deployment["spec"]["template"]
         host = hostrun.prepare(self.client, namespace, template, root, claims_root, pod_name=f"{name}-0")
         container = template["spec"]["containers"][0]
         port = _serving_port(container)
-        pod_ip = _free_loopback_address(port)
+        pod_ip = pod_ip or _free_loopback_address(port)
         process = hostrun.start(host, {runtime.ENV_HOST: pod_ip, runtime.ENV_PORT: str(port)}, root / f"{name}.log")
         server = ServerProcess(process, f"http://{pod_ip}:{port}", root / f"{name}.log")
         server.refresh_config = lambda: hostrun.refresh_configmaps(self.client, namespace, template, root)
