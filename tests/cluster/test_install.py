@@ -153,11 +153,35 @@ def _job_creates(cluster: InstallCluster, user: str, namespace: str, since: int)
     ]
 
 
-def test_kustomize_ha_one_replica_leads_and_the_other_takes_over(fresh, nodes, install_audit):
-    """The cluster-wide-ha overlay as installed: two operator pods from its pod template, as its ServiceAccount,
-    each with its own POD_NAME (downward API). One holds the Lease and acts; the other only answers its liveness
-    probe. After a SIGKILL of the leader (nothing released) the other takes over once the Lease expires."""
-    fresh.kubectl("apply", "-k", "deploy/kustomize/overlays/cluster-wide-ha")
+HA_INSTALLS = {
+    "kustomize": [("kubectl", "apply", "-k", "deploy/kustomize/overlays/cluster-wide-ha")],
+    "helm": [
+        (
+            "helm",
+            "install",
+            "kubetune",
+            "deploy/helm/kubetune",
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "operator.replicas=2",
+            "--set",
+            "operator.leaderElection.enabled=true",
+        ),
+        ("kubectl", "label", "namespace", OPERATOR_NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"),
+    ],
+}
+
+
+@pytest.mark.parametrize("source", sorted(HA_INSTALLS))
+def test_ha_install_one_replica_leads_and_the_other_takes_over(source, fresh, nodes, install_audit):
+    """The HA install as documented (kustomize overlay cluster-wide-ha, or Helm with operator.replicas=2): two
+    operator pods from its pod template, as its ServiceAccount, each with its own POD_NAME (downward API). One holds
+    the Lease and acts; the other only answers its liveness probe. After a SIGKILL of the leader (nothing released)
+    the other takes over once the Lease expires."""
+    for program, *args in HA_INSTALLS[source]:
+        fresh.kubectl(*args) if program == "kubectl" else fresh.helm(*args)
     _operator_rolled_out(fresh, nodes)
     deployment = fresh.admin.get(DEPLOYMENTS, OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT)
     assert deployment["spec"]["replicas"] == 2
@@ -183,11 +207,11 @@ def test_kustomize_ha_one_replica_leads_and_the_other_takes_over(fresh, nodes, i
         lease = fresh.admin.get(LEASES, OPERATOR_NAMESPACE, LEASE)
         assert lease["spec"]["holderIdentity"] == "kubetune-operator-b"
         assert took >= LEASE_SECONDS - 3, f"took over after {took:.1f} s: before the Lease expired"
-        print(f"HA install: the follower created the next Job {took:.1f} s after the leader was killed")
+        print(f"HA install ({source}): the follower created the next Job {took:.1f} s after the leader was killed")
     finally:
         first.stop()
         second.stop()
-    check_mode("kustomize:cluster-wide-ha", fresh, second.user, install_audit)
+    check_mode(f"{source}:cluster-wide-ha", fresh, second.user, install_audit)
 
 
 def test_the_readme_journey_is_what_the_tests_run():
