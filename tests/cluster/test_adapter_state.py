@@ -24,7 +24,7 @@ from tests.support.envtest.kubelet import FakeKubelet
 from tests.support.kube.server import CONFIGMAPS, DEPLOYMENTS, MSV, KubeTestClient
 from tests.support.tiny_model import build_tiny_model
 
-from .helpers import condition, exists, wait_until
+from .helpers import condition, exists, wait_event, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,7 @@ def test_status_reports_each_adapter_as_the_server_serves_it(
         loaded = condition(msv, "AdaptersLoaded")
         assert (loaded["status"], loaded["reason"]) == ("False", "AdapterRefused") and "'alien'" in loaded["message"]
         assert msv["status"]["phase"] == "Ready"  # the other adapters and the base still serve
+        assert wait_event(kube, ns, "tiny", "AdapterRefused").count("AdapterRefused") == 1  # kubectl describe
 
         # The container restarts (as a new replica would start): it reads serve.json with the refused adapter at
         # start, serves the rest and reports the same, instead of crash-looping where the running one served.

@@ -588,6 +588,17 @@ def test_modelserve_status_reports_the_servers_adapter_state():
     assert (adapter["name"], adapter["state"], adapter["loadedReplicas"]) == ("sentiment", "Pending", 0)
     loaded = next(c for c in plan.status["conditions"] if c["type"] == "AdaptersLoaded")
     assert (loaded["status"], loaded["reason"]) == ("False", "Loading") and plan.recheck
+    assert not [e for e in plan.events if e.reason == "AdapterRefused"]
+    refused = _replica("p1", sentiment=("Refused", "adapter"))
+    refused.adapters["sentiment"].pvc = PvcPath(claim_name="sentiment-output", path="adapter")
+    refused.adapters["sentiment"].message = "trained on org/other"
+    args = (_msv(), ModelServeStatus(), {"sentiment": _succeeded()}, observed, SETTINGS, NOW, [refused])
+    first = msv_logic.plan_modelserve(*args)
+    (event,) = [e for e in first.events if e.reason == "AdapterRefused"]
+    assert event.type == "Warning" and "trained on org/other" in event.message
+    after = ModelServeStatus.model_validate(first.status)
+    again = msv_logic.plan_modelserve(*args[:1], after, *args[2:])
+    assert not [e for e in again.events if e.reason == "AdapterRefused"], "one Event per new refusal"
 
 
 def _server_pod(name: str, owner: str, ready: bool = True, ip: str | None = "10.0.0.5", **meta) -> dict:

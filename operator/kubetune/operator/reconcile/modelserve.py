@@ -17,7 +17,7 @@ from kubetune.api.sources import ModelSource
 from ..manifests.meta import Owner
 from ..manifests.server import serve_configmap, server_deployment, server_service, service_url
 from ..settings import OperatorSettings
-from .conditions import raw_condition, set_condition
+from .conditions import get_condition, raw_condition, set_condition
 from .drift import drifted, repair_patch
 from .plan import Event, Plan
 from .served_adapters import ReplicaReport, loaded_condition, needs_recheck, served_adapters
@@ -228,7 +228,11 @@ def plan_modelserve(
         conds = set_condition(
             conds, "AdaptersReady", "True", "Resolved", f"{count} adapter(s) resolved", generation, now
         )
-        conds = set_condition(conds, "AdaptersLoaded", *loaded_condition(nxt.adapters), generation, now)
+        loaded, reason_loaded, message_loaded = loaded_condition(nxt.adapters)
+        before = get_condition(status.conditions, "AdaptersLoaded")
+        if reason_loaded == "AdapterRefused" and (before is None or before.message != message_loaded):
+            plan.events.append(Event("Warning", "AdapterRefused", message_loaded))  # kubectl describe shows why
+        conds = set_condition(conds, "AdaptersLoaded", loaded, reason_loaded, message_loaded, generation, now)
         available = "True" if ready >= 1 else "False"
         conds = set_condition(conds, "Available", available, reason, message, generation, now)
         rolling = "True" if reason in ("Creating", "RolloutInProgress") else "False"
