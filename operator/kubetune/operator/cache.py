@@ -1,4 +1,5 @@
-"""Reads of children from what the operator's watches already hold (kopf indices), instead of a GET each time.
+"""Reads of children (and of the FineTuneJobs a ModelServe serves) from what the operator's watches already hold
+(kopf indices), instead of a GET each time.
 
 kopf keeps an index per watched child kind (handlers.py) and starts no handler before every index has been filled
 from its initial LIST, so a cached child is at most one watch event old. Only reads come from here: creates and

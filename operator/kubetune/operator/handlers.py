@@ -66,6 +66,10 @@ def _by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple
 for _kind, (_resource, _index_id) in CACHED_CHILDREN.items():
     _label = CHILD_WATCHES[_resource].split("=")[0]
     kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_by_name)
+# A ModelServe reads the FineTuneJobs it serves from (their phase and output) from kopf's index too: a phase change
+# reaches the index before finetunejob_phase_changed wakes the ModelServe.
+CACHED_FINETUNEJOBS = "cached_finetunejobs"
+kopf.index(*FTJ, id=CACHED_FINETUNEJOBS, registry=REGISTRY)(_by_name)
 
 
 @kopf.on.startup(registry=REGISTRY)
@@ -78,6 +82,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None
     ctx = _ctx(memo)
     for kind, (_, index_id) in CACHED_CHILDREN.items():  # live views, filled before any other handler runs
         ctx.children.attach(kind, kwargs[index_id])
+    ctx.children.attach("FineTuneJob", kwargs[CACHED_FINETUNEJOBS])
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -81,7 +81,7 @@ class OperatorContext:
         self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
         self._rechecks: dict[tuple[str, str, str], tuple[threading.Timer, int]] = {}
         self._gone: dict[str, float] = {}  # uids of deleted custom resources -> when (their children go next)
-        self.children = ChildReader(kube)  # reads of children from the watches' indices (cache.py)
+        self.children = ChildReader(kube)  # reads of children and FineTuneJobs from kopf indices (cache.py)
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 
@@ -480,10 +480,10 @@ class ModelServeService(_Service):
 
     def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any]) -> str:
         """Resolve adapters, read the children (refusing any that is not ours), plan and apply."""
-        kube, namespace, name = self.ctx.kube, body["metadata"]["namespace"], body["metadata"]["name"]
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
-        jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
+        jobs = {ref: self.ctx.children.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
         resolution = msv_logic.resolve_adapters(msv, jobs)
         observed: dict[str, dict[str, Any] | None] = {}
         if not resolution.failed and not resolution.waiting:
