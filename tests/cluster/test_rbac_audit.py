@@ -32,6 +32,7 @@ EVIDENCE = {
     "test_end_to_end.py",
     "test_install.py",
     "test_leader_election.py",
+    "test_kueue.py",
 }
 INSTALL_MODES = ("kustomize:cluster-wide", "kustomize:namespaced", "helm:cluster-wide")
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "nodes", "persistentvolumes"}

@@ -49,6 +49,13 @@ EVENTS = Resource("v1", "events", "Event")
 DEPLOYMENTS = Resource("apps/v1", "deployments", "Deployment")
 ROLES = Resource("rbac.authorization.k8s.io/v1", "roles", "Role")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding")
+
+
+def kueue_workloads(api_version: str) -> Resource:
+    """Kueue's Workload (one per queued Job); not in BY_KIND: the operator never creates one."""
+    return Resource(api_version, "workloads", "Workload")
+
+
 BY_KIND = {
     res.kind: res
     for res in (

@@ -29,7 +29,7 @@ from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
 from .manifests.trainer import trainer_children
 from .metrics import OperatorMetrics
-from .reconcile import drift
+from .reconcile import drift, queueing
 from .reconcile import finetunejob as ftj_logic
 from .reconcile import modelserve as msv_logic
 from .reconcile.conditions import get_condition, set_condition
@@ -302,6 +302,8 @@ class FineTuneJobService(_Service):
             self._verify({"kind": "Job", **job}, desired[-1])
             if ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:  # a finished Job needs no children
                 problem, checked = self._ensure_each(desired[:-1], body), True
+        if job is not None and ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:
+            self._apply_workload_active(job, queueing.suspend_step(job, ftj.spec).workload_active)
         cleared = self._cleared(body, status) if checked and problem is None else status
         ftj = ftj.model_copy(update={"status": cleared})
         plan = self._plan(ftj, job)
@@ -321,6 +323,25 @@ class FineTuneJobService(_Service):
             problem.late = True
             raise problem
         return plan.phase
+
+    def _apply_workload_active(self, job: dict[str, Any], active: bool | None) -> None:
+        """Set `spec.active` of the Kueue Workloads of a queued Job (found by Kueue's job-uid label, and patched
+        only when the Job is their controller). Without Kueue's API installed there is nothing to set."""
+        if active is None:
+            return
+        kube, meta = self.ctx.kube, job["metadata"]
+        workloads_res = k8s.kueue_workloads(self.ctx.settings.kueue_api_version)
+        try:
+            workloads = kube.list(workloads_res, meta["namespace"], f"{queueing.KUEUE_JOB_UID_LABEL}={meta['uid']}")
+        except KubeApiError as exc:
+            if exc.status == 404:  # Kueue is not installed: the Job simply stays suspended
+                return
+            raise
+        for workload, patch in queueing.workload_patches(workloads, active):
+            owner = drift.controller_of(workload)
+            if owner is None or owner.get("uid") != meta["uid"]:
+                continue
+            kube.patch(workloads_res, meta["namespace"], workload["metadata"]["name"], patch)
 
     def _ensure_each(self, children: list[dict[str, Any]], body: dict[str, Any]) -> ChildProblem | None:
         """Ensure each child exists and is ours; the first problem met, or None."""

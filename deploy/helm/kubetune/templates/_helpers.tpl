@@ -84,6 +84,12 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
+# Kueue Workloads of queued trainer Jobs (spec.queueName only): listed by Kueue's job-uid label and deactivated
+# or activated again (patch spec.active), Kueue's documented way to stop a queued job, when a FineTuneJob is
+# suspended or resumed. The operator never creates, deletes or admits one.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 # Trainer pods are only read: for the termination message (final metrics, failure reason), and watched (by
 # label) because a pod that is Unschedulable or cannot pull its image changes no Job status the operator sees.
 - apiGroups: [""]

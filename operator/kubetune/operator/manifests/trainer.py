@@ -12,7 +12,7 @@ from kubetune.api.sources import PvcPath
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import pod
+from . import kueue, pod
 from .meta import Owner, labels, object_meta
 
 TRAINER_MODULE = "kubetune_trainer"
@@ -182,12 +182,13 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": object_meta(naming.job_name(owner.name), owner, trainer_labels(owner)),
         "spec": job_spec,
     }
+    return kueue.with_queueing(job, spec)
 
 
 def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:

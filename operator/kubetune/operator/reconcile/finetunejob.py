@@ -12,7 +12,8 @@ from kubetune.api.runtime import adapter_path
 from ..manifests.meta import Owner
 from ..manifests.trainer import output_location, trainer_children
 from ..settings import OperatorSettings
-from .conditions import is_true, raw_condition, set_condition
+from . import queueing
+from .conditions import get_condition, is_true, raw_condition, set_condition
 from .plan import Event, Plan
 from .report import TrainerReport
 
@@ -188,6 +189,36 @@ def _pending(
     nxt.conditions = set_condition(nxt.conditions, "Running", "False", reason, message, generation, now)
 
 
+ADMITTED = "Admitted"
+"""Condition of a queued FineTuneJob: True while Kueue has admitted its Job; False with reason Queued or Preempted."""
+
+
+def _queued(nxt: FineTuneJobStatus, conds: list, spec: Any, generation: int | None, now: str) -> list:
+    """Kueue keeps the Job suspended: still waiting for quota (Queued), or suspended again after it was admitted
+    (Preempted: the trainer resumes from its newest checkpoint when Kueue admits the Job again)."""
+    before = get_condition(conds, ADMITTED)
+    preempted = before is not None and (before.status == "True" or before.reason == "Preempted")
+    if preempted:
+        reason = "Preempted"
+        message = (
+            f"Kueue suspended the trainer Job again (preempted or evicted); it waits in queue {spec.queue_name} "
+            "and resumes from its newest checkpoint when admitted"
+        )
+    else:
+        reason, message = "Queued", f"waiting for Kueue to admit the trainer Job (queue {spec.queue_name})"
+    nxt.phase, nxt.message = "Queued", message
+    conds = set_condition(conds, ADMITTED, "False", reason, message, generation, now)
+    return set_condition(conds, "Running", "False", reason, message, generation, now)
+
+
+def _admitted(conds: list, spec: Any, generation: int | None, now: str) -> list:
+    """A queued Job that runs (or starts pods) was admitted by Kueue."""
+    if not spec.queue_name:
+        return conds
+    message = f"Kueue admitted the trainer Job (queue {spec.queue_name})"
+    return set_condition(conds, ADMITTED, "True", "Admitted", message, generation, now)
+
+
 def plan_finetunejob(
     ftj: FineTuneJob,
     job: dict[str, Any] | None,
@@ -231,10 +262,12 @@ def plan_finetunejob(
             else "created the trainer Job and its ConfigMap, volume claim and service account"
         )
         nxt.job_name = plan.create[-1]["metadata"]["name"]
-        nxt.phase = "Suspended" if spec.suspend else "Pending"
+        nxt.phase = "Suspended" if spec.suspend else ("Queued" if spec.queue_name else "Pending")
         nxt.message = message
         conds = set_condition(conds, "JobCreated", "True", reason, message, generation, now)
         plan.events.append(Event("Normal", reason, f"{message}: Job {nxt.job_name}"))
+        if spec.queue_name and not spec.suspend:
+            conds = _queued(nxt, conds, spec, generation, now)
         nxt.conditions = conds
         return _finish(plan, current, nxt)
 
@@ -242,8 +275,10 @@ def plan_finetunejob(
     if not any(c.type == "JobCreated" and c.status == "True" for c in conds):
         conds = set_condition(conds, "JobCreated", "True", "JobCreated", f"trainer Job {nxt.job_name}", generation, now)
     job_status = job.get("status") or {}
-    if phase not in TERMINAL and bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
-        plan.patches.append((job, {"spec": {"suspend": spec.suspend}}))
+    if phase not in TERMINAL:
+        step = queueing.suspend_step(job, spec)
+        if step.job_patch is not None:
+            plan.patches.append((job, step.job_patch))
 
     if phase == "Succeeded":
         nxt.phase = "Succeeded"
@@ -267,14 +302,21 @@ def plan_finetunejob(
         nxt.phase, nxt.message = "Suspended", "suspended: the trainer pods are stopped, checkpoints are kept"
         conds = set_condition(conds, "Running", "False", "Suspended", nxt.message, generation, now)
         conds = set_condition(conds, "Suspended", "True", "Suspended", nxt.message, generation, now)
+        if spec.queue_name:
+            message = "suspended by the FineTuneJob: its Kueue Workload is deactivated until it is resumed"
+            conds = set_condition(conds, ADMITTED, "False", "Suspended", message, generation, now)
     else:
         if any(c.type == "Suspended" for c in conds):
             conds = set_condition(conds, "Suspended", "False", "Resumed", "resumed", generation, now)
-        if phase == "Running":
+        if queueing.waiting_for_admission(job, spec):
+            conds = _queued(nxt, conds, spec, generation, now)
+        elif phase == "Running":
             nxt.phase, nxt.message = "Running", "the trainer is running"
             nxt.start_time = nxt.start_time or job_status.get("startTime") or now
             conds = set_condition(conds, "Running", "True", "TrainerRunning", nxt.message, generation, now)
+            conds = _admitted(conds, spec, generation, now)
         else:
+            conds = _admitted(conds, spec, generation, now)
             nxt.conditions = conds
             _pending(plan, nxt, pending, generation, now)
             conds = nxt.conditions
@@ -283,5 +325,8 @@ def plan_finetunejob(
         kind = "Warning" if nxt.phase == "Failed" else "Normal"
         reason = {"Running": "Started", "Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}
         event_reason = "Resumed" if current.phase == "Suspended" else reason.get(nxt.phase, nxt.phase)
+        if nxt.phase == "Queued":
+            admitted = get_condition(nxt.conditions, ADMITTED)
+            event_reason = admitted.reason if admitted is not None else "Queued"
         plan.events.append(Event(kind, event_reason, nxt.message or nxt.phase))
     return _finish(plan, current, nxt)
