@@ -48,6 +48,11 @@ def spec_configmap(ftj: str) -> str:
     return fit(f"{ftj}-spec", 253)
 
 
+def report_configmap(ftj: str) -> str:
+    """The ConfigMap the trainer reports progress and final metrics to (the only object its token may write)."""
+    return fit(f"{ftj}-report", 253)
+
+
 def output_claim(ftj: str) -> str:
     return fit(f"{ftj}-output", 253)
 

@@ -35,6 +35,7 @@ from .reconcile import modelserve as msv_logic
 from .reconcile.conditions import get_condition, set_condition
 from .reconcile.plan import Plan
 from .reconcile.report import report_from_pods
+from .reconcile.trainer_report import parse_report
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,19 @@ class FineTuneJobService(_Service):
                 self.ctx.kube.list(k8s.PODS, job["metadata"]["namespace"], selector), naming.TRAINER_CONTAINER
             )
         pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
-        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending)
+        meta = ftj.metadata
+        reported = parse_report(
+            self.ctx.kube.get(k8s.CONFIGMAPS, meta.namespace or "default", naming.report_configmap(meta.name))
+        )
+        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
+
+    def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
+        """The trainer wrote its report ConfigMap: copy what validates into the status (a reconcile)."""
+        owners = [
+            ref["name"] for ref in configmap["metadata"].get("ownerReferences") or [] if ref.get("kind") == self.kind
+        ]
+        if owners and configmap["metadata"]["name"] == naming.report_configmap(owners[0]):
+            self.reconcile(namespace, owners[0])
 
     def pending_cause(self, job: dict[str, Any]) -> tuple[str, str] | None:
         """Why a Job has no running trainer: its pods' state, else the Events on the Job (FailedCreate) or its

@@ -71,11 +71,10 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/finalizers, modelserves/finalizers]
   verbs: [update]
-# Status is written by the operator (patch). On finetunejobs/status, get+patch is also exactly what the per-job
-# trainer Role grants: RBAC lets the operator create that Role only because it holds these verbs itself.
+# Status is written by the operator only (patch); the trainer reports to its own ConfigMap, never to the status.
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [kubetune.dev]
   resources: [modelserves/status]
   verbs: [patch]
@@ -103,11 +102,13 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
-# ConfigMaps: a FineTuneJob's validated spec (create) and a server's serve.json (get, create, patch to hot-add
-# adapters).
+# ConfigMaps: a FineTuneJob's validated spec (create), its trainer's report (create; watched by label and read to
+# copy validated progress and metrics into the status; get+patch on it is what the per-job trainer Role grants,
+# which RBAC allows the operator to create only because it holds those verbs itself) and a server's serve.json
+# (get, create, patch to hot-add adapters).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # A FineTuneJob's output claim and trainer ServiceAccount, and the trainer's Role and RoleBinding: created once,
 # never changed; garbage collection deletes them with their FineTuneJob. Read (get) to check an existing one's
 # controller reference (never adopting someone else's) and to re-create one deleted under a running job.

@@ -6,7 +6,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api import runtime
-from kubetune.api.base import API_GROUP
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.sources import PvcPath
 
@@ -52,16 +51,29 @@ def output_claim(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim_spec}
 
 
+REPORT_COMPONENT = "trainer-report"
+
+
+def report_configmap(owner: Owner) -> dict[str, Any]:
+    """The trainer's own report object: it patches `data.progress` and `data.metrics` (JSON); the operator copies
+    what validates into the FineTuneJob's status. Nothing the trainer writes here can set phase, conditions or
+    output, and ModelServes read only the FineTuneJob."""
+    meta = object_meta(
+        naming.report_configmap(owner.name), owner, labels(REPORT_COMPONENT, owner.name, naming.LABEL_FINETUNEJOB)
+    )
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {}}
+
+
 def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
-    """ServiceAccount + Role + RoleBinding letting the trainer read and patch the status of this FineTuneJob only."""
+    """ServiceAccount + Role + RoleBinding letting the trainer read and patch its own report ConfigMap, nothing else
+    (no access to the FineTuneJob or its status: a trainer running user-chosen code cannot forge phase or output)."""
     name = naming.trainer_account(owner.name)
     meta = object_meta(name, owner, trainer_labels(owner))
     rules = [
-        {"apiGroups": [API_GROUP], "resources": ["finetunejobs"], "resourceNames": [owner.name], "verbs": ["get"]},
         {
-            "apiGroups": [API_GROUP],
-            "resources": ["finetunejobs/status"],
-            "resourceNames": [owner.name],
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [naming.report_configmap(owner.name)],
             "verbs": ["get", "patch"],
         },
     ]
@@ -107,6 +119,7 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env = [
         pod.env_value(runtime.ENV_JOB_NAME, owner.name),
         pod.env_value(runtime.ENV_NAMESPACE, owner.namespace),
+        pod.env_value(runtime.ENV_REPORT_CONFIGMAP, naming.report_configmap(owner.name)),
         pod.env_value(
             "HF_HOME",
             str(PurePosixPath(runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT)) / runtime.HF_HOME_SUBDIR),
@@ -196,6 +209,7 @@ def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSett
     children = [spec_configmap(owner, spec)]
     if spec.output.pvc is None:
         children.append(output_claim(owner, spec))
+    children.append(report_configmap(owner))
     children.extend(trainer_rbac(owner))
     children.append(trainer_job(owner, spec, settings))
     return children

@@ -16,12 +16,16 @@ from . import queueing
 from .conditions import get_condition, is_true, raw_condition, set_condition
 from .plan import Event, Plan
 from .report import TrainerReport
+from .trainer_report import ReportedProgress
 
 TERMINAL = ("Succeeded", "Failed")
-# Status fields the operator owns (sent as null when unset); `progress` belongs to the trainer, and
-# `metrics` too until the operator fills them in from a termination message (never sent as null).
+# Status fields the operator owns: the operator is the only writer of the status (the trainer reports to its own
+# ConfigMap, copied in after validation). Sent as null when unset, except `progress` and `metrics` (never sent as
+# null: they only ever grow from what the trainer reported or its termination message said).
+NEVER_NULL = ("progress", "metrics")
 OWNED_FIELDS = (
     "phase",
+    "progress",
     "conditions",
     "observedGeneration",
     "output",
@@ -124,8 +128,9 @@ def status_patch(status: FineTuneJobStatus) -> dict[str, Any]:
     """The owned fields as a merge patch; unset fields are sent as null so stale values are cleared."""
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     patch = {name: wire.get(name) for name in OWNED_FIELDS}
-    if patch["metrics"] is None:
-        del patch["metrics"]
+    for name in NEVER_NULL:
+        if patch[name] is None:
+            del patch[name]
     return patch
 
 
@@ -189,6 +194,16 @@ def _pending(
     nxt.conditions = set_condition(nxt.conditions, "Running", "False", reason, message, generation, now)
 
 
+def _copy_reported(nxt: FineTuneJobStatus, reported: ReportedProgress | None) -> None:
+    """The trainer's validated progress, and its final metrics unless the operator has them already."""
+    if reported is None:
+        return
+    if reported.progress is not None:
+        nxt.progress = reported.progress
+    if nxt.metrics is None and reported.metrics is not None:
+        nxt.metrics = reported.metrics
+
+
 ADMITTED = "Admitted"
 """Condition of a queued FineTuneJob: True while Kueue has admitted its Job; False with reason Queued or Preempted."""
 
@@ -226,6 +241,7 @@ def plan_finetunejob(
     settings: OperatorSettings,
     now: str,
     pending: tuple[str, str] | None = None,
+    reported: ReportedProgress | None = None,
 ) -> Plan:
     """Next step for a valid FineTuneJob. A finished one is never touched again. `pending` is why its Job has
     no running pod (`pending_cause`), shown until a pod really runs."""
@@ -236,6 +252,7 @@ def plan_finetunejob(
     spec, generation = ftj.spec, ftj.metadata.generation
     nxt = current.model_copy(deep=True)
     nxt.observed_generation = generation
+    _copy_reported(nxt, reported)
     conds = set_condition(nxt.conditions, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
     phase = job_phase(job)
 
