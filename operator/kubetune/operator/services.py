@@ -369,7 +369,10 @@ class FineTuneJobService(_Service):
         return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
 
     def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
-        """The trainer wrote its report ConfigMap: copy what validates into the status (a reconcile)."""
+        """The trainer wrote its report ConfigMap: copy what validates into the status (a reconcile). The empty one
+        the operator creates is no report: it must not cause a reconcile (and so no extra create attempt)."""
+        if not configmap.get("data"):
+            return
         owners = [
             ref["name"] for ref in configmap["metadata"].get("ownerReferences") or [] if ref.get("kind") == self.kind
         ]
