@@ -33,9 +33,17 @@ EVIDENCE = {
     "test_install.py",
     "test_leader_election.py",
     "test_kueue.py",
+    "test_runtimes.py",
 }
 INSTALL_MODES = ("kustomize:cluster-wide", "kustomize:namespaced", "helm:cluster-wide")
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "nodes", "persistentvolumes"}
+CLUSTER_SCOPED = {
+    "customresourcedefinitions",
+    "namespaces",
+    "clusterkopfpeerings",
+    "nodes",
+    "persistentvolumes",
+    "finetuneruntimes",
+}
 # Granted but never a request, each for a reason the API server enforces:
 ADMISSION_CHECKED = {
     # OwnerReferencesPermissionEnforcement: a child may name its owner with blockOwnerDeletion only if its creator

@@ -28,7 +28,7 @@ ALLOWED_UPDATES = {
     ("update", "kubetune.dev", "finetunejobs/finalizers"),
     ("update", "kubetune.dev", "modelserves/finalizers"),
 }
-CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "finetuneruntimes"}
 
 CASES = {
     "kustomize:cluster-wide": lambda: render.kustomize(render.OVERLAYS / "cluster-wide"),
@@ -79,7 +79,11 @@ def test_namespaced_mode_keeps_the_cluster_role_to_cluster_scoped_reads(case):
     manifests = CASES[case]()
     cluster = set().union(*rbac.roles(manifests, "ClusterRole").values())
     assert {resource for _, _, resource in cluster} <= CLUSTER_SCOPED_RESOURCES
-    assert {verb for verb, _, _ in cluster} <= {"list", "watch"}
+    reads = {verb for verb, _, resource in cluster if resource != "finetuneruntimes"}
+    assert reads <= {"list", "watch"}
+    assert {(verb, group) for verb, group, resource in cluster if resource == "finetuneruntimes"} == {
+        ("get", "kubetune.dev")
+    }, "FineTuneRuntimes are only read, one by name"
 
 
 def test_per_job_role_can_be_delegated_without_escalate(cluster_wide):

@@ -31,7 +31,7 @@ DatasetFormat = Literal["alpaca", "chat", "qa", "text"]
 Method = Literal["lora", "qlora"]
 FineTuneJobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 # Fields that say where and when the trainer runs, not what it trains: left out of the spec's fingerprint.
-PLACEMENT_FIELDS = frozenset({"queue_name", "workload_metadata"})
+PLACEMENT_FIELDS = frozenset({"queue_name", "workload_metadata", "runtime_name"})
 
 
 class HfDataset(ApiModel):
@@ -381,6 +381,10 @@ class FineTuneJobSpec(ApiModel):
 
     workload_metadata: WorkloadMetadata | None = None
     """Labels and annotations for the trainer Job and its pods (cost labels, Kueue's priority class)."""
+
+    runtime_name: ObjectName | None = None
+    """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose images, GPU pool, limits and policy
+    apply; empty uses the operator's default runtime, if one is configured."""
 
     def fingerprint(self) -> str:
         """Stable hash of the whole spec with defaults, without placement (queue, pass-through metadata): equal

@@ -39,6 +39,7 @@ class Resource:
 
 FINETUNEJOBS = Resource("kubetune.dev/v1alpha1", "finetunejobs", "FineTuneJob")
 MODELSERVES = Resource("kubetune.dev/v1alpha1", "modelserves", "ModelServe")
+FINETUNERUNTIMES = Resource("kubetune.dev/v1alpha1", "finetuneruntimes", "FineTuneRuntime")  # cluster-scoped
 JOBS = Resource("batch/v1", "jobs", "Job")
 PODS = Resource("v1", "pods", "Pod")
 CONFIGMAPS = Resource("v1", "configmaps", "ConfigMap")

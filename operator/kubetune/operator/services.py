@@ -22,9 +22,10 @@ from kubetune.api.errors import format_validation_error
 from kubetune.api.finetunejob import FineTuneJobStatus
 from kubetune.api.modelserve import ModelServeStatus
 from kubetune.api.resources import FineTuneJob, ModelServe
+from kubetune.api.runtime_policy import FineTuneRuntimeSpec
 
 from . import kube as k8s
-from . import naming
+from . import naming, policy
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
 from .manifests.trainer import trainer_children
@@ -116,6 +117,7 @@ def _stub(observed: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 class _Service:
     kind = ""
+    runtime_rules: Any = None  # (violations, effective spec) of policy.py for this kind
     resource = k8s.FINETUNEJOBS
 
     def __init__(self, ctx: OperatorContext) -> None:
@@ -243,6 +245,37 @@ class _Service:
             self._apply(plan, body)
             return None, status, plan.phase
 
+    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
+        """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
+        names does not exist, or (only while `fresh`: no child created yet) its spec breaks the runtime's policy."""
+        name = policy.runtime_name(obj.spec.runtime_name, self.ctx.settings)
+        if name is None:
+            return obj, None
+        found = self.ctx.kube.get(k8s.FINETUNERUNTIMES, None, name)
+        if found is None:
+            if not obj.spec.runtime_name:  # the operator's default is not installed: no runtime applies
+                log.warning("the default FineTuneRuntime %s does not exist; %ss run without one", name, self.kind)
+                return obj, None
+            if not fresh:
+                return obj, None  # deleted under a running child: keep rendering as it was created
+            message = (
+                f"spec.runtimeName: FineTuneRuntime {name} does not exist (kubectl get finetuneruntimes lists them); "
+                "name an existing runtime"
+            )
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+        runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
+        violations, effective = self.runtime_rules
+        if fresh:
+            problems = violations(obj.spec, name, runtime)
+            if problems:
+                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION)
+        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None
+
+    def _refuse(self, body: dict[str, Any], status: Any, message: str, reason: str) -> str:
+        plan = self.logic.plan_invalid(status, message, body["metadata"].get("generation"), now_rfc3339(), reason)
+        self._apply(plan, body)
+        return plan.phase
+
     @contextmanager
     def _timed(self) -> Iterator[list[str]]:
         outcome = ["success"]
@@ -258,6 +291,7 @@ class _Service:
 
 class FineTuneJobService(_Service):
     kind = "FineTuneJob"
+    runtime_rules = (policy.finetunejob_violations, policy.effective_finetunejob)
     resource = k8s.FINETUNEJOBS
     logic = ftj_logic
     refused_condition = "JobCreated"
@@ -277,6 +311,9 @@ class FineTuneJobService(_Service):
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
                 return status.phase
+            ftj, refused = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
+            if refused is not None:
+                return refused
             try:
                 phase = self._step(ftj, status, body, job)
             except ChildProblem as problem:
@@ -435,6 +472,7 @@ class FineTuneJobService(_Service):
 
 class ModelServeService(_Service):
     kind = "ModelServe"
+    runtime_rules = (policy.modelserve_violations, policy.effective_modelserve)
     resource = k8s.MODELSERVES
     logic = msv_logic
     refused_condition = "Ready"
@@ -448,6 +486,9 @@ class ModelServeService(_Service):
             msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
             if msv is None:
                 return invalid_phase
+            msv, refused = self._with_runtime(msv, status, body, fresh=status.deployment_name is None)
+            if refused is not None:
+                return refused
             try:
                 phase = self._step(msv, status, body)
             except ChildProblem as problem:

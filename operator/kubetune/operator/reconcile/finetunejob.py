@@ -142,18 +142,21 @@ def _finish(plan: Plan, current: FineTuneJobStatus, nxt: FineTuneJobStatus) -> P
     return plan
 
 
-def plan_invalid(ftj_status: FineTuneJobStatus, message: str, generation: int | None, now: str) -> Plan:
-    """An object that slipped past the CRD: Failed/InvalidSpec, no children, no retries."""
+def plan_invalid(
+    ftj_status: FineTuneJobStatus, message: str, generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> Plan:
+    """An object that slipped past the CRD (or that its FineTuneRuntime refuses: `reason` PolicyViolation or
+    RuntimeNotFound): Failed, no children, no retries."""
     plan = Plan()
     if ftj_status.phase in TERMINAL:
         plan.phase = ftj_status.phase
         return plan
     nxt = ftj_status.model_copy(deep=True)
     nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
-    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", "InvalidSpec", message, generation, now)
-    conds = set_condition(nxt.conditions, "Failed", "True", "InvalidSpec", message, generation, now)
-    nxt.conditions = set_condition(conds, "Succeeded", "False", "InvalidSpec", message, generation, now)
-    plan.events.append(Event("Warning", "InvalidSpec", message))
+    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", reason, message, generation, now)
+    conds = set_condition(nxt.conditions, "Failed", "True", reason, message, generation, now)
+    nxt.conditions = set_condition(conds, "Succeeded", "False", reason, message, generation, now)
+    plan.events.append(Event("Warning", reason, message))
     return _finish(plan, ftj_status, nxt)
 
 
