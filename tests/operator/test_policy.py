@@ -78,3 +78,11 @@ def test_modelserve_load_balancer_needs_the_runtime_s_permission():
     allowed = RUNTIME.model_copy(update={"allow_load_balancer": True})
     assert policy.modelserve_violations(spec, "a100", allowed) == []
     assert policy.effective_modelserve(spec, RUNTIME).image == "r/server:1"
+
+
+def test_max_nodes():
+    spec = FineTuneJobSpec.model_validate(
+        finetunejob("ns", resources={"nodes": 3}, output={"accessMode": "ReadWriteMany"})["spec"]
+    )
+    [problem] = policy.finetunejob_violations(spec, "a100", RUNTIME.model_copy(update={"max_nodes": 2}))
+    assert "spec.resources.nodes 3 exceeds maxNodes 2" in problem

@@ -254,7 +254,13 @@ class ResourceSpec(ApiModel):
     """Compute for the trainer pod and where it may run."""
 
     gpus: int = Field(default=1, ge=0, le=64)
-    """GPUs per pod, requested as `gpuResourceName`; 0 trains on CPU (tiny models only)."""
+    """GPUs per pod, requested as `gpuResourceName`, each running one trainer process (torchrun); 0 trains on CPU
+    (tiny models only)."""
+
+    nodes: int = Field(default=1, ge=1, le=64)
+    """Pods (nodes) of the run, each with `gpus` GPUs: more than 1 runs an Indexed Job whose pods meet through a
+    headless Service (torchrun rendezvous at pod 0). Needs an output volume all pods can mount (ReadWriteMany),
+    and all pods started together: use Kueue (spec.queueName), which admits the Job's pods all or none."""
 
     gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu, or a MIG profile)."""
@@ -388,10 +394,22 @@ class FineTuneJobSpec(ApiModel):
 
     def fingerprint(self) -> str:
         """Stable hash of the whole spec with defaults, without placement (queue, pass-through metadata): equal
-        fingerprints mean the same training run."""
+        fingerprints mean the same training run. `resources.nodes: 1` is left out, so specs from before the field
+        existed keep their hash."""
         wire = self.model_dump(mode="json", by_alias=True, exclude=set(PLACEMENT_FIELDS))
+        if wire["resources"].get("nodes") == 1:
+            del wire["resources"]["nodes"]
         canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    @model_validator(mode="after")
+    def _shared_output_for_nodes(self) -> FineTuneJobSpec:
+        if self.resources.nodes > 1 and self.output.pvc is None and self.output.access_mode != "ReadWriteMany":
+            raise ValueError(
+                f"resources.nodes {self.resources.nodes} needs an output volume every pod can mount: set "
+                "output.accessMode: ReadWriteMany (or output.pvc to an existing ReadWriteMany claim)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantization_matches_method(self) -> FineTuneJobSpec:

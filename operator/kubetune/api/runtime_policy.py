@@ -48,6 +48,9 @@ class FineTuneRuntimeSpec(ApiModel):
     max_gpus: int | None = Field(default=None, ge=0, le=64)
     """Most GPUs one trainer pod or one server replica may request; empty: no limit."""
 
+    max_nodes: int | None = Field(default=None, ge=1, le=64)
+    """Most pods (resources.nodes) one FineTuneJob may span; empty: no limit."""
+
     allowed_base_models: list[ModelPattern] = Field(default_factory=list, max_length=256)
     """Base models users may fine-tune or serve, as globs ('meta-llama/*', 'pvc:models/*'); empty allows any."""
 

@@ -62,6 +62,12 @@ def trainer_account(ftj: str) -> str:
     return fit(f"{ftj}-trainer", 253)
 
 
+def rendezvous_service(ftj: str) -> str:
+    """Headless Service of a multi-node run's pods: a DNS-1035 label, as Service names (and pod subdomains) must be."""
+    base = ftj if _DNS1035.match(ftj) else f"ftj-{ftj}".replace(".", "-")
+    return fit(f"{base}-nodes")
+
+
 def server_name(msv: str) -> str:
     """Deployment and Service name: a DNS-1035 label, as Service names must be."""
     name = msv if _DNS1035.match(msv) and len(msv) <= 63 else f"msv-{msv}".replace(".", "-")

@@ -51,7 +51,11 @@ def _common(
 
 def finetunejob_violations(spec: FineTuneJobSpec, name: str, runtime: FineTuneRuntimeSpec) -> list[str]:
     """Every way `spec` breaks the runtime's policy, each naming the field, the limit and the runtime."""
-    return _common(name, runtime, spec.image, spec.resources.gpus, spec.base_model)
+    problems = _common(name, runtime, spec.image, spec.resources.gpus, spec.base_model)
+    if runtime.max_nodes is not None and spec.resources.nodes > runtime.max_nodes:
+        nodes, limit = spec.resources.nodes, runtime.max_nodes
+        problems.append(f"spec.resources.nodes {nodes} exceeds maxNodes {limit} of FineTuneRuntime {name}")
+    return problems
 
 
 def modelserve_violations(spec: ModelServeSpec, name: str, runtime: FineTuneRuntimeSpec) -> list[str]:

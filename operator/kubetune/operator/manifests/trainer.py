@@ -11,7 +11,7 @@ from kubetune.api.sources import PvcPath
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import kueue, pod
+from . import distributed, kueue, pod
 from .meta import Owner, labels, object_meta
 
 TRAINER_MODULE = "kubetune_trainer"
@@ -156,13 +156,14 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
     folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
     volumes = trainer_volumes(owner, spec)
     res = spec.resources
+    several = distributed.is_distributed(spec)
     container = {
         "name": naming.TRAINER_CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", TRAINER_MODULE],
+        "command": ["python", "-m", runtime.TRAINER_LAUNCH_MODULE if several else TRAINER_MODULE],
         "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
-        "env": trainer_env(owner, spec),
+        "env": trainer_env(owner, spec) + (distributed.launch_env(owner, spec) if several else []),
         "resources": pod.resources(
             res.cpu,
             res.memory,
@@ -191,6 +192,8 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": trainer_labels(owner)}, "spec": pod_spec},
     }
+    if res.nodes > 1:
+        job_spec = distributed.as_indexed(job_spec, owner, res.nodes)
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
@@ -210,6 +213,8 @@ def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSett
     if spec.output.pvc is None:
         children.append(output_claim(owner, spec))
     children.append(report_configmap(owner))
+    if spec.resources.nodes > 1:
+        children.append(distributed.rendezvous_service(owner, trainer_labels(owner)))
     children.extend(trainer_rbac(owner))
     children.append(trainer_job(owner, spec, settings))
     return children
