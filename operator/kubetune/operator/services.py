@@ -399,10 +399,10 @@ class FineTuneJobService(_Service):
                 self.ctx.kube.list(k8s.PODS, job["metadata"]["namespace"], selector), naming.TRAINER_CONTAINER
             )
         pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
-        meta = ftj.metadata
-        reported = parse_report(
-            self.ctx.kube.get(k8s.CONFIGMAPS, meta.namespace or "default", naming.report_configmap(meta.name))
-        )
+        meta, reported = ftj.metadata, None
+        if job is not None:  # the report ConfigMap is created with the other children, before the Job
+            name = naming.report_configmap(meta.name)
+            reported = parse_report(self.ctx.kube.get(k8s.CONFIGMAPS, meta.namespace or "default", name))
         return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
 
     def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
