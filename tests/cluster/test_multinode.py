@@ -6,10 +6,11 @@ the fake kubelet runs each pod's own container command on this machine (torchrun
 Why the same adapter: with 2 x 4 rows per step, accelerate shards the single-process batch sampler (batch 4), so a
 step of the two ranks sees exactly the 8 rows of one step of a single process with batch 8 (same seed, same
 shuffle); the LoRA init is seeded and dropout is off, and gradients are averaged over both ranks. What differs is
-the order of float32 additions (all-reduce across processes, token counts summed across ranks), which moves the
-weights by rounding only: a relative difference of 1e-3 of the largest weight is a hundred times more than float32
-rounding over 12 Adam steps can produce, and far less than one step at this learning rate changes (see the check
-that training moved the weights)."""
+the order of float32 additions (the all-reduce, token counts summed across ranks); Adam's normalised update
+(g / sqrt(v)) enlarges such rounding where a gradient is near zero. Measured here: largest difference 3.8e-5 with
+the largest weight 0.11 (3.4e-4 of it) and the largest trained lora_B weight 0.032 (lora_B starts at zero). The
+tolerance, 1e-3 of the largest weight, is 3x that; the second check keeps it meaningful: training moved the
+weights more than 100x the difference between the two runs."""
 
 from __future__ import annotations
 
@@ -116,4 +117,8 @@ def test_two_nodes_train_the_adapter_one_process_trains(
     worst = max((one[key] - two_nodes[key]).abs().max().item() for key in one)
     assert worst <= TOLERANCE * largest, f"largest weight {largest}, largest difference {worst}"
     moved = max(one[key].abs().max().item() for key in one if "lora_B" in key)  # lora_B starts at zero
+    print(
+        f"two nodes vs one process: largest |weight| {largest:.4g}, largest |difference| {worst:.3g}, "
+        f"largest lora_B {moved:.4g}"
+    )
     assert moved > 100 * worst, "training changed the adapter far more than the two runs differ"
