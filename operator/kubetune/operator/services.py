@@ -263,7 +263,14 @@ class _Service:
                 "name an existing runtime"
             )
             return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
-        runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
+        try:
+            runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
+        except ValidationError as exc:  # only past an older CRD: refused once, never retried
+            message = f"FineTuneRuntime {name} is invalid: {format_validation_error(exc, 'spec')}"
+            if not fresh:
+                log.warning("%s; rendering without it", message)
+                return obj, None
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
         violations, effective = self.runtime_rules
         if fresh:
             problems = violations(obj.spec, name, runtime)
