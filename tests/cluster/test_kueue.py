@@ -5,11 +5,19 @@ fights Kueue's suspend/unsuspend nor loses the job, and shows Kueue's state in p
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
+from kubetune.api import runtime
+from kubetune_trainer.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
 
 from tests.support.envtest.kueue import QUEUE_LABEL, WORKLOAD_CRD, FakeKueue
+from tests.support.kube import hostrun
 from tests.support.kube.server import FTJ, JOBS, PODS
+from tests.support.tiny_model import build_tiny_model, write_facts_jsonl
+from tests.trainer.helpers import base_spec
 
 from .helpers import condition, finetunejob, operator_requests, wait_event, wait_phase, wait_until
 
@@ -117,3 +125,54 @@ def test_suspending_a_queued_job_deactivates_its_workload(control_plane, operato
     assert job["metadata"]["annotations"]["kubetune.dev/suspend"] == "false"
     patched = [event.uri for event in operator_requests(control_plane, since, "patch", "workloads")]
     assert patched and all(name in uri for uri in patched)
+
+
+@pytest.mark.slow
+def test_a_preempted_trainer_resumes_from_its_checkpoint(operator, kube, kubelet, ns, workload_crd, tmp_path: Path):
+    """The real trainer, run by the test kubelet from the pod the real Job controller created, is preempted by
+    Kueue after its first checkpoint (its pod deleted, its process stopped) and resumes from it when re-admitted."""
+    claims = tmp_path / "claims"
+    build_tiny_model(claims / "models" / "tiny")
+    write_facts_jsonl(claims / "data" / "facts.jsonl", fmt="alpaca")
+    spec = base_spec(training={"saveSteps": 10, "saveTotalLimit": 10}, queueName="team-a")
+    spec["dataset"]["format"] = "alpaca"
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "facts"}, "spec": spec}
+    kube.create(FTJ, ns, body)
+    job = kube.wait_for(JOBS, ns, "facts-train", lambda j: j is not None, what="to be created")
+    assert job["spec"]["suspend"] is True
+    kueue = FakeKueue(kube, ns)
+    kueue.create_workload("facts-train")
+    kueue.admit("facts-train", GPU_FLAVOR)
+
+    kubelet.start_job(ns, "facts-train")
+    pod = kubelet.running_pod(ns, "facts-train")
+    host = hostrun.prepare(kube, ns, pod, tmp_path / "first", claims, pod_name=pod["metadata"]["name"])
+    first = hostrun.start(host, log=tmp_path / "first.log")
+    checkpoints = claims / "facts-output" / runtime.CHECKPOINTS_DIR
+    try:
+        wait_until(
+            lambda: (checkpoints / "checkpoint-10" / COMPLETE_MARKER).exists() or first.poll() is not None,
+            "the first checkpoint",
+            timeout=300,
+        )
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        kueue.preempt("facts-train", GPU_FLAVOR)  # the Job controller deletes the pod ...
+    finally:
+        first.send_signal(signal.SIGTERM)  # ... and the kubelet stops its container
+        try:
+            first.wait(30)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait(30)
+    ftj = wait_phase(kube, ns, "facts", "Queued")
+    assert condition(ftj, "Admitted")["reason"] == "Preempted"
+    saved = newest_complete_checkpoint(checkpoints)
+    assert saved is not None and not (claims / "facts-output" / runtime.ADAPTER_DIR).exists()
+
+    kueue.admit("facts-train", GPU_FLAVOR)
+    run = kubelet.run_job(ns, "facts-train", tmp_path / "second", claims_root=claims)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"resuming from {saved}" in run.stdout + run.stderr
+    ftj = wait_phase(kube, ns, "facts", "Succeeded", "Failed")
+    assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
+    assert ftj["status"]["metrics"]["steps"] == spec["training"]["maxSteps"]

@@ -75,3 +75,16 @@ def test_nodes_one_keeps_the_fingerprint_of_specs_from_before_the_field():
         finetunejob("ns", resources={"nodes": 2}, output={"accessMode": "ReadWriteMany"})["spec"]
     )
     assert spec.fingerprint() != two.fingerprint()
+
+
+def test_the_report_comes_from_the_pod_that_wrote_one():
+    """Node 0 writes the summary; node 1 (no message) may finish later."""
+    from kubetune.operator.reconcile.report import report_from_pods
+
+    def pod(message: str, finished: str) -> dict:
+        terminated = {"exitCode": 0, "message": message, "finishedAt": finished}
+        return {"status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}}
+
+    node0 = pod('{"exitReason": "Succeeded", "metrics": {"steps": 12}}', "2026-01-01T00:00:01Z")
+    report = report_from_pods([node0, pod("", "2026-01-01T00:00:02Z")], "trainer")
+    assert report is not None and report.metrics is not None and report.metrics.steps == 12
