@@ -368,12 +368,12 @@ def run(cluster: RealCluster, count: int, timeout: float, workdir: Path) -> dict
 
 def minimum() -> int:
     """The requests a lifecycle cannot do without: the trainer's children (its spec, its output volume, the report
-    ConfigMap it writes progress to, an identity that may patch only that ConfigMap, the Job), one status write per phase a user sees, one Event per
-    transition, and one read of the finished pod's termination message. Not counted as needed: kopf's own
-    bookkeeping (one patch of the `last-handled-configuration` annotation at creation) and the read of the
-    FineTuneJob at the start of a reconcile triggered by a Job event (read-your-writes: the watch's copy may not
-    yet hold the status the previous reconcile wrote). Watches are per operator, not per job; the garbage
-    collector, not the operator, deletes the children."""
+    ConfigMap it writes progress to, an identity that may patch only that ConfigMap, the Job), one status write
+    per phase a user sees, one Event per transition, and one read of the finished pod's termination message. Not
+    counted as needed: kopf's own bookkeeping (one patch of the `last-handled-configuration` annotation at
+    creation) and the read of the FineTuneJob at the start of a reconcile triggered by a Job event
+    (read-your-writes: the watch's copy may not yet hold the status the previous reconcile wrote). Watches are per
+    operator, not per job; the garbage collector, not the operator, deletes the children."""
     return sum(MINIMUM.values())
 
 
