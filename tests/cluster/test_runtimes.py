@@ -117,3 +117,71 @@ def test_a_load_balancer_modelserve_is_refused_unless_the_runtime_allows_it(runt
     assert (validated["status"], validated["reason"]) == ("False", "PolicyViolation")
     assert "LoadBalancer is not allowed" in validated["message"] and "allowLoadBalancer" in validated["message"]
     assert kube.find(DEPLOYMENTS, ns, "chat") is None and kube.find(SERVICES, ns, "chat") is None
+
+
+def _create_runtime(control_plane, name: str, spec: dict) -> None:
+    body = {"apiVersion": RUNTIMES[0], "kind": "FineTuneRuntime", "metadata": {"name": name}, "spec": spec}
+    control_plane.admin.create(RUNTIMES, None, body)
+
+
+@pytest.fixture
+def namespace_runtimes(control_plane, ns: str) -> Iterator[list[str]]:
+    """The runtimes a test creates (before it starts its operator: kopf fills its runtime index from the initial
+    LIST before any handler runs, so no watch race is involved); deleted after it."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        control_plane.admin.delete(RUNTIMES, None, name)
+
+
+def test_the_runtime_naming_the_namespace_applies_without_runtime_name(control_plane, namespace_runtimes, ns, kube):
+    """No spec.runtimeName: the runtime whose defaultForNamespaces lists the namespace shapes the Job, over the
+    operator's default runtime; a runtime listing other namespaces only changes nothing here."""
+    ours, other, operator_default = f"ns-{ns}"[:253], f"other-{ns}"[:253], f"opdefault-{ns}"[:253]
+    _create_runtime(control_plane, ours, {**_runtime_spec(), "defaultForNamespaces": ["elsewhere", ns]})
+    _create_runtime(
+        control_plane, other, {"trainerImage": "registry.example.com/other:1", "defaultForNamespaces": ["x"]}
+    )
+    _create_runtime(control_plane, operator_default, {"trainerImage": "registry.example.com/opdefault:1"})
+    namespace_runtimes += [ours, other, operator_default]
+    control = RealOperatorControl(
+        control_plane, operator_settings_for(control_plane, (ns,), default_runtime=operator_default)
+    )
+    control.start()
+    try:
+        since = control_plane.audit.offset()
+        kube.create(FTJ, ns, finetunejob(ns))
+        job = kube.wait_for(JOBS, ns, "sentiment-train", lambda j: j is not None, what="to be created")
+        pod = job["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == "registry.example.com/kubetune/trainer:a100"
+        assert pod["nodeSelector"] == GPU_POOL
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        ftj = wait_phase(kube, ns, "sentiment", "Queued")
+        assert "runtimeName" not in ftj["spec"], "the stored spec is never changed"
+        assert operator_requests(control_plane, since, "get", "finetuneruntimes")
+    finally:
+        control.stop()
+    assert control.refused() == []
+
+
+def test_two_runtimes_claiming_the_namespace_are_refused_naming_both(control_plane, namespace_runtimes, ns, kube):
+    first, second = f"first-{ns}"[:253], f"second-{ns}"[:253]
+    _create_runtime(control_plane, first, {**_runtime_spec(), "defaultForNamespaces": [ns]})
+    _create_runtime(control_plane, second, {"trainerImage": "registry.example.com/l4:1", "defaultForNamespaces": [ns]})
+    namespace_runtimes += [first, second]
+    control = RealOperatorControl(control_plane, operator_settings_for(control_plane, (ns,)))
+    control.start()
+    try:
+        kube.create(FTJ, ns, finetunejob(ns, name="ambiguous"))
+        kube.create(FTJ, ns, finetunejob(ns, name="explicit", runtimeName=second))
+        ftj = wait_phase(kube, ns, "ambiguous", "Failed")
+        validated = condition(ftj, "Validated")
+        assert (validated["status"], validated["reason"]) == ("False", "RuntimeConflict")
+        assert first in validated["message"] and second in validated["message"]
+        assert f"namespace {ns}" in validated["message"]
+        assert kube.find(JOBS, ns, "ambiguous-train") is None
+        job = kube.wait_for(JOBS, ns, "explicit-train", lambda j: j is not None, what="to be created")
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/l4:1"
+    finally:
+        control.stop()
+    assert control.refused() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.modelserve import ModelServeSpec
 from kubetune.api.runtime_policy import FineTuneRuntimeSpec
@@ -30,11 +31,33 @@ def _ftj(**spec) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(finetunejob("ns", **spec)["spec"])
 
 
-def test_the_named_runtime_wins_over_the_default():
+def test_the_named_runtime_wins_over_the_namespace_s_and_the_operator_s_default():
     settings = OperatorSettings(default_runtime="default")
-    assert policy.runtime_name("a100", settings) == "a100"
-    assert policy.runtime_name(None, settings) == "default"
-    assert policy.runtime_name(None, OperatorSettings()) is None
+    assert policy.runtime_name("a100", "team-a", ["l4"], settings) == "a100"
+    assert policy.runtime_name(None, "team-a", ["l4"], settings) == "l4"
+    assert policy.runtime_name(None, "team-a", [], settings) == "default"
+    assert policy.runtime_name(None, "team-a", [], OperatorSettings()) is None
+    assert policy.runtime_name(None, "team-a", ["l4", "l4"], settings) == "l4"  # listed twice: still one runtime
+
+
+def test_two_runtimes_claiming_a_namespace_are_refused_naming_both():
+    with pytest.raises(policy.RuntimeConflict) as refused:
+        policy.runtime_name(None, "team-a", ["l4", "a100"], OperatorSettings(default_runtime="default"))
+    message = str(refused.value)
+    assert "namespace team-a" in message and "a100, l4" in message and "defaultForNamespaces" in message
+    assert policy.runtime_name("h100", "team-a", ["l4", "a100"], OperatorSettings()) == "h100"  # named: no conflict
+
+
+def test_namespace_claims_invert_the_runtimes_lists():
+    claims = policy.namespace_claims({"a100": ["team-a", "team-b", "team-a"], "l4": ["team-b"], "cpu": []})
+    assert claims == {"team-a": ["a100"], "team-b": ["a100", "l4"]}
+
+
+@pytest.mark.parametrize("bad", ["Team-A", "team_a", "-a", "a" * 64, ""])
+def test_default_for_namespaces_takes_namespace_names_only(bad):
+    with pytest.raises(ValidationError) as refused:
+        FineTuneRuntimeSpec.model_validate({"defaultForNamespaces": ["ok", bad]})
+    assert "defaultForNamespaces" in str(refused.value)
 
 
 def test_a_compliant_spec_has_no_violations():

@@ -390,7 +390,8 @@ class FineTuneJobSpec(ApiModel):
 
     runtime_name: ObjectName | None = None
     """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose images, GPU pool, limits and policy
-    apply; empty uses the operator's default runtime, if one is configured."""
+    apply; empty uses the runtime whose defaultForNamespaces lists this namespace, else the operator's default
+    runtime, if one is configured."""
 
     def fingerprint(self) -> str:
         """Stable hash of the whole spec with defaults, without placement (queue, pass-through metadata): equal

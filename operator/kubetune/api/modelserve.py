@@ -193,7 +193,8 @@ class ModelServeSpec(ApiModel):
 
     runtime_name: ObjectName | None = None
     """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose server image, GPU pool, limits and
-    policy apply; empty uses the operator's default runtime, if one is configured."""
+    policy apply; empty uses the runtime whose defaultForNamespaces lists this namespace, else the operator's default
+    runtime, if one is configured."""
 
     @model_validator(mode="after")
     def _adapters(self) -> ModelServeSpec:

@@ -3,7 +3,8 @@
 Users fill in the recipe (model, data, LoRA, hyperparameters); the runtime fixes images, the GPU node pool and its
 resource name, limits, the models allowed, the default Kueue queue and storage class, and whether users may
 override the image or expose a LoadBalancer Service. A FineTuneJob or ModelServe names one in `runtimeName`, else
-gets the operator's default runtime (setting `default_runtime`); the operator enforces it when it creates the
+gets the runtime whose `defaultForNamespaces` lists its namespace, else the operator's default runtime (setting
+`default_runtime`); the operator enforces it when it creates the
 trainer Job or the server Deployment, and refuses a violation with condition Validated=False/PolicyViolation.
 (Not to be confused with api/runtime.py, the file and environment contract between the operator and the images.)
 """
@@ -15,7 +16,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import GROUP_VERSION, ApiModel, ExtendedResourceName, NodeSelector, ObjectName, ShortText
+from .base import GROUP_VERSION, ApiModel, Dns1123Label, ExtendedResourceName, NodeSelector, ObjectName, ShortText
 from .resources import ObjectMeta
 from .sources import Toleration
 
@@ -62,6 +63,11 @@ class FineTuneRuntimeSpec(ApiModel):
 
     allow_load_balancer: bool = False
     """Let ModelServes use service.type LoadBalancer (reachable from outside the cluster); off by default."""
+
+    default_for_namespaces: list[Dns1123Label] = Field(default_factory=list, max_length=256)
+    """Namespaces whose FineTuneJobs and ModelServes get this runtime when they name none in spec.runtimeName
+    (before the operator's default). A namespace listed by two runtimes is refused (RuntimeConflict, naming both)
+    until one lets go of it. Listed here so that the operator needs no read of Namespaces."""
 
     def allows_model(self, described: str) -> bool:
         """True when `described` (a Hub id, or 'pvc:<claim>/<path>') matches an allowed pattern (or none is set)."""

@@ -71,6 +71,18 @@ for _kind, (_resource, _index_id) in CACHED_CHILDREN.items():
 # reaches the index before finetunejob_phase_changed wakes the ModelServe.
 CACHED_FINETUNEJOBS = "cached_finetunejobs"
 kopf.index(*FTJ, id=CACHED_FINETUNEJOBS, registry=REGISTRY)(_by_name)
+# Which FineTuneRuntimes are the default of which namespaces (spec.defaultForNamespaces): the runtimes list the
+# namespaces, so the operator needs no read of Namespaces. kopf watches a cluster-scoped kind cluster-wide in both
+# install modes (with --namespace too), and starts no handler before this index is filled from its initial LIST.
+RUNTIMES = (API_GROUP, API_VERSION, "finetuneruntimes")
+RUNTIME_CLAIMS = "runtime_claims"
+
+
+@kopf.index(*RUNTIMES, id=RUNTIME_CLAIMS, registry=REGISTRY)
+def runtime_claims(spec: kopf.Spec, name: str, **_: Any) -> dict[str, str]:
+    """namespace -> this runtime's name, for each namespace it is the default of (kopf collects every runtime)."""
+    namespaces = spec.get("defaultForNamespaces") or []
+    return {namespace: name for namespace in namespaces if isinstance(namespace, str)}
 
 
 @kopf.on.startup(registry=REGISTRY)
@@ -84,6 +96,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None
     for kind, (_, index_id) in CACHED_CHILDREN.items():  # live views, filled before any other handler runs
         ctx.children.attach(kind, kwargs[index_id])
     ctx.children.attach("FineTuneJob", kwargs[CACHED_FINETUNEJOBS])
+    ctx.runtime_claims = kwargs[RUNTIME_CLAIMS]
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

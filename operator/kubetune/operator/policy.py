@@ -8,6 +8,8 @@ applied on every render, so a re-created child matches the first one.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.modelserve import ModelServeSpec
 from kubetune.api.runtime_policy import FineTuneRuntimeSpec
@@ -17,11 +19,40 @@ from .settings import OperatorSettings
 
 POLICY_VIOLATION = "PolicyViolation"
 RUNTIME_NOT_FOUND = "RuntimeNotFound"
+RUNTIME_CONFLICT = "RuntimeConflict"
 
 
-def runtime_name(spec_name: str | None, settings: OperatorSettings) -> str | None:
-    """The runtime an object names, else the operator's default (None: no runtime applies)."""
-    return spec_name or settings.default_runtime or None
+class RuntimeConflict(ValueError):
+    """Several FineTuneRuntimes list the object's namespace in defaultForNamespaces: none is picked."""
+
+
+def namespace_claims(runtimes: dict[str, list[str]]) -> dict[str, list[str]]:
+    """namespace -> the runtimes that are its default, from runtime name -> its defaultForNamespaces."""
+    claims: dict[str, list[str]] = {}
+    for name, namespaces in runtimes.items():
+        for namespace in dict.fromkeys(namespaces):
+            claims.setdefault(namespace, []).append(name)
+    return claims
+
+
+def runtime_name(
+    spec_name: str | None, namespace: str, claimants: Collection[str], settings: OperatorSettings
+) -> str | None:
+    """The runtime that applies to an object: the one its spec.runtimeName names, else the one whose
+    defaultForNamespaces lists its namespace (`claimants`: every such runtime), else the operator's default
+    (None: no runtime applies). Raises RuntimeConflict when several runtimes claim the namespace."""
+    if spec_name:
+        return spec_name
+    names = sorted(set(claimants))
+    if len(names) > 1:
+        raise RuntimeConflict(
+            f"namespace {namespace} is the default of several FineTuneRuntimes ({', '.join(names)}: each lists it "
+            "in spec.defaultForNamespaces); name one in spec.runtimeName, or ask the platform admins to keep the "
+            "namespace in only one runtime"
+        )
+    if names:
+        return names[0]
+    return settings.default_runtime or None
 
 
 def model_label(source: ModelSource) -> str:

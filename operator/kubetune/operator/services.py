@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,6 +84,9 @@ class OperatorContext:
         self._rechecks: dict[tuple[str, str, str], tuple[threading.Timer, int]] = {}
         self._gone: dict[str, float] = {}  # uids of deleted custom resources -> when (their children go next)
         self.children = ChildReader(kube)  # reads of children and FineTuneJobs from kopf indices (cache.py)
+        # namespace -> names of the FineTuneRuntimes listing it in defaultForNamespaces: kopf's index of the runtime
+        # watch (handlers.py); None (no kopf) lists the runtimes on each call instead.
+        self.runtime_claims: Mapping[str, Collection[str]] | None = None
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 
@@ -99,6 +102,16 @@ class OperatorContext:
             self._locks.pop((kind, namespace, name), None)
             self.failures.pop((kind, namespace, name), None)
         self.recheck(kind, namespace, name, wanted=False)
+
+    def namespace_runtimes(self, namespace: str) -> list[str]:
+        """The FineTuneRuntimes whose defaultForNamespaces lists `namespace` (normally none or one)."""
+        if self.runtime_claims is not None:
+            return sorted(set(self.runtime_claims.get(namespace, ())))
+        listed = {
+            item["metadata"]["name"]: list((item.get("spec") or {}).get("defaultForNamespaces") or [])
+            for item in self.kube.list(k8s.FINETUNERUNTIMES, None)
+        }
+        return policy.namespace_claims(listed).get(namespace, [])
 
     def mark_gone(self, uid: str) -> None:
         """Remember a deleted owner for a while: the garbage collector deletes its children after it."""
@@ -297,11 +310,22 @@ class _Service:
     def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
         """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
         names does not exist, or (only while `fresh`: no child created yet) its spec breaks the runtime's policy."""
-        name = policy.runtime_name(obj.spec.runtime_name, self.ctx.settings)
+        namespace = body["metadata"]["namespace"]
+        claimants = self.ctx.namespace_runtimes(namespace)
+        try:
+            name = policy.runtime_name(obj.spec.runtime_name, namespace, claimants, self.ctx.settings)
+        except policy.RuntimeConflict as conflict:
+            if not fresh:  # a running child is never stopped by an admin's later mistake
+                where = f"{self.kind} {namespace}/{obj.metadata.name}"
+                log.warning("%s: %s; rendering without a runtime", where, conflict)
+                return obj, None
+            return obj, self._refuse(body, status, str(conflict), policy.RUNTIME_CONFLICT)
         if name is None:
             return obj, None
         found = self.ctx.kube.get(k8s.FINETUNERUNTIMES, None, name)
         if found is None:
+            if not obj.spec.runtime_name and claimants:  # deleted since the watch saw it: its claim goes next
+                raise kopf.TemporaryError(f"FineTuneRuntime {name} is being deleted", delay=WAIT_SECONDS)
             if not obj.spec.runtime_name:  # the operator's default is not installed: no runtime applies
                 log.warning("the default FineTuneRuntime %s does not exist; %ss run without one", name, self.kind)
                 return obj, None

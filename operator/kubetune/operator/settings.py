@@ -33,7 +33,8 @@ class OperatorSettings(BaseModel):
     """imagePullPolicy of both images."""
 
     default_runtime: str | None = Field(default=None, max_length=253)
-    """FineTuneRuntime applied to FineTuneJobs and ModelServes that name none (spec.runtimeName); empty or missing
+    """FineTuneRuntime applied to FineTuneJobs and ModelServes that name none (spec.runtimeName) in a namespace no
+    runtime lists in defaultForNamespaces; empty or missing
     in the cluster: no runtime applies to them. The Helm chart and the kustomize base set it to their shipped
     `default` runtime."""
 
