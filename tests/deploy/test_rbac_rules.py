@@ -82,8 +82,10 @@ def test_namespaced_mode_keeps_the_cluster_role_to_cluster_scoped_reads(case):
     reads = {verb for verb, _, resource in cluster if resource != "finetuneruntimes"}
     assert reads <= {"list", "watch"}
     assert {(verb, group) for verb, group, resource in cluster if resource == "finetuneruntimes"} == {
-        ("get", "kubetune.dev")
-    }, "FineTuneRuntimes are only read, one by name"
+        ("get", "kubetune.dev"),
+        ("list", "kubetune.dev"),
+        ("watch", "kubetune.dev"),
+    }, "FineTuneRuntimes are only read: one by name, and watched for their defaultForNamespaces"
 
 
 def test_per_job_role_can_be_delegated_without_escalate(cluster_wide):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.modelserve import ModelServeSpec
 from kubetune.api.runtime_policy import FineTuneRuntimeSpec
-from kubetune.operator import policy
+from kubetune.operator import policy, services
+from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.settings import OperatorSettings
+from pydantic import ValidationError
 
 from tests.cluster.helpers import finetunejob, modelserve
 
@@ -109,3 +110,27 @@ def test_max_nodes():
     )
     [problem] = policy.finetunejob_violations(spec, "a100", RUNTIME.model_copy(update={"max_nodes": 2}))
     assert "spec.resources.nodes 3 exceeds maxNodes 2" in problem
+
+
+class _RuntimeLister:
+    """Answers the LIST of FineTuneRuntimes (the fallback when no kopf index is attached)."""
+
+    def __init__(self, runtimes: dict[str, list[str]]) -> None:
+        self.items = [{"metadata": {"name": n}, "spec": {"defaultForNamespaces": ns}} for n, ns in runtimes.items()]
+        self.calls = 0
+
+    def list(self, res, namespace):
+        assert (res.plural, namespace) == ("finetuneruntimes", None)
+        self.calls += 1
+        return self.items
+
+
+def test_the_namespace_s_runtimes_come_from_the_index_when_attached_else_a_list():
+    kube = _RuntimeLister({"a100": ["team-a"], "l4": ["team-a", "team-b"], "cpu": []})
+    ctx = services.OperatorContext(OperatorSettings(), kube, OperatorMetrics())  # type: ignore[arg-type]
+    assert ctx.namespace_runtimes("team-a") == ["a100", "l4"]
+    assert ctx.namespace_runtimes("team-c") == []
+    assert kube.calls == 2
+    ctx.runtime_claims = {"team-b": ["l4", "l4"]}  # kopf's index: one value per runtime listing the namespace
+    assert ctx.namespace_runtimes("team-b") == ["l4"] and ctx.namespace_runtimes("team-a") == []
+    assert kube.calls == 2
