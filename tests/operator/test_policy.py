@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import kopf
 import pytest
-from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.modelserve import ModelServeSpec
+from kubetune.api.resources import FineTuneJob
 from kubetune.api.runtime_policy import FineTuneRuntimeSpec
 from kubetune.operator import policy, services
 from kubetune.operator.metrics import OperatorMetrics
@@ -134,3 +136,50 @@ def test_the_namespace_s_runtimes_come_from_the_index_when_attached_else_a_list(
     ctx.runtime_claims = {"team-b": ["l4", "l4"]}  # kopf's index: one value per runtime listing the namespace
     assert ctx.namespace_runtimes("team-b") == ["l4"] and ctx.namespace_runtimes("team-a") == []
     assert kube.calls == 2
+
+
+class _ServiceKube:
+    """GETs of runtimes from a dict; records status patches and events (what a refusal writes)."""
+
+    def __init__(self, runtimes: dict[str, dict]) -> None:
+        self.runtimes, self.patches, self.events = runtimes, [], []
+
+    def get(self, res, namespace, name):
+        spec = self.runtimes.get(name)
+        return None if spec is None else {"metadata": {"name": name}, "spec": spec}
+
+    def patch(self, res, namespace, name, patch, subresource=None):
+        self.patches.append(patch)
+
+    def event(self, owner, type_, reason, message):
+        self.events.append((type_, reason, message))
+
+
+def _service(runtimes: dict[str, dict], claims: dict[str, list[str]]):
+    kube = _ServiceKube(runtimes)
+    ctx = services.OperatorContext(OperatorSettings(default_runtime="default"), kube, OperatorMetrics())  # type: ignore[arg-type]
+    ctx.runtime_claims = claims
+    body = finetunejob("team-a")
+    body["metadata"].update(uid="u1", generation=1)
+    return ctx.finetunejobs, kube, FineTuneJob.model_validate(body), body
+
+
+def test_a_conflict_refuses_a_new_object_and_leaves_a_running_one_alone():
+    runtimes = {"a100": {"trainerImage": "r/a100:1"}, "l4": {"trainerImage": "r/l4:1"}}
+    service, kube, ftj, body = _service(runtimes, {"team-a": ["a100", "l4"]})
+    _, phase = service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
+    assert phase == "Failed"
+    validated = next(c for c in kube.patches[-1]["status"]["conditions"] if c["type"] == "Validated")
+    assert validated["reason"] == "RuntimeConflict" and "a100, l4" in validated["message"]
+    kube.patches.clear()
+    rendered, phase = service._with_runtime(ftj, FineTuneJobStatus(job_name="sentiment-train"), body, fresh=False)
+    assert (phase, kube.patches, rendered.spec.image) == (None, [], ftj.spec.image)
+
+
+def test_the_namespace_s_runtime_is_applied_and_a_vanished_one_is_retried_not_skipped():
+    service, _, ftj, body = _service({"a100": {"trainerImage": "r/a100:1"}}, {"team-a": ["a100"]})
+    rendered, phase = service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
+    assert (phase, rendered.spec.image) == (None, "r/a100:1")
+    service, _, ftj, body = _service({}, {"team-a": ["a100"]})  # deleted since the watch saw it
+    with pytest.raises(kopf.TemporaryError):
+        service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
