@@ -37,7 +37,12 @@ class Stamp:
 
 
 STAMPS = (
-    Stamp(Path("deploy/helm/kubetune/Chart.yaml"), re.compile(r"^version: (?P<version>\S+)$", re.M), 1, "chart version"),
+    Stamp(
+        Path("deploy/helm/kubetune/Chart.yaml"),
+        re.compile(r"^version: (?P<version>\S+)$", re.M),
+        1,
+        "chart version",
+    ),
     Stamp(
         Path("deploy/helm/kubetune/Chart.yaml"),
         re.compile(r'^appVersion: "(?P<version>[^"]+)"$', re.M),
