@@ -4,9 +4,9 @@ and user, on a read-only root filesystem with only /tmp writable, and reports th
 
 from __future__ import annotations
 
+import kubetune
 import pytest
 
-import kubetune
 from tests.deploy import render
 from tests.support import images
 
@@ -39,6 +39,6 @@ def test_reports_its_version_as_its_user_on_a_read_only_root(image, container):
 
 def test_its_root_filesystem_is_really_read_only_there(image, container):
     """The check above would prove nothing if the runtime left the root writable."""
-    probe = "import pathlib, sys; pathlib.Path('/tmp/ok').write_text('x'); pathlib.Path('/opt/kubetune/x').write_text('x')"
+    probe = "import pathlib; pathlib.Path('/tmp/ok').write_text('x'); pathlib.Path('/opt/kubetune/x').write_text('x')"
     result = container(image).run([], entrypoint=["python", "-c", probe], read_only=True, tmpfs_tmp=True)
     assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr

@@ -20,11 +20,13 @@ environment and working directory (from `buildah inspect`). The network is the h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -259,17 +261,52 @@ printf '%s\n' "$mounts" | while IFS="$(printf '\t')" read -r source target acces
     else mkdir -p "$(dirname "$rootfs$target")" && touch "$rootfs$target"; fi
 done
 mount --bind "$rootfs" "$root"
-[ "$mode" = ro ] && mount -o remount,bind,ro "$root"
+if [ "$mode" = ro ]; then mount -o remount,bind,ro "$root"; fi
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
-[ "$tmp" = tmp ] && mount -t tmpfs -o mode=1777,size=64m tmpfs "$root/tmp"
+if [ "$tmp" = tmp ]; then mount -t tmpfs -o mode=1777,size=64m tmpfs "$root/tmp"; fi
 printf '%s\n' "$mounts" | while IFS="$(printf '\t')" read -r source target access; do
     [ -n "$source" ] || continue
     mount --bind "$source" "$root$target"
-    [ "$access" = ro ] && mount -o remount,bind,ro "$root$target"
+    if [ "$access" = ro ]; then mount -o remount,bind,ro "$root$target"; fi
 done
 exec chroot "$@"
 """
+
+
+@dataclass
+class Running:
+    """A container process started in the background. Its entry point is PID 1 of its own PID namespace, a child of
+    `unshare`; signals go to it (chroot's change of user clears a parent-death signal, so none is inherited)."""
+
+    process: subprocess.Popen
+
+    def _init_pid(self) -> int | None:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            return None
+        return int(pids[0]) if pids else None
+
+    def signal(self, number: int) -> None:
+        pid = self._init_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+    def stop(self, grace: float = 60) -> int:
+        """SIGTERM, as a kubelet; SIGKILL after `grace` seconds. Returns the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)  # PID 1 of the namespace: every process in it dies
+            return self.process.wait(30)
+
+    def output(self) -> str:
+        """What it printed (call after it exited)."""
+        return self.process.stdout.read() if self.process.stdout else ""
 
 
 class Container:
@@ -307,7 +344,6 @@ class Container:
             "--mount",
             "--pid",
             "--fork",
-            "--kill-child=SIGTERM",
             "sh",
             "-c",
             _RUNTIME,
@@ -327,11 +363,10 @@ class Container:
         TIMINGS.add(f"{self.image.label} runs", time.monotonic() - started)
         return result
 
-    def start(self, args: Sequence[str] = (), **options: Any) -> subprocess.Popen:
-        """Start in the background (stdout and stderr together); `terminate()` stops it with SIGTERM, as a kubelet."""
-        return subprocess.Popen(
-            self.command(args, **options), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+    def start(self, args: Sequence[str] = (), **options: Any) -> Running:
+        """Start in the background (stdout and stderr together in `process.stdout`)."""
+        command = self.command(args, **options)
+        return Running(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
 
     def remove(self) -> None:
         self.buildah("umount", self.id)
