@@ -23,7 +23,11 @@ WORKDIR /opt/kubetune/src
 # The dependencies (pyproject.toml) in their own layer, then the code; bytecode compiled at build time, as
 # nothing can write it at run time.
 COPY pyproject.toml ./
+# The user exists in /etc/passwd: kopf names its peering identity after it (getpass.getuser() fails for a uid
+# without an entry, so an image whose USER is a bare number cannot start with peering).
 RUN python3 -m venv /opt/kubetune \
+    && groupadd --gid 65532 kubetune \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin kubetune \
     && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(['setuptools>=68', *p['dependencies'], *p['optional-dependencies']['operator']]))" > /tmp/requirements.txt \
     && pip install --no-compile -r /tmp/requirements.txt \

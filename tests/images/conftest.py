@@ -1,8 +1,8 @@
 """The images tier: build kubetune's three images from their Dockerfiles and run them (tests/support/images.py).
 
-Without buildah (and mmdebstrap, root) the tier is not run and the session says so in one line with how to get
-them; with KUBETUNE_REQUIRE_IMAGES=1 (CI, .ci/run) a missing tool fails the run instead. The session's summary
-reports the seconds spent building and running.
+Without buildah (and mmdebstrap, root) the tier, and the tests marked `images` elsewhere, are not run and the
+session says so in one line with how to get them; with KUBETUNE_REQUIRE_IMAGES=1 (CI, .ci/run) a missing tool
+fails the run instead. The session's summary reports the seconds spent building and running.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _NOT_RUN = pytest.StashKey[int]()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not images.missing_tools() or os.environ.get(REQUIRE_ENV) == "1":
         return
-    tier = [item for item in items if TIER in Path(str(item.path)).parents]
+    tier = [item for item in items if TIER in Path(str(item.path)).parents or item.get_closest_marker("images")]
     if tier:
         config.hook.pytest_deselected(items=tier)
         items[:] = [item for item in items if item not in tier]
