@@ -41,10 +41,12 @@ from tests.support.binaries import REPO_ROOT
 CACHE = Path(os.environ.get("KUBETUNE_IMAGE_CACHE") or Path.home() / ".cache" / "kubetune" / "images")
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+DEBIAN_MIRROR = os.environ.get("KUBETUNE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 TORCH_PIN = REPO_ROOT / "requirements" / "torch.txt"
 HOW_TO_GET = (
     "the image tests need buildah, mmdebstrap and unshare, as root: "
-    "apt-get install buildah mmdebstrap (Debian/Ubuntu; .ci/run installs them)"
+    "apt-get install buildah mmdebstrap debian-archive-keyring (Debian/Ubuntu; .ci/run installs them)"
 )
 BUILD_TIMEOUT = 1800
 
@@ -149,7 +151,10 @@ def base_image(buildah: Buildah) -> str:
     tarball = buildah.cache / f"rootfs-{SUITE}-{key}.tar"
     if not tarball.is_file():
         staging = tarball.with_suffix(".partial")
-        command = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES), SUITE, str(staging)]
+        command = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES)]
+        if DEBIAN_KEYRING.is_file():  # given explicitly, so a non-Debian host (an Ubuntu CI runner) works too
+            command.append(f"--keyring={DEBIAN_KEYRING}")
+        command += [SUITE, str(staging), DEBIAN_MIRROR]
         result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
         if result.returncode != 0:
             raise ImageError(f"{shlex.join(command)} failed:\n{result.stderr[-4000:]}")
@@ -257,6 +262,10 @@ rootfs=$1 root=$2 mode=$3 tmp=$4 mounts=$5
 shift 5
 printf '%s\n' "$mounts" | while IFS="$(printf '\t')" read -r source target access; do
     [ -n "$source" ] || continue
+    case "$(realpath -m "$rootfs$target")" in
+        "$rootfs"/*) ;;
+        *) echo "mount target $target leaves the container through a symbolic link" >&2; exit 1 ;;
+    esac
     if [ -d "$source" ]; then mkdir -p "$rootfs$target"
     else mkdir -p "$(dirname "$rootfs$target")" && touch "$rootfs$target"; fi
 done
