@@ -10,6 +10,8 @@ import pytest
 from tests.deploy import render
 from tests.support import images
 
+pytestmark = pytest.mark.images
+
 
 @pytest.fixture(scope="module")
 def image(buildah) -> images.Image:
