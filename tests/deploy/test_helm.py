@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from kubetune.operator.settings import OperatorSettings
 
 from tests.support.binaries import REPO_ROOT
 
@@ -98,11 +99,24 @@ def test_custom_values_reach_the_deployment(helm_custom):
         "KUBETUNE_WATCH_NAMESPACES": "ml-prod",
         "KUBETUNE_TRAINER_CPU": "8",
         "KUBETUNE_TRAINER_MEMORY": "64Gi",
+        "KUBETUNE_TRAINER_CPU_REQUEST": "",
+        "KUBETUNE_TRAINER_MEMORY_REQUEST": "8Gi",
+        "KUBETUNE_POD_FS_GROUP": "1000",
         "KUBETUNE_SERVER_CPU": "4",
         "KUBETUNE_CLUSTER_DOMAIN": "corp.example",
         "KUBETUNE_WORKERS": "4",
         "EXTRA_SETTING": "1",
     }
+
+
+def test_the_operator_reads_the_rendered_settings(helm_default, helm_custom):
+    """The newer settings reach the operator as the chart renders them: by default none is rendered (the operator's
+    own defaults apply: 1 CPU / 4Gi trainer requests, no fsGroup); set, "" means no request."""
+    defaults = OperatorSettings.from_env(_env(_container(helm_default)))
+    assert (defaults.trainer_cpu_request, defaults.trainer_memory_request, defaults.pod_fs_group) == ("1", "4Gi", None)
+    assert not defaults.leader_election
+    custom = OperatorSettings.from_env(_env(_container(helm_custom)))
+    assert (custom.trainer_cpu_request, custom.trainer_memory_request, custom.pod_fs_group) == (None, "8Gi", 1000)
 
 
 def test_custom_values_reach_the_other_objects(helm_custom):
@@ -156,6 +170,8 @@ def test_release_name_changes_the_object_names():
         ({"operator": {"imageTag": "1.0"}}, "imageTag"),
         ({"trainer": {"image": {"repository": ""}}}, "/trainer/image/repository"),
         ({"operator": {"metrics": {"port": 70000}}}, "/operator/metrics/port"),
+        ({"workloadFsGroup": 0}, "/workloadFsGroup"),
+        ({"trainer": {"defaultRequests": {"cpu": "one"}}}, "/trainer/defaultRequests/cpu"),
     ],
 )
 def test_schema_rejects_bad_values(values, message):

@@ -136,3 +136,18 @@ def test_the_install_docs_overlay_example_builds(tmp_path):
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.example.com/")
     assert env["KUBETUNE_TRAINER_IMAGE"].startswith("registry.example.com/kubetune/trainer:")
     assert env["KUBETUNE_SERVER_IMAGE"].startswith("registry.example.com/kubetune/server:")
+
+
+def test_the_install_docs_settings_overlay_reaches_the_operator(tmp_path):
+    """docs/install.md's overlay that adds the newer settings builds, and the operator reads what it says."""
+    from kubetune.operator.settings import OperatorSettings
+
+    text = (render.REPO_ROOT / "docs" / "install.md").read_text()
+    marker = "# my-overlay/kustomization.yaml (docs example: tests/deploy/test_kustomize.py renders it)\n"
+    block = text.split(marker, 1)[1].split("```", 1)[0]
+    (tmp_path / "deploy").symlink_to(render.DEPLOY)
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block)
+    settings = OperatorSettings.from_env(_env(render.one(render.kustomize(overlay), "Deployment")))
+    assert (settings.trainer_cpu_request, settings.trainer_memory_request, settings.pod_fs_group) == ("1", "16Gi", 1000)

@@ -216,6 +216,12 @@ def modelserve_crd() -> dict[str, Any]:
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Adapters", "type": "string", "jsonPath": ".status.adapterNames"},
+        {
+            "name": "Loaded",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="AdaptersLoaded")].status',
+            "description": "Every adapter loaded on every ready server replica, as the servers report (True).",
+        },
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
         _AGE,

@@ -25,6 +25,7 @@ from kubetune.api.resources import FineTuneJob, ModelServe
 
 from . import kube as k8s
 from . import naming
+from .cache import ChildReader
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
 from .manifests.trainer import trainer_children
@@ -35,6 +36,7 @@ from .reconcile import modelserve as msv_logic
 from .reconcile.conditions import get_condition, set_condition
 from .reconcile.plan import Plan
 from .reconcile.report import report_from_pods
+from .server_adapters import ask_all, server_pods
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ FORGOTTEN = "Forgotten"  # the owner is being deleted: the Job's own deletion ne
 REFUSED = (400, 403, 422)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0
 WAIT_SECONDS = 2.0  # a predecessor's or terminating child usually goes within seconds (garbage collector)
+RECHECK_MIN, RECHECK_MAX = 5.0, 60.0  # asking servers again whether they loaded their adapters, backing off
+GONE_SECONDS = 600.0  # how long a deleted owner's uid is remembered (its children's deletions need nothing)
 CONFLICT = "ChildConflict"
 CHILD_REFUSED = "ChildRefused"
 
@@ -75,6 +79,9 @@ class OperatorContext:
         self.seen_pod_cause: dict[tuple[str, str], tuple[str, str] | None] = {}
         self.failures: dict[tuple[str, str, str], int] = {}  # consecutive refused/conflicting reconciles
         self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
+        self._rechecks: dict[tuple[str, str, str], tuple[threading.Timer, int]] = {}
+        self._gone: dict[str, float] = {}  # uids of deleted custom resources -> when (their children go next)
+        self.children = ChildReader(kube)  # reads of children and FineTuneJobs from kopf indices (cache.py)
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 
@@ -89,6 +96,48 @@ class OperatorContext:
         with self._guard:
             self._locks.pop((kind, namespace, name), None)
             self.failures.pop((kind, namespace, name), None)
+        self.recheck(kind, namespace, name, wanted=False)
+
+    def mark_gone(self, uid: str) -> None:
+        """Remember a deleted owner for a while: the garbage collector deletes its children after it."""
+        now = time.monotonic()
+        with self._guard:
+            self._gone = {key: when for key, when in self._gone.items() if now - when < GONE_SECONDS}
+            self._gone[uid] = now
+
+    def is_gone(self, uid: str) -> bool:
+        with self._guard:
+            return uid in self._gone
+
+    def recheck(self, kind: str, namespace: str, name: str, wanted: bool = True) -> None:
+        """Reconcile the object again later when `wanted` (nothing in Kubernetes changes when a server reads its
+        refreshed serve.json): after RECHECK_MIN seconds, doubling while it stays wanted, up to RECHECK_MAX. Not
+        wanted: cancel what is scheduled and start over next time."""
+        key = (kind, namespace, name)
+        with self._guard:
+            timer, count = self._rechecks.pop(key, (None, 0))
+            if timer is not None:
+                timer.cancel()
+            if not wanted:
+                return
+            delay = min(RECHECK_MIN * 2**count, RECHECK_MAX)
+            timer = threading.Timer(delay, self._recheck_now, key)
+            timer.daemon = True
+            self._rechecks[key] = (timer, count + 1)
+            timer.start()
+
+    def _recheck_now(self, kind: str, namespace: str, name: str) -> None:
+        service = self.modelserves if kind == self.modelserves.kind else self.finetunejobs
+        try:
+            service.reconcile(namespace, name)
+        except Exception as exc:  # kopf.TemporaryError included: the resync pass retries
+            log.warning("recheck of %s %s/%s failed: %s", kind, namespace, name, exc)
+
+    def stop_rechecks(self) -> None:
+        with self._guard:
+            for timer, _ in self._rechecks.values():
+                timer.cancel()
+            self._rechecks.clear()
 
 
 def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,7 +200,7 @@ class _Service:
         object is used only when its controller reference is this owner's uid (see drift.ownership)."""
         kube = self.ctx.kube
         res, meta = k8s.BY_KIND[child["kind"]], child["metadata"]
-        existing = None if missing else kube.get(res, meta.get("namespace"), meta["name"])
+        existing = None if missing else self.ctx.children.get(res, meta.get("namespace"), meta["name"])
         if existing is None:
             try:
                 created = kube.create(child)
@@ -294,7 +343,7 @@ class FineTuneJobService(_Service):
         job_name = naming.job_name(name)
         if job is UNKNOWN:
             fresh = status.job_name is None and not status.conditions
-            job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
+            job = None if fresh else self.ctx.children.get(k8s.JOBS, namespace, job_name)
         problem = None
         checked = job is None  # the plan creates (and so checks) every child when there is no Job
         if job is not None:
@@ -362,8 +411,18 @@ class FineTuneJobService(_Service):
         key, owner = (namespace, meta["name"]), (meta.get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
         if deleted or not owner:
             self.ctx.seen_pod_cause.pop(key, None)
+            self.ctx.seen_pod_cause.pop((namespace, f"pod/{meta['name']}"), None)
             return
         cause = ftj_logic.pod_cause(pod)
+        if self.ctx.seen_pod_cause.get(key) == cause:
+            return
+        self.ctx.seen_pod_cause[key] = cause
+        self.reconcile(namespace, owner)
+
+    def pod_event(self, namespace: str, pod: str, owner: str, reason: Any, message: Any) -> None:
+        """A blocking Event on a trainer pod (FailedMount): reconcile its FineTuneJob once per new message (the
+        kubelet repeats it every couple of minutes, with a growing count)."""
+        key, cause = (namespace, f"pod/{pod}"), (str(reason), str(message or ""))
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause
@@ -379,7 +438,7 @@ class FineTuneJobService(_Service):
         cause = ("FailedCreate", event.get("message") or "")
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
-        job = self.ctx.kube.get(k8s.JOBS, namespace, involved["name"])
+        job = self.ctx.children.get(k8s.JOBS, namespace, involved["name"])
         owner = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
         if job is None or not owner:
             return
@@ -390,6 +449,7 @@ class FineTuneJobService(_Service):
         """After deletion: forget the object. The garbage collector deletes its Job (ownerReference) as the
         deletion's propagation policy says; an orphaning delete keeps it, as asked."""
         meta = body["metadata"]
+        self.ctx.mark_gone(meta["uid"])
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.seen_job_phase[(meta["namespace"], naming.job_name(meta["name"]))] = FORGOTTEN
         self.ctx.seen_pod_cause.pop((meta["namespace"], f"job/{naming.job_name(meta['name'])}"), None)
@@ -420,28 +480,42 @@ class ModelServeService(_Service):
 
     def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any]) -> str:
         """Resolve adapters, read the children (refusing any that is not ours), plan and apply."""
-        kube, namespace, name = self.ctx.kube, body["metadata"]["namespace"], body["metadata"]["name"]
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
-        jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
+        jobs = {ref: self.ctx.children.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
         resolution = msv_logic.resolve_adapters(msv, jobs)
         observed: dict[str, dict[str, Any] | None] = {}
         if not resolution.failed and not resolution.waiting:
             server = naming.server_name(name)
+            read = self.ctx.children.get
             observed = {
-                "ConfigMap": kube.get(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
-                "Deployment": kube.get(k8s.DEPLOYMENTS, namespace, server),
-                "Service": kube.get(k8s.SERVICES, namespace, server),
+                "ConfigMap": read(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
+                "Deployment": read(k8s.DEPLOYMENTS, namespace, server),
+                "Service": read(k8s.SERVICES, namespace, server),
             }
             for kind, child in observed.items():
                 if child is not None:
                     child.setdefault("kind", kind)
                     self._verify(child, _stub(child, body))
-        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339())
+        reports = self._ask_servers(namespace, observed.get("Deployment"))
+        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports)
         self._apply(plan, body, pending=cleared if cleared is not status else None)
+        if plan.recheck:
+            self.ctx.recheck(self.kind, namespace, name)
+        elif reports:
+            self.ctx.recheck(self.kind, namespace, name, wanted=False)
         return plan.phase
+
+    def _ask_servers(self, namespace: str, deployment: dict[str, Any] | None) -> list:
+        """The adapter reports of the Deployment's ready server pods (none while no replica is ready)."""
+        if deployment is None or not int((deployment.get("status") or {}).get("readyReplicas") or 0):
+            return []
+        selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
+        return ask_all(server_pods(deployment, self.ctx.kube.list(k8s.PODS, namespace, selector)))
 
     def forget(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
+        self.ctx.mark_gone(meta["uid"])
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.forget(self.kind, meta["namespace"], meta["name"])

@@ -10,11 +10,17 @@ delete once the containers stopped), so suspend, garbage collection and namespac
 from __future__ import annotations
 
 import datetime
+import random
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from ..kube.kubelet import JOB_NAME_LABELS, Kubelet
+from kubetune.api import runtime
+
+from ..kube import hostrun
+from ..kube.kubelet import JOB_NAME_LABELS, Kubelet, ServerProcess
 from ..kube.server import DEPLOYMENTS, JOBS, PODS, KubeError, KubeTestClient
 
 NODE_NAME = "envtest-node"
@@ -141,11 +147,12 @@ class FakeKubelet(Kubelet):
         }
         self.client.create_subresource(PODS, meta["namespace"], meta["name"], "binding", body)
 
-    def run_pod(self, pod: dict[str, Any], ready: bool = True) -> dict[str, Any]:
-        """Bind a pending pod and report its containers running (and ready)."""
+    def run_pod(self, pod: dict[str, Any], ready: bool = True, pod_ip: str | None = None) -> dict[str, Any]:
+        """Bind a pending pod and report its containers running (and ready), on `pod_ip` when given."""
         if not pod["spec"].get("nodeName"):
             self.bind(pod)
         status = {
+            **({"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]} if pod_ip else {}),
             "phase": "Running",
             "startTime": _now(),
             "conditions": _pod_conditions(ready),
@@ -215,7 +222,39 @@ class FakeKubelet(Kubelet):
         raise NotImplementedError("the real Job controller handles suspend; the reaper completes the pod deletions")
 
     # ---- Deployments (the real Deployment and ReplicaSet controllers do the rest) ------------------
-    def deployment_ready(self, namespace: str, name: str, ready: int | None = None) -> dict[str, Any]:
+    def serve_deployment(
+        self,
+        namespace: str,
+        name: str,
+        root: Path,
+        claims_root: Path | None = None,
+        timeout: float = 120,
+        pod_ip: str | None = None,
+    ) -> ServerProcess:
+        """Run the Deployment's server container on the host as its pod would run: on a pod IP of its own (a free
+        loopback address 127.x.y.z, reported as the pod's status.podIP) and the container's own port, so the
+        operator reaches it as in a cluster. `.refresh_config()` plays the kubelet's later ConfigMap refresh; a
+        `pod_ip` given restarts the container of a pod that runs there already."""
+        deployment = self.client.get(DEPLOYMENTS, namespace, name)
+        template = deployment["spec"]["template"]
+        host = hostrun.prepare(self.client, namespace, template, root, claims_root, pod_name=f"{name}-0")
+        container = template["spec"]["containers"][0]
+        port = _serving_port(container)
+        pod_ip = pod_ip or _free_loopback_address(port)
+        process = hostrun.start(host, {runtime.ENV_HOST: pod_ip, runtime.ENV_PORT: str(port)}, root / f"{name}.log")
+        server = ServerProcess(process, f"http://{pod_ip}:{port}", root / f"{name}.log")
+        server.refresh_config = lambda: hostrun.refresh_configmaps(self.client, namespace, template, root)
+        try:
+            server.wait_ready(container["readinessProbe"]["httpGet"]["path"], timeout)
+            self.deployment_ready(namespace, name, pod_ip=pod_ip)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def deployment_ready(
+        self, namespace: str, name: str, ready: int | None = None, pod_ip: str | None = None
+    ) -> dict[str, Any]:
         """Run and ready the pods of the Deployment's newest ReplicaSet; wait until the rollout is complete."""
         deployment = self.client.get(DEPLOYMENTS, namespace, name)
         wanted = int(deployment["spec"].get("replicas", 1)) if ready is None else ready
@@ -238,7 +277,7 @@ class FakeKubelet(Kubelet):
                     if len(ready_now) >= wanted:
                         break
                     if not _is_ready(pod):
-                        self.run_pod(pod)
+                        self.run_pod(pod, pod_ip=pod_ip)
                         ready_now.append(pod)
                 status = deployment.get("status") or {}
                 done = (
@@ -266,6 +305,33 @@ class FakeKubelet(Kubelet):
 
     def deployment_deadline_exceeded(self, namespace: str, name: str) -> dict[str, Any]:
         raise NotImplementedError("the real Deployment controller reports ProgressDeadlineExceeded: leave pods pending")
+
+
+def _serving_port(container: dict[str, Any]) -> int:
+    """The port the container serves on: its port named `http`, else its readiness probe's, else its first."""
+    ports = container.get("ports") or []
+    named = [p["containerPort"] for p in ports if p.get("name") == "http"]
+    probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("port")
+    if named:
+        return int(named[0])
+    if isinstance(probe, int):
+        return probe
+    if ports:
+        return int(ports[0]["containerPort"])
+    raise ValueError(f"container {container['name']!r} names no port to serve on")
+
+
+def _free_loopback_address(port: int) -> str:
+    """A 127.x.y.z address (all of 127/8 is this machine's loopback on Linux) where `port` is free."""
+    for _ in range(50):
+        address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                continue
+            return address
+    raise RuntimeError(f"no loopback address with port {port} free")
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:

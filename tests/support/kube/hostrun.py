@@ -60,7 +60,18 @@ def _write_items(folder: Path, data: dict[str, bytes], items: list[dict[str, Any
         if key in data:
             target = folder / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data[key])
+            staging = target.with_name(f".{target.name}.tmp")
+            staging.write_bytes(data[key])
+            staging.replace(target)  # swapped in whole, as the kubelet's symlink swap: no reader sees half a file
+
+
+def refresh_configmaps(client: KubeTestClient, namespace: str, pod: dict[str, Any], root: Path) -> None:
+    """Write the pod's ConfigMap volumes again from the API, as the kubelet does some time after a change."""
+    for volume in pod.get("spec", pod).get("volumes") or []:
+        if "configMap" in volume:
+            source = volume["configMap"]
+            data = _configmap_data(client, namespace, source["name"])
+            _write_items(root / "volumes" / volume["name"], data, source.get("items"))
 
 
 def _configmap_data(client: KubeTestClient, namespace: str, name: str) -> dict[str, bytes]:
@@ -245,8 +256,8 @@ def prepare(
 
 
 def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any) -> str:
-    if "value" in item:
-        return mapped(item["value"])
+    if "value" in item or not item.get("valueFrom"):
+        return mapped(item.get("value", ""))  # no value at all is the empty string, as the kubelet sets it
     source = item.get("valueFrom") or {}
     if "secretKeyRef" in source:
         ref = source["secretKeyRef"]

@@ -61,6 +61,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list, watch]
+# The same Events through events.k8s.io: a second watch, for a kubelet's FailedMount on a trainer pod (field
+# selector regarding.kind=Pod,reason=FailedMount; one watch can hold only one selector per API).
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [list, watch]
 # The custom resources: kopf lists and watches them and keeps its annotations on them (patch; no finalizer);
 # the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
@@ -99,17 +104,19 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
   resources: [services]
   verbs: [get, list, watch, create, patch]
 # ConfigMaps: a FineTuneJob's validated spec (create) and a server's serve.json (get, create, patch to hot-add
-# adapters).
+# adapters); the operator's own are watched (label selector app.kubernetes.io/managed-by=kubetune-operator) so that
+# reconciles read them from memory, and one deleted under its owner is re-created at once.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # A FineTuneJob's output claim and trainer ServiceAccount, and the trainer's Role and RoleBinding: created once,
-# never changed; garbage collection deletes them with their FineTuneJob. Read (get) to check an existing one's
-# controller reference (never adopting someone else's) and to re-create one deleted under a running job.
+# never changed; garbage collection deletes them with their FineTuneJob. Watched (label selector
+# kubetune.dev/finetunejob) and read from memory to check an existing one's controller reference (never adopting
+# someone else's) and to re-create one deleted under a running job; get when the watch has not delivered it yet.
 - apiGroups: [""]
   resources: [persistentvolumeclaims, serviceaccounts]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 {{- end }}
