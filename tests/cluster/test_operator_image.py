@@ -17,8 +17,8 @@ import yaml
 
 from tests.deploy import render
 from tests.support import images
-from tests.support.envtest.fixtures import OPERATOR_USER
-from tests.support.kube.server import FTJ, JOBS, ROLEBINDINGS, ROLES
+from tests.support.envtest.audit import service_account_user
+from tests.support.kube.server import FTJ, JOBS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS
 
 from .helpers import exists, finetunejob
 
@@ -49,38 +49,47 @@ def image() -> images.Image:
     return images.built("operator")
 
 
-def _namespaced_install(control_plane, ns: str, kube) -> dict:
-    """The namespaced overlay, for `ns`: its Role and RoleBinding (kopf peering, events, the custom resources)
-    applied there, and its operator container with `ns` as the watched namespace. (Watching one namespace keeps the
-    image's operator away from the other tests' objects of this shared control plane.)"""
+def _namespaced_install(control_plane, ns: str, kube, folder: Path) -> tuple[dict, str]:
+    """The namespaced overlay, installed for `ns` alone with an operator ServiceAccount of its own there: kopf's
+    peering CRDs, the overlay's Role bound to that account, nothing cluster-wide. Returns the overlay's operator
+    container and the account's user name. (One namespace keeps the image's operator away from the other tests'
+    objects; its own account keeps its requests out of the session operator's RBAC evidence, test_rbac_audit.py.)"""
     manifests = render.kustomize(render.OVERLAYS / "namespaced")
-    control_plane.apply_crds(render.by_kind(manifests, "CustomResourceDefinition"))  # kopf's peering CRDs too
+    control_plane.apply_crds(render.by_kind(manifests, "CustomResourceDefinition"))
+    account = "kubetune-operator"
+    kube.create(SERVICEACCOUNTS, ns, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})
     watched = render.by_kind(manifests, "Role")[0]["metadata"]["namespace"]
-    for kind, resource in (("Role", ROLES), ("RoleBinding", ROLEBINDINGS)):
-        body = render.one([m for m in manifests if m["metadata"].get("namespace") == watched], kind)
-        body["metadata"]["namespace"] = ns
-        kube.create(resource, ns, body)
-    return render.one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    role = render.one([m for m in manifests if m["metadata"].get("namespace") == watched], "Role")
+    binding = render.one([m for m in manifests if m["metadata"].get("namespace") == watched], "RoleBinding")
+    role["metadata"]["namespace"] = binding["metadata"]["namespace"] = ns
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": account, "namespace": ns}]
+    kube.create(ROLES, ns, role)
+    kube.create(ROLEBINDINGS, ns, binding)
+    token = control_plane.plane.service_account_token(ns, account)
+    path = control_plane.plane.write_kubeconfig(folder / "token.kubeconfig", {"token": token}, namespace=ns)
+    _self_contained_kubeconfig(str(path), folder / "kubeconfig")
+    path.unlink()
+    container = render.one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container, service_account_user(ns, account)
 
 
 def test_the_operator_image_runs_as_its_deployment_says(image, control_plane, ns, kube, tmp_path):
-    container = _namespaced_install(control_plane, ns, kube)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o755)
+    container, user = _namespaced_install(control_plane, ns, kube, secrets)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     health = _free_port()
     env = {item["name"]: item["value"] for item in container["env"]}
     env.update(
         {
-            # Ports of their own (this machine is shared), this test's namespace, the ServiceAccount's kubeconfig
-            # (in a pod: the mounted token); everything else exactly as the Deployment sets it.
+            # Ports of their own (this machine is shared), this test's namespace, the ServiceAccount's token as a
+            # kubeconfig (in a pod: the mounted token); everything else exactly as the Deployment sets it.
             "KUBETUNE_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health}/healthz",
             "KUBETUNE_METRICS_PORT": str(_free_port()),
             "KUBETUNE_WATCH_NAMESPACES": ns,
             "KUBECONFIG": "/etc/kubetune/kubeconfig",
         }
     )
-    secrets = tmp_path / "secrets"
-    secrets.mkdir(mode=0o755)
-    _self_contained_kubeconfig(str(control_plane.operator_kubeconfig), secrets / "kubeconfig")
     since = control_plane.audit.offset()
     one = images.Container(images.session_buildah(), image)
     running = one.start(
@@ -116,5 +125,7 @@ def test_the_operator_image_runs_as_its_deployment_says(image, control_plane, ns
     output = running.output()
     assert code == 0, output[-4000:]
     assert f"kubetune operator {kubetune.__version__} starting" in output
-    refused = control_plane.audit.refused(OPERATOR_USER, since)
+    refused = control_plane.audit.refused(user, since)
     assert not refused, [f"{e.code} {e.verb} {e.uri}" for e in refused]
+    calls = control_plane.audit.events(since, user)
+    assert {event.namespace for event in calls} == {ns}, "a namespaced install calls nothing cluster-wide"
