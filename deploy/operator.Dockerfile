@@ -14,11 +14,14 @@ LABEL org.opencontainers.image.title="kubetune-operator" \
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_FIND_LINKS=
+# USER names the process's user for getpass.getuser() (kopf's peering identity) also under an arbitrary UID without
+# an /etc/passwd entry, as OpenShift's restricted-v2 assigns.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PATH=/opt/kubetune/bin:$PATH
+    PATH=/opt/kubetune/bin:$PATH \
+    USER=kubetune
 WORKDIR /opt/kubetune/src
 # The dependencies (pyproject.toml) in their own layer, then the code; bytecode compiled at build time, as
 # nothing can write it at run time.

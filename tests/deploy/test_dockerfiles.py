@@ -76,9 +76,10 @@ def test_one_torch_pin_for_the_tests_and_the_images():
     assert written == [], "a Dockerfile names torch's version itself"
 
 
-def test_the_operator_image_user_has_a_passwd_entry():
+def test_the_operator_image_user_has_a_name():
     """kopf names its peering identity after the user (getpass.getuser()); a bare uid makes the operator crash at
-    startup. tests/cluster/test_operator_image.py runs the image for real."""
+    startup. tests/images and tests/cluster/test_operator_image.py run the image for real."""
     text = (REPO_ROOT / "deploy" / "operator.Dockerfile").read_text()
     user = _instruction(REPO_ROOT / "deploy" / "operator.Dockerfile", "USER").split(":")[0]
     assert f"useradd --uid {user} " in text
+    assert "USER=kubetune" in text, "an arbitrary UID (OpenShift) has no passwd entry: getpass reads $USER first"

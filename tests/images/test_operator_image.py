@@ -44,3 +44,13 @@ def test_its_root_filesystem_is_really_read_only_there(image, container):
     probe = "import pathlib; pathlib.Path('/tmp/ok').write_text('x'); pathlib.Path('/opt/kubetune/x').write_text('x')"
     result = container(image).run([], entrypoint=["python", "-c", probe], read_only=True, tmpfs_tmp=True)
     assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("user", [None, "1000870000:0"], ids=["image-user", "openshift-arbitrary-uid"])
+def test_kopfs_peering_identity_resolves_for_any_uid(image, container, user):
+    """kopf names its peering identity with getpass.getuser(); for a uid without a name it raises and the operator
+    dies at startup (tests/cluster/test_operator_image.py met this). The image's user and an arbitrary one work."""
+    probe = "import getpass; print(getpass.getuser())"
+    result = container(image).run([], entrypoint=["python", "-c", probe], user=user, read_only=True, tmpfs_tmp=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "kubetune"
