@@ -22,7 +22,7 @@ from tests.support.kube.server import FTJ, JOBS, ROLEBINDINGS, ROLES, SERVICEACC
 
 from .helpers import exists, finetunejob
 
-pytestmark = pytest.mark.images
+pytestmark = [pytest.mark.images, pytest.mark.timeout(images.BUILD_TIMEOUT)]
 
 
 def _free_port() -> int:

@@ -10,7 +10,8 @@ import pytest
 from tests.deploy import render
 from tests.support import images
 
-pytestmark = pytest.mark.images
+# A cold cache builds the base and the image inside the first test.
+pytestmark = [pytest.mark.images, pytest.mark.timeout(images.BUILD_TIMEOUT)]
 
 
 @pytest.fixture(scope="module")

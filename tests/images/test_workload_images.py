@@ -20,7 +20,8 @@ from tests.support import images
 from tests.support.tiny_model import build_tiny_model, synthetic_facts, write_facts_jsonl
 from tests.trainer.helpers import base_spec, fact_prompt
 
-pytestmark = [pytest.mark.images, pytest.mark.slow]
+# A cold cache builds the base and the images inside the first test: minutes, more on vfs storage.
+pytestmark = [pytest.mark.images, pytest.mark.slow, pytest.mark.timeout(images.BUILD_TIMEOUT)]
 
 PVC = runtime.PVC_ROOT
 OPENSHIFT_USER = "1000870000:0"  # restricted-v2: a UID from the namespace's range, group 0
