@@ -309,7 +309,8 @@ class _Service:
 
     def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
         """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
-        names does not exist, or (only while `fresh`: no child created yet) its spec breaks the runtime's policy."""
+        names does not exist, or (only while `fresh`: no child created yet) several runtimes claim its namespace
+        or its spec breaks the runtime's policy. Which runtime: policy.runtime_name."""
         namespace = body["metadata"]["namespace"]
         claimants = self.ctx.namespace_runtimes(namespace)
         try:
