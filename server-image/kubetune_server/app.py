@@ -82,6 +82,7 @@ def create_app(
     and on shutdown stops the watcher and lets the engine drain what is still running."""
     metrics = ServerMetrics()
     engine.on_step = metrics.observe_step
+    engine.on_occupancy = metrics.observe_occupancy
     serving = Serving(engine, metrics)
     watcher = ConfigWatcher(engine, settings.config_path, settings.watch_interval_s) if watch_config else None
 

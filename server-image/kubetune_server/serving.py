@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubetune.api import GenerationSpec
 
@@ -42,6 +42,14 @@ GENERATE_PROMPT = "### Instruction:\n{question}\n\n### Response:\n"
 """/generate's prompt: the trainer's default alpaca layout without input, so adapters see what they learned."""
 
 _OFF_LOOP_CHARS = 20_000
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The parameters of choice `index` of an n > 1 request: with a seed, each choice draws from seed + index
+    (as vLLM does), so the n choices differ and each repeats on its own."""
+    if params.seed is None or index == 0:
+        return params
+    return replace(params, seed=params.seed + index)
 
 
 @dataclass
@@ -151,8 +159,8 @@ class Serving:
         handles: list[SequenceHandle] = []
         try:
             for ids in prompts:
-                for _ in range(n):
-                    handles.append(self.engine.submit(ids, model, params, stream))
+                for index in range(n):
+                    handles.append(self.engine.submit(ids, model, choice_params(params, index), stream))
         except BaseException:
             for handle in handles:
                 handle.cancel()

@@ -17,6 +17,7 @@ from .base import (
     nested_default,
 )
 from .conditions import Condition
+from .engines import EngineName, VllmSpec
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
 
 ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
@@ -126,6 +127,17 @@ class GenerationSpec(ApiModel):
     max_batch_size: int = Field(default=16, ge=1, le=256)
     """Most requests decoded together in one batch."""
 
+    max_step_tokens: int = Field(default=512, ge=16, le=65536)
+    """Most tokens one engine step feeds the model: a token per decoding request plus a chunk of the prompts
+    joining the batch. Long prompts are prefilled in such chunks, so requests already streaming keep getting
+    tokens meanwhile (vLLM: max_num_batched_tokens)."""
+
+    kv_cache_tokens: int | None = Field(default=None, ge=16, le=16777216)
+    """Transformers engine: most KV-cache tokens the batch may grow to (rows x the longest prompt + max_tokens,
+    as its cache is one padded block); a request that does not fit waits for rows to finish, and one that needs
+    more alone is refused. Empty: only maxBatchSize limits admission. vLLM sizes its own paged cache from
+    gpuMemoryUtilization."""
+
     @model_validator(mode="after")
     def _limits(self) -> GenerationSpec:
         if self.max_new_tokens > self.max_new_tokens_limit:
@@ -189,7 +201,17 @@ class ModelServeSpec(ApiModel):
     """Secret holding the API key clients must send as 'Authorization: Bearer <key>'; empty means no auth."""
 
     image: ShortText | None = None
-    """Server image override; empty uses the operator's configured server image."""
+    """Server image override; empty uses the operator's configured server image (its vLLM image for the vLLM
+    engine)."""
+
+    engine: EngineName = "transformers"
+    """Inference engine: `transformers` (kubetune's continuous batching on transformers + PEFT; any
+    architecture, CPU or GPU), `vllm` (vLLM's engine with its multi-LoRA kernels: several times faster on
+    GPUs, for the architectures vLLM supports) or `auto` (vLLM on GPUs, falling back to transformers for an
+    architecture vLLM lacks; transformers on CPU)."""
+
+    vllm: VllmSpec = nested_default(VllmSpec)
+    """Settings of the vLLM engine."""
 
     @model_validator(mode="after")
     def _adapters(self) -> ModelServeSpec:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .base import ApiModel
+from .engines import EngineName, VllmSpec
 from .modelserve import MAX_ADAPTERS, GenerationSpec, ResolvedAdapter
 from .sources import ModelSource, QuantizationSpec
 
@@ -36,3 +37,9 @@ class ServeConfig(ApiModel):
 
     ignore_base_mismatch: bool = False
     """Load adapters even when their adapter_config.json names another base model."""
+
+    engine: EngineName = "transformers"
+    """The inference engine (`auto`: vLLM where CUDA and the architecture allow, else transformers)."""
+
+    vllm: VllmSpec = Field(default_factory=VllmSpec)
+    """Settings of the vLLM engine."""

@@ -12,6 +12,7 @@ from kubetune.api.base import _quantity
 ENV_PREFIX = "KUBETUNE_"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 DEFAULT_SERVER_IMAGE = "ghcr.io/kubetune/server:0.1.0"
+DEFAULT_SERVER_VLLM_IMAGE = "ghcr.io/kubetune/server-vllm:0.1.0"
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,9 @@ class OperatorSettings(BaseModel):
 
     server_image: str = DEFAULT_SERVER_IMAGE
     """Image of the server Deployment, unless a ModelServe sets spec.image."""
+
+    server_vllm_image: str = DEFAULT_SERVER_VLLM_IMAGE
+    """Image of the server Deployment for ModelServes on the vLLM engine (server-image/Dockerfile.vllm)."""
 
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     """imagePullPolicy of both images."""
