@@ -7,6 +7,7 @@ lets every limit be checked in one place with a message naming the parameter and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -52,10 +53,8 @@ def leading_special_ids(tokenizer) -> list[int]:
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     prefix = next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), [])
-    try:
+    with contextlib.suppress(AttributeError):  # a tokenizer that refuses attributes: computed each time
         tokenizer._kubetune_leading_ids = prefix
-    except AttributeError:  # a tokenizer that refuses attributes: compute each time
-        pass
     return prefix
 
 
