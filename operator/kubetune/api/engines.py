@@ -35,6 +35,10 @@ class VllmSpec(ApiModel):
     max_loras: int = Field(default=8, ge=1, le=256)
     """Adapters resident on the GPU at once; others wait in CPU memory and swap in when requested."""
 
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights and activations: `auto` takes the model's half precision on GPUs and float32 on CPU (as the
+    transformers engine does)."""
+
     enforce_eager: bool = False
     """Skip CUDA-graph capture: a faster start (seconds instead of a minute or more) for slower decoding."""
 

@@ -125,12 +125,13 @@ class GenerationSpec(ApiModel):
     """Default nucleus sampling probability mass."""
 
     max_batch_size: int = Field(default=16, ge=1, le=256)
-    """Most requests decoded together in one batch."""
+    """Most requests decoded together in one batch (vLLM: max_num_seqs; raise it for vLLM on GPUs, whose paged
+    cache holds many more sequences)."""
 
     max_step_tokens: int = Field(default=512, ge=16, le=65536)
     """Most tokens one engine step feeds the model: a token per decoding request plus a chunk of the prompts
     joining the batch. Long prompts are prefilled in such chunks, so requests already streaming keep getting
-    tokens meanwhile (vLLM: max_num_batched_tokens)."""
+    tokens meanwhile. Transformers engine only: vLLM chunks prefills with its own scheduler budget."""
 
     kv_cache_tokens: int | None = Field(default=None, ge=16, le=16777216)
     """Transformers engine: most KV-cache tokens the batch may grow to (rows x the longest prompt + max_tokens,
