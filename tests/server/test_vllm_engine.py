@@ -6,7 +6,8 @@ How outputs are compared with the transformers engine: both run the tiny model i
 auto` is float32 on CPU), with greedy decoding, so the generated texts are compared for equality. vLLM's CPU
 kernels (attention, the LoRA punica path) add in a different order than PyTorch's, so a near-tie between two
 tokens can in principle flip; the test allows at most 1 of its 40 prompts to differ, and every differing text
-must agree on its first 4 characters. In bf16 (GPUs) rounding differs far more: there the same comparison would
+must agree on its first 4 characters (measured: all 40 equal). A text cut inside a multi-byte character ends in
+U+FFFD from the transformers engine while vLLM drops the incomplete character: that trailing mark is ignored. In bf16 (GPUs) rounding differs far more: there the same comparison would
 count diverging positions, not demand equal texts.
 """
 
@@ -155,7 +156,9 @@ def test_two_adapters_and_the_base_in_one_batch_equal_the_transformers_engine(vl
     assert sum(text.strip() == f.answer for text, f in zip(served[16:32], facts_b, strict=True)) >= 15
     assert sum(text.strip() == f.answer for text, f in zip(served[32:], facts_a, strict=False)) == 0
     reference = transformers_answers(pvc_root, jobs)
-    differing = [(s, r) for s, r in zip(served, reference, strict=True) if s != r]
+    # A text cut inside a multi-byte character ends in U+FFFD with the transformers engine; vLLM drops the
+    # incomplete character. The tokens are the same, so the comparison ignores that one trailing mark.
+    differing = [(s, r) for s, r in zip(served, reference, strict=True) if s.rstrip("\ufffd") != r.rstrip("\ufffd")]
     assert len(differing) <= 1, differing
     assert all(s[:4] == r[:4] for s, r in differing)
 
@@ -209,7 +212,9 @@ def test_adapters_are_hot_added_and_removed_under_traffic(vllm_server):
 
 
 def test_generate_probes_metrics_key_and_error_envelope(vllm_server):
-    url, _, _ = vllm_server
+    url, config_path, _ = vllm_server
+    write_serve_config(config_path, vllm_serve_body({"facts-a": "facts-a"}))
+    _wait_models(url, {"base", "facts-a"})
     auth = {"Authorization": f"Bearer {KEY}"}
     fact = synthetic_facts(0)[7]
     assert httpx.get(f"{url}/health").status_code == 200
