@@ -7,8 +7,9 @@ auto` is float32 on CPU), with greedy decoding, so the generated texts are compa
 kernels (attention, the LoRA punica path) add in a different order than PyTorch's, so a near-tie between two
 tokens can in principle flip; the test allows at most 1 of its 40 prompts to differ, and every differing text
 must agree on its first 4 characters (measured: all 40 equal). A text cut inside a multi-byte character ends in
-U+FFFD from the transformers engine while vLLM drops the incomplete character: that trailing mark is ignored. In bf16 (GPUs) rounding differs far more: there the same comparison would
-count diverging positions, not demand equal texts.
+U+FFFD from the transformers engine while vLLM drops the incomplete character: that trailing mark is ignored.
+In bf16 (GPUs) rounding differs far more: there the same comparison would count diverging positions, not demand
+equal texts.
 """
 
 from __future__ import annotations
