@@ -152,7 +152,9 @@ class VllmEngine:
         return AsyncEngineArgs(**kwargs)
 
     def _kv_cache_bytes(self, dtype: str) -> int | None:
-        """kvCacheTokens in bytes; on CPU without it, room for maxBatchSize full-length sequences."""
+        """kvCacheTokens in bytes. On CPU without it: room for maxBatchSize sequences of the longest request the
+        limits allow (maxPromptTokens + maxNewTokensLimit), at most a quarter of the host's memory; vLLM's CPU
+        backend would otherwise take most of it."""
         tokens = self.config.generation.kv_cache_tokens
         if tokens is None and self.device == "cuda":
             return None  # vLLM sizes it from gpuMemoryUtilization
@@ -160,10 +162,12 @@ class VllmEngine:
         model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         torch_dtype = torch.float32 if dtype in ("float32", "auto") and self.device != "cuda" else torch.bfloat16
         per_token = kv_bytes_per_token(model_config, torch_dtype) or 1 << 16
-        if tokens is None:
-            length = self.config.vllm.max_model_len or model_config.get("max_position_embeddings") or 4096
-            tokens = self.config.generation.max_batch_size * min(int(length), 32768)
-        return max(CPU_KV_CACHE_FLOOR, tokens * per_token)
+        if tokens is not None:
+            return max(CPU_KV_CACHE_FLOOR, tokens * per_token)
+        generation = self.config.generation
+        wanted = generation.max_batch_size * (generation.max_prompt_tokens + generation.max_new_tokens_limit)
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return max(CPU_KV_CACHE_FLOOR, min(wanted * per_token, host // 4))
 
     def load(self) -> None:
         """Start vLLM's engine (its core process loads the model) and check the configured adapters."""
