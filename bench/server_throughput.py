@@ -168,7 +168,7 @@ def start_kubetune(root: Path, port: int, merge: bool, engine: str = "transforme
         "mergeAdapter": merge,
         "generation": {"maxBatchSize": 32, "maxNewTokensLimit": 1024, "maxPromptTokens": 1024},
         "engine": engine,
-        "vllm": {"dtype": dtype, "maxModelLen": 2048},
+        "vllm": {"dtype": dtype},
     }
     label = "merged" if merge else engine
     config_path = root / f"serve-{label}.json"
