@@ -169,7 +169,7 @@ def start_kubetune(root: Path, port: int, merge: bool, engine: str = "transforme
         # 16384 KV tokens hold 32 of these requests many times over; it keeps vLLM's CPU cache small.
         "generation": {"maxBatchSize": 32, "maxNewTokensLimit": 1024, "maxPromptTokens": 1024, "kvCacheTokens": 16384},
         "engine": engine,
-        "vllm": {"dtype": dtype},
+        "vllm": {"dtype": dtype, "maxLoraRank": 16, "maxLoras": 2},  # the adapter's rank: no padded LoRA work
     }
     label = "merged" if merge else engine
     config_path = root / f"serve-{label}.json"
