@@ -462,12 +462,12 @@ class Engine:
                 position_ids=state.next_positions[:, None],
                 **{self._cache_arg: state.cache},
             )
+            tokens = choose_next_tokens(
+                logits, [row.handle.params for row in self._rows], [r.generator for r in self._rows]
+            )
         except Exception:
             batching.truncate(state.cache, length)  # layers that already took this step's column give it back
             raise
-        tokens = choose_next_tokens(
-            logits, [row.handle.params for row in self._rows], [r.generator for r in self._rows]
-        )
         state.attention_mask = mask
         state.next_positions = state.next_positions + 1
         state.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
