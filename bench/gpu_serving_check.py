@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def build(target: Path, shape: str, dtype: str) -> tuple[Path, Path]:
     model.save_pretrained(base_dir)
     add_random_adapter(model, base_dir, adapter_dir)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"model: random-init Llama {SHAPES[shape]}, {parameters / 1e9:.2f} B parameters, {dtype}; LoRA r=16")
+    print(f"model: random-init Llama {SHAPES[shape]}, {parameters / 1e6:.1f} M parameters, {dtype}; LoRA r=16")
     return base_dir, adapter_dir
 
 
@@ -183,6 +184,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.cpu_smoke:
         args.shape, args.skip_vllm_own = "tiny", True
+    args.vllm_python = os.path.abspath(args.vllm_python)  # abspath, not resolve: a venv's python is a symlink
     levels = [int(level) for level in args.levels.split(",")]
     max_batch = min(256, max(levels))
 
