@@ -20,6 +20,10 @@ from .conditions import Condition
 from .engines import EngineName, VllmSpec
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
 
+VLLM_NEEDS_GPUS = (
+    "engine vllm needs resources.gpus >= 1 (the vLLM server image is built for CUDA), or an image with a CPU "
+    "build of vLLM; on CPU use engine transformers or auto"
+)
 ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
 MAX_ADAPTERS = 32
 
@@ -170,6 +174,10 @@ class ModelServeSpec(ApiModel):
                     "rule": "has(self.baseModel) || size(self.adapters) == 0 || has(self.adapters[0].fineTuneJobRef)",
                     "message": "baseModel is required when the first adapter comes from a pvc",
                 },
+                {
+                    "rule": "self.engine != 'vllm' || self.resources.gpus > 0 || has(self.image)",
+                    "message": VLLM_NEEDS_GPUS,
+                },
             ]
         }
     }
@@ -224,6 +232,8 @@ class ModelServeSpec(ApiModel):
             raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
         if self.merge_adapter and len(self.adapters) != 1:
             raise ValueError(f"mergeAdapter needs exactly one adapter (got {len(self.adapters)})")
+        if self.engine == "vllm" and self.resources.gpus == 0 and self.image is None:
+            raise ValueError(VLLM_NEEDS_GPUS)
         if self.base_model is None and self.adapters[0].fine_tune_job_ref is None:
             raise ValueError(
                 "baseModel is required when the first adapter comes from a pvc "
