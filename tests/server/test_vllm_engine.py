@@ -237,6 +237,20 @@ def test_generate_probes_metrics_key_and_error_envelope(vllm_server):
     with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=auth, timeout=60) as response:
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and len(events) >= 3
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    chat = client.chat.completions.create(
+        model="facts-a", messages=[{"role": "user", "content": fact.question}], max_tokens=5, temperature=0
+    )
+    assert isinstance(chat.choices[0].message.content, str) and chat.usage.completion_tokens <= 5
+
+    def sample(seed: int, n: int) -> list[str]:
+        result = client.completions.create(
+            model="base", prompt="The quick", max_tokens=12, temperature=1.5, seed=seed, n=n
+        )
+        return [choice.text for choice in sorted(result.choices, key=lambda c: c.index)]
+
+    choices = sample(7, 3)
+    assert len(set(choices)) == 3 and choices == [sample(7 + index, 1)[0] for index in range(3)]
     metrics = httpx.get(f"{url}/metrics").text
     assert 'kubetune_requests_total{route="/generate",status="200"}' in metrics
     assert "vllm:" in metrics  # vLLM's own engine metrics, served on the same /metrics
