@@ -206,3 +206,22 @@ def test_completion_prompts_get_the_bos_training_put_before_them(tmp_path):
     assert already == [[bos, *bare]]  # never twice
     assert ids == [bare]  # token ids are sent as given
     assert chat == bare
+
+
+def test_a_model_whose_cache_cannot_be_batched_is_refused_at_load(tmp_path):
+    """transformers' own sliding-window cache layers cannot be merged row by row: an engine meeting one says so at
+    load, naming the alternative, instead of failing requests later."""
+    from kubetune_server.errors import UnsupportedModel
+    from transformers import DynamicCache
+
+    build_tiny_model(tmp_path / "models" / "base", architecture="mistral")
+
+    class SlidingCacheEngine(Engine):
+        def _new_cache(self):
+            return DynamicCache(config=self._adapters.model.config)
+
+    body = {"baseModel": {"pvc": {"claimName": "models", "path": "base"}}}
+    engine = SlidingCacheEngine(ServeConfig.model_validate(body), pvc_root=str(tmp_path), device="cpu")
+    with pytest.raises(UnsupportedModel, match=r"MistralForCausalLM cannot be served .*engine: vllm"):
+        engine.load()
+    assert not engine.ready
