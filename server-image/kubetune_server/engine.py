@@ -32,6 +32,7 @@ from . import batch as batching
 from .adapters import BASE_ROW, AdapterSet, AdapterSource, merge_single_adapter
 from .detokenize import TextProgress
 from .errors import AdapterLoadError, ModelNotFound, NotReady, UnsupportedModel
+from .kv_budget import gpu_kv_budget
 from .loader import (
     BaseModelLocation,
     check_adapter_base,
@@ -137,6 +138,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.failed_adapters: dict[str, str] = {}
+        self.kv_budget: int | None = None  # kvCacheTokens, else what the GPU's free memory holds after loading
 
     # ----- lifecycle -----
     @property
@@ -166,6 +168,9 @@ class Engine:
         self._eos_ids = self._find_eos_ids(model)
         self._cache_arg = cache_argument(model)
         self._check_batchable()
+        self.kv_budget = self.config.generation.kv_cache_tokens or gpu_kv_budget(model, self.device)
+        if self.kv_budget is not None:
+            log.info("admission: at most %d KV-cache tokens in the batch", self.kv_budget)
         self._ready.set()
         log.info("model ready in %.1f s: %s", time.monotonic() - started, ", ".join(self.model_names()))
 
@@ -315,7 +320,7 @@ class Engine:
 
     def _admit(self) -> list[SequenceHandle]:
         room = self.config.generation.max_batch_size - len(self._rows)
-        budget = self.config.generation.kv_cache_tokens
+        budget = self.kv_budget
         members = [row.handle for row in self._rows]
         admitted: list[SequenceHandle] = []
         while self._waiting and room > 0:

@@ -151,11 +151,11 @@ class Serving:
                 f"context length of {context} tokens",
                 param="max_tokens",
             )
-        kv_budget = self.limits.kv_cache_tokens
+        kv_budget = getattr(self.engine, "kv_budget", None)
         if kv_budget is not None and len(ids) + params.max_tokens > kv_budget:
             raise InvalidRequest(
                 f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs more KV cache than this "
-                f"server has ({kv_budget} tokens, kvCacheTokens)",
+                f"server has ({kv_budget} tokens: kvCacheTokens, or what the GPU's memory holds)",
                 param="max_tokens",
             )
         vocabulary = len(self.engine.tokenizer)

@@ -29,6 +29,7 @@ from kubetune.api import ServeConfig
 from .adapters import AdapterSource
 from .engine import EngineStats, SyncReport, adapter_sources
 from .errors import AdapterLoadError, ModelNotFound, NotReady, UnsupportedModel
+from .kv_budget import kv_bytes_per_token
 from .loader import ADAPTER_CONFIG, BaseModelLocation, check_adapter_base, load_tokenizer, locate_base_model
 from .requests import Chunk, SequenceHandle
 from .sampling import SamplingParams
@@ -58,15 +59,6 @@ class _VllmHandle(SequenceHandle):
         task = self.task
         if task is not None and not task.done():
             self._loop.call_soon_threadsafe(task.cancel)
-
-
-def kv_bytes_per_token(model_dir_config: dict, dtype: torch.dtype) -> int:
-    """Bytes of K and V one token takes over all layers (to turn kvCacheTokens into vLLM's cache size)."""
-    heads = model_dir_config.get("num_attention_heads") or 1
-    kv_heads = model_dir_config.get("num_key_value_heads") or heads
-    head_dim = model_dir_config.get("head_dim") or (model_dir_config.get("hidden_size", 0) // heads)
-    layers = model_dir_config.get("num_hidden_layers") or 1
-    return 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
 def _adapter_rank(path: str) -> int:

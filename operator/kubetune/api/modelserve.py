@@ -140,8 +140,8 @@ class GenerationSpec(ApiModel):
     kv_cache_tokens: int | None = Field(default=None, ge=16, le=16777216)
     """Transformers engine: most KV-cache tokens the batch may grow to (rows x the longest prompt + max_tokens,
     as its cache is one padded block); a request that does not fit waits for rows to finish, and one that needs
-    more alone is refused. Empty: only maxBatchSize limits admission. vLLM sizes its own paged cache from
-    gpuMemoryUtilization."""
+    more alone is refused. Empty: on a GPU what 80% of its memory left free after loading holds, on CPU only
+    maxBatchSize limits admission. vLLM: the size of its paged cache (empty: from gpuMemoryUtilization)."""
 
     @model_validator(mode="after")
     def _limits(self) -> GenerationSpec:
