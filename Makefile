@@ -78,4 +78,4 @@ demo: $(DEMO_STAMP)  ## fine-tune SmolLM2-135M-Instruct locally on the bundled d
 	$(VENV)/bin/kubetune demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
