@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from kubetune.api import ServeConfig
+from kubetune.api.serving import ReplicaAdapter, ReplicaAdapters
 
 from .adapters import AdapterSource
 from .engine import EngineStats, SyncReport, adapter_sources
@@ -86,7 +87,9 @@ class VllmEngine:
         self.tokenizer = None
         self.stats = EngineStats()
         self.load_error: str | None = None
-        self.failed_adapters: dict[str, str] = {}
+        self.failed_adapters: dict[str, str] = {}  # name -> why it was refused
+        self._refused_folders: dict[str, str] = {}  # name -> the folder that was refused
+        self._wanted: list[AdapterSource] = adapter_sources(config, pvc_root)  # the serve.json last asked for
         self.on_step = None
         self.on_occupancy = None
         self.llm = None
@@ -170,8 +173,11 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(self.base_location)
         self.llm = AsyncLLM.from_engine_args(self.engine_args())
         self._context = int(self.llm.model_config.max_model_len)
-        for source in adapter_sources(self.config, self.pvc_root):
-            self._register(source)  # vLLM loads an adapter on its first request (or on a hot add, at once)
+        for source in self._wanted:  # vLLM loads an adapter on its first request (or on a hot add, at once)
+            try:
+                self._register(source)
+            except AdapterLoadError as exc:  # refused, the others and the base are served (GET /adapters says why)
+                self._refuse(source, exc)
         self._ready.set()
         log.info("vLLM engine ready in %.1f s: %s", time.monotonic() - started, ", ".join(self.model_names()))
 
@@ -206,6 +212,26 @@ class VllmEngine:
 
     def adapter_folders(self) -> dict[str, str]:
         return {name: lora.path for name, lora in self._current.items()}
+
+    def adapter_report(self) -> ReplicaAdapters:
+        """Each adapter of the serve.json last asked for, as this replica serves it (GET /adapters)."""
+        folders = self.adapter_folders()
+        states = []
+        for source in self._wanted:
+            if source.pvc is None:
+                continue
+            state, message = "Loading", None
+            if folders.get(source.name) == source.path:
+                state = "Loaded"
+            elif self._refused_folders.get(source.name) == source.path:
+                state, message = "Refused", self.failed_adapters.get(source.name)
+            states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
+        return ReplicaAdapters(adapters=states)
+
+    def _refuse(self, source: AdapterSource, exc: Exception) -> None:
+        log.error("adapter %r refused: %s", source.name, exc)
+        self.failed_adapters[source.name] = str(exc)
+        self._refused_folders[source.name] = source.path
 
     def retiring_adapters(self) -> list[str]:
         return sorted(f"{lora.name}--v{lora.lora_id}" for lora in self._retired.values())
@@ -320,6 +346,7 @@ class VllmEngine:
 
     def sync_adapters(self, sources: list[AdapterSource]) -> Future:
         """Serve exactly `sources` from now on; resolves to a SyncReport (callable from any thread)."""
+        self._wanted = list(sources)
         if self.loop is None or not self.loop.is_running():
             future: Future = Future()
             future.set_result(SyncReport(failed={s.name: "the server is not running yet" for s in sources}))
@@ -335,10 +362,12 @@ class VllmEngine:
             lora = self._current[name]
             self._current = {key: value for key, value in self._current.items() if key != name}
             self._retired[lora.lora_id] = lora
-            self.failed_adapters.pop(name, None)
             report.removed.append(name)
             if not self._in_use.get(lora.lora_id):
                 await self._unload(lora.lora_id)
+        for name in set(self.failed_adapters) - set(wanted):
+            self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
         for name, source in wanted.items():
             current = self._current.get(name)
             if current is not None and current.path == source.path:
@@ -353,13 +382,13 @@ class VllmEngine:
                 if current is not None:  # keep serving the previous version
                     self._retired.pop(current.lora_id, None)
                     self._current = {**self._current, name: current}
-                log.error("adapter %r refused: %s", name, exc)
+                self._refuse(source, exc)
                 report.failed[name] = str(exc)
-                self.failed_adapters[name] = str(exc)
                 continue
             if current is not None and not self._in_use.get(current.lora_id):
                 await self._unload(current.lora_id)
             self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
             report.added.append(name)
         return report
 

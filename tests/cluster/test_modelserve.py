@@ -62,7 +62,14 @@ def test_waits_for_its_finetunejob_then_deploys(
     kubelet.finish_job(ns, "sentiment-train", 0, "{}")
     msv = wait_phase(kube, ns, "chat", "Deploying", res=MSV)
     assert msv["status"]["adapters"] == [
-        {"name": "sentiment", "pvc": {"claimName": "sentiment-output", "path": "adapter"}, "fineTuneJob": "sentiment"}
+        {
+            "name": "sentiment",
+            "pvc": {"claimName": "sentiment-output", "path": "adapter"},
+            "fineTuneJob": "sentiment",
+            "state": "Pending",
+            "loadedReplicas": 0,
+            "message": "no server replica is ready yet",
+        }
     ]
     config = serve_config(kube, ns)
     assert config["baseModel"]["name"] == "Qwen/Qwen2.5-0.5B-Instruct"  # from the job: the spec named none
