@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from kubetune.operator.settings import DEFAULT_SERVER_VLLM_IMAGE
+
 from tests.support.envtest.fixtures import RealCluster, RealOperatorControl
 from tests.support.envtest.kubelet import FakeKubelet
 from tests.support.kube.server import CONFIGMAPS, DEPLOYMENTS, MSV, SERVICES, KubeTestClient
@@ -35,7 +37,7 @@ def test_vllm_engine_deployment_and_auto_selection(
     deployment = kube.wait_for(DEPLOYMENTS, ns, "fast", exists, TIMEOUT)
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["image"] == "ghcr.io/kubetune/server-vllm:0.1.0"
+    assert container["image"] == DEFAULT_SERVER_VLLM_IMAGE
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["OMP_NUM_THREADS"] == "1"  # 1.5 CPUs: whole cores only
     assert env["VLLM_NO_USAGE_STATS"] == "1"

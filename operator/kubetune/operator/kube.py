@@ -16,8 +16,10 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from kubetune import __version__
+
 log = logging.getLogger(__name__)
-USER_AGENT = "kubetune-operator/0.1.0"
+USER_AGENT = f"kubetune-operator/{__version__}"
 MERGE_PATCH = "application/merge-patch+json"
 
 

@@ -7,12 +7,14 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kubetune import __version__
 from kubetune.api.base import _quantity
 
 ENV_PREFIX = "KUBETUNE_"
-DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
-DEFAULT_SERVER_IMAGE = "ghcr.io/kubetune/server:0.1.0"
-DEFAULT_SERVER_VLLM_IMAGE = "ghcr.io/kubetune/server-vllm:0.1.0"
+# The released images of this version (the names the Helm chart and the kustomize base use).
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/kubetune-trainer:{__version__}"
+DEFAULT_SERVER_IMAGE = f"ghcr.io/kubetune/kubetune-server:{__version__}"
+DEFAULT_SERVER_VLLM_IMAGE = f"ghcr.io/kubetune/kubetune-server-vllm:{__version__}"
 
 
 class SettingsError(ValueError):

@@ -44,9 +44,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
-{{/* repository:tag, the tag defaulting to the chart's appVersion. Argument: the image values. */}}
+{{/* repository:tag[@digest], the tag defaulting to the chart's appVersion. Argument: the image values. */}}
 {{- define "kubetune.image" -}}
 {{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- with .image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{/*
