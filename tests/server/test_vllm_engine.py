@@ -220,6 +220,8 @@ def test_generate_probes_metrics_key_and_error_envelope(vllm_server):
     fact = synthetic_facts(0)[7]
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+    states = {a["name"]: a["state"] for a in httpx.get(f"{url}/adapters").json()["adapters"]}
+    assert states == {"facts-a": "Loaded"}  # the replica's report the operator aggregates, as on transformers
     answer = httpx.post(
         f"{url}/generate",
         json={"question": fact.question, "max_tokens": 8, "temperature": 0, "model": "facts-a"},
