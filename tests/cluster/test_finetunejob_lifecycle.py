@@ -92,7 +92,9 @@ def test_job_manifest_follows_the_runtime_contract(operator, kube, ns):
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "kubetune_trainer"]
-    assert container["args"] == ["--spec", "/etc/kubetune/spec.json", "--output", "/mnt/kubetune/pvc/sentiment-output"]
+    uid = kube.get(FTJ, ns, "sentiment")["metadata"]["uid"]  # each run writes under its own folder
+    output = f"/mnt/kubetune/pvc/sentiment-output/runs/{uid}"
+    assert container["args"] == ["--spec", "/etc/kubetune/spec.json", "--output", output]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "sentiment-trainer"
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -61,12 +61,17 @@ def test_waits_for_its_finetunejob_then_deploys(
     kubelet.start_job(ns, "sentiment-train")
     kubelet.finish_job(ns, "sentiment-train", 0, "{}")
     msv = wait_phase(kube, ns, "chat", "Deploying", res=MSV)
+    run = f"runs/{kube.get(FTJ, ns, 'sentiment')['metadata']['uid']}"  # each run writes under its own folder
     assert msv["status"]["adapters"] == [
-        {"name": "sentiment", "pvc": {"claimName": "sentiment-output", "path": "adapter"}, "fineTuneJob": "sentiment"}
+        {
+            "name": "sentiment",
+            "pvc": {"claimName": "sentiment-output", "path": f"{run}/adapter"},
+            "fineTuneJob": "sentiment",
+        }
     ]
     config = serve_config(kube, ns)
     assert config["baseModel"]["name"] == "Qwen/Qwen2.5-0.5B-Instruct"  # from the job: the spec named none
-    assert config["adapters"][0]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+    assert config["adapters"][0]["pvc"] == {"claimName": "sentiment-output", "path": f"{run}/adapter"}
 
     pod = template(kube, ns)["spec"]
     container = pod["containers"][0]
@@ -206,7 +211,7 @@ def test_spec_changes_patch_the_deployment_and_hot_reload_adapters(
         {"name": "other", "fineTuneJobRef": {"name": "other"}},
     ]
     kube.patch(MSV, ns, "chat", {"spec": {"adapters": adapters}})
-    kube.wait_for(CONFIGMAPS, ns, "chat-config", lambda cm: "other/adapter" in cm["data"]["serve.json"], TIMEOUT)
+    kube.wait_for(CONFIGMAPS, ns, "chat-config", lambda cm: "other/runs/" in cm["data"]["serve.json"], TIMEOUT)
     kube.wait_for(MSV, ns, "chat", lambda m: m["status"].get("observedGeneration") == 2, TIMEOUT)
     after = kube.get(DEPLOYMENTS, ns, "chat")
     assert after["spec"]["template"] == before

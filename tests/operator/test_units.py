@@ -206,7 +206,7 @@ def test_a_vanished_job_whose_trainer_reported_final_metrics_is_not_rerun():
     status = FineTuneJobStatus(phase="Running", job_name="sentiment-train", metrics={"trainLoss": 0.5})
     plan = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": status}), None, None, SETTINGS, NOW)
     assert plan.create == [] and plan.phase == "Succeeded"
-    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "runs/uid-1/adapter"}
     running = FineTuneJobStatus(phase="Running", job_name="sentiment-train")
     again = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": running}), None, None, SETTINGS, NOW)
     assert again.create and [e.reason for e in again.events] == ["JobRecreated"]

@@ -17,7 +17,12 @@ from kubetune.api import FineTuneJobSpec, TrainingMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR
 from transformers import set_seed
 
-from .checkpoints import CheckpointMarker, newest_complete_checkpoint, remove_incomplete_checkpoints
+from .checkpoints import (
+    CheckpointMarker,
+    newest_complete_checkpoint,
+    remove_foreign_checkpoints,
+    remove_incomplete_checkpoints,
+)
 from .configs import build_configs
 from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
@@ -25,7 +30,7 @@ from .distributed import ProcessInfo, barrier, process_info
 from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
 from .hub_push import push_adapter
-from .manifest import build_manifest, spec_hash
+from .manifest import build_manifest, run_identity, spec_hash
 from .model_card import render_model_card
 from .model_loading import load_model, load_tokenizer, locate_model
 from .output_lock import OutputLock
@@ -81,10 +86,13 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
         return _summary_of_finished(output_dir, spec)
 
     checkpoints = output_dir / CHECKPOINTS_DIR
+    identity = run_identity(spec, data)
     if me.is_main:
         remove_incomplete_checkpoints(checkpoints)
+        remove_foreign_checkpoints(checkpoints, identity)
         clear_partial_adapter(output_dir)
-    resume_from = newest_complete_checkpoint(checkpoints)
+    # Every process picks the same checkpoint: only complete ones of this identity, which nobody removes.
+    resume_from = newest_complete_checkpoint(checkpoints, identity)
 
     configs = build_configs(spec, checkpoints_dir=checkpoints, device=device, has_eval=data.eval is not None)
     location = locate_model(spec.base_model)
@@ -95,7 +103,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
 
     progress = ProgressCallback(choose_sink(output_dir))
     trainer = build_trainer(
-        model, tokenizer, configs, data.train, data.eval, [CheckpointMarker(), progress], spec.training.max_seq_length
+        model, tokenizer, configs, data.train, data.eval, [CheckpointMarker(identity), progress], spec.training.max_seq_length
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)

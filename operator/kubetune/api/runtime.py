@@ -28,6 +28,8 @@ TERMINATION_LOG = "/dev/termination-log"
 SERVER_PORT = 8000
 
 # Layout of a trainer output folder.
+RUNS_DIR = "runs"
+"""On an output claim, each FineTuneJob writes under `runs/<its uid>`: runs never share checkpoints."""
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"

@@ -12,7 +12,7 @@ from kubetune.api.sources import PvcPath
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import pod
+from . import pod, storage
 from .meta import Owner, labels, object_meta
 
 TRAINER_MODULE = "kubetune_trainer"
@@ -23,11 +23,15 @@ def trainer_labels(owner: Owner) -> dict[str, str]:
     return labels("trainer", owner.name, naming.LABEL_FINETUNEJOB)
 
 
-def output_location(name: str, spec: FineTuneJobSpec) -> PvcPath:
-    """The claim and folder the trainer writes to: the given claim, or the one the operator creates."""
+def output_location(name: str, spec: FineTuneJobSpec, run_id: str | None = None) -> PvcPath:
+    """The claim and folder the trainer writes to: the given claim, or the one the operator creates; with
+    `run_id` (the FineTuneJob's uid, always in a cluster) the run's own folder `runs/<uid>` under it, so a
+    FineTuneJob deleted and created again under the same name never meets the old one's checkpoints."""
     if spec.output.pvc is not None:
-        return PvcPath(claim_name=spec.output.pvc.claim_name, path=spec.output.pvc.path)
-    return PvcPath(claim_name=naming.output_claim(name), path="")
+        base = PvcPath(claim_name=spec.output.pvc.claim_name, path=spec.output.pvc.path)
+    else:
+        base = PvcPath(claim_name=naming.output_claim(name), path="")
+    return storage.run_folder(base, run_id) if run_id else base
 
 
 def spec_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
@@ -139,7 +143,7 @@ def pod_failure_policy() -> dict[str, Any]:
 
 
 def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
-    output = output_location(owner.name, spec)
+    output = output_location(owner.name, spec, owner.uid)
     folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
     volumes = trainer_volumes(owner, spec)
     res = spec.resources

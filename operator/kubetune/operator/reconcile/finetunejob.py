@@ -10,6 +10,7 @@ from kubetune.api.resources import FineTuneJob
 from kubetune.api.runtime import adapter_path
 
 from ..manifests.meta import Owner
+from ..manifests.storage import output_of_job
 from ..manifests.trainer import output_location, trainer_children
 from ..settings import OperatorSettings
 from .conditions import is_true, raw_condition, set_condition
@@ -151,9 +152,10 @@ def plan_invalid(ftj_status: FineTuneJobStatus, message: str, generation: int | 
     return _finish(plan, ftj_status, nxt)
 
 
-def _output_status(ftj: FineTuneJob) -> OutputStatus:
+def _output_status(ftj: FineTuneJob, job: dict[str, Any] | None = None) -> OutputStatus:
+    """Where the adapter is: under the output folder the trainer Job was given (else the one it is given now)."""
     spec = ftj.spec
-    output = output_location(ftj.metadata.name, spec)
+    output = output_of_job(job) or output_location(ftj.metadata.name, spec, ftj.metadata.uid)
     return OutputStatus(
         pvc=adapter_path(output),
         base_model=spec.base_model,
@@ -247,7 +249,7 @@ def plan_finetunejob(
 
     if phase == "Succeeded":
         nxt.phase = "Succeeded"
-        nxt.output = _output_status(ftj)
+        nxt.output = _output_status(ftj, job)
         if nxt.metrics is None and report is not None and report.metrics is not None:
             nxt.metrics = report.metrics
         nxt.start_time = nxt.start_time or job_status.get("startTime") or now
