@@ -134,6 +134,10 @@ def test_pod_failure_policy_keys_on_trainer_exit_codes():
     rules = pod_failure_policy()["rules"]
     assert rules[0]["onExitCodes"]["values"] == [TrainerExit.INVALID_INPUT, TrainerExit.OUT_OF_MEMORY]
     assert rules[1]["action"] == "Ignore"
+    assert rules[2] == {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [TrainerExit.PREEMPTED]},
+    }
 
 
 def test_children_order_and_configmap_dataset_mount():

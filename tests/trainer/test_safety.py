@@ -14,6 +14,7 @@ from kubetune_trainer.checkpoints import (
     COMPLETE_MARKER,
     mark_complete,
     newest_complete_checkpoint,
+    remove_foreign_checkpoints,
     remove_incomplete_checkpoints,
 )
 from kubetune_trainer.errors import OutputLockedError, exit_code_for
@@ -58,13 +59,26 @@ def test_cli_exits_67_when_the_output_is_locked(pvc_root: Path, tmp_path: Path):
     assert summary["exitReason"] == "OutputLocked" and summary["exitCode"] == 67
 
 
-def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
+def make_checkpoint(folder: Path, step: int, complete: bool, identity: dict[str, str] | None = None) -> Path:
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / "adapter_model.safetensors").write_bytes(b"weights")
     if complete:
-        mark_complete(path)
+        mark_complete(path, identity)
     return path
+
+
+def test_a_checkpoint_of_another_spec_or_other_data_is_never_resumed(tmp_path: Path):
+    mine = {"specHash": "sha256:new", "datasetFingerprint": "data-1"}
+    own = make_checkpoint(tmp_path, 10, complete=True, identity=mine)
+    other_spec = make_checkpoint(tmp_path, 20, complete=True, identity={**mine, "specHash": "sha256:old"})
+    other_data = make_checkpoint(tmp_path, 30, complete=True, identity={**mine, "datasetFingerprint": "data-0"})
+    legacy = tmp_path / "checkpoint-40"  # marked by a trainer that recorded no identity
+    legacy.mkdir()
+    (legacy / COMPLETE_MARKER).write_text("complete\n")
+    assert newest_complete_checkpoint(tmp_path, mine) == own
+    assert remove_foreign_checkpoints(tmp_path, mine) == [other_spec, other_data, legacy]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
 
 
 def test_only_complete_checkpoints_are_resumed_and_partial_ones_removed(tmp_path: Path):

@@ -42,6 +42,7 @@ from .outputs import (
     publish_adapter,
     write_adapter_extras,
 )
+from .preemption import PreemptionCallback, PreemptionWatch
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer, check_prompts_fit
@@ -65,15 +66,18 @@ def run(args: TrainerArgs) -> dict[str, Any]:
     spec = load_spec(args.spec_path)
     me = process_info()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    lock = OutputLock(args.output_dir).acquire() if me.is_main else None
+    watch = PreemptionWatch().install()
+    lock = None
     try:
-        return _train(spec, args.output_dir, me)
+        lock = OutputLock(args.output_dir).acquire() if me.is_main else None
+        return _train(spec, args.output_dir, me, watch)
     finally:
         if lock is not None:
             lock.release()
+        watch.restore()
 
 
-def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str, Any]:
+def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: PreemptionWatch) -> dict[str, Any]:
     device = detect_device()
     if not device.is_cuda:
         configure_cpu_threads(processes=me.local_world_size)
@@ -102,13 +106,18 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
     model = load_model(location, configs.precision, device, configs.quantization, spec.training.gradient_checkpointing)
 
     progress = ProgressCallback(choose_sink(output_dir))
-    trainer = build_trainer(
-        model, tokenizer, configs, data.train, data.eval, [CheckpointMarker(identity), progress], spec.training.max_seq_length
-    )
+    callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]
+    trainer = build_trainer(model, tokenizer, configs, data.train, data.eval, callbacks, spec.training.max_seq_length)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    watch.training = True
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        watch.training = False
+    if watch.requested:
+        raise watch.stopped(trainer.state.global_step)
     wall = time.monotonic() - started
     metrics = _final_metrics(trainer, result, spec, data, resumed=resume_from is not None, wall=wall, me=me)
 

@@ -14,8 +14,9 @@ from kubetune.api.runtime import ENV_HF_TOKEN, resolve_pvc_path
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from .device import DeviceInfo, ResolvedPrecision
-from .errors import ModelLoadError
+from .errors import ModelLoadError, NetworkError
 from .quantized_cpu import keep_4bit_training_layout
+from .retries import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,12 @@ def _load_error(what: str, location: ModelLocation, error: Exception) -> ModelLo
 def load_tokenizer(location: ModelLocation) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token and a chat template guaranteed."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location.path, **location.kwargs())
+        tokenizer = with_retries(
+            f"loading the tokenizer from {location.path!r}",
+            lambda: AutoTokenizer.from_pretrained(location.path, **location.kwargs()),
+        )
+    except NetworkError:
+        raise
     except Exception as error:
         raise _load_error("tokenizer", location, error) from error
     if tokenizer.pad_token is None:
@@ -96,7 +102,12 @@ def load_model(
         # A quantized model is placed at load time; each DDP process takes its own GPU.
         arguments["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if device.is_cuda else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(location.path, **arguments)
+        model = with_retries(
+            f"loading the base model from {location.path!r}",
+            lambda: AutoModelForCausalLM.from_pretrained(location.path, **arguments),
+        )
+    except NetworkError:
+        raise
     except Exception as error:
         raise _load_error("base model", location, error) from error
     if quantization is not None:

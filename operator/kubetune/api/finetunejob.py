@@ -365,6 +365,11 @@ class FineTuneJobSpec(ApiModel):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the job when it runs longer than this."""
 
+    termination_grace_period_seconds: int = Field(default=120, ge=10, le=3600)
+    """Seconds a trainer pod gets after SIGTERM (spot preemption, eviction, node drain) before it is killed. The
+    trainer finishes the optimizer step in progress, saves a checkpoint and exits, and the retry resumes there:
+    allow the time of one optimizer step plus one checkpoint save (spot nodes may give less in total)."""
+
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the trainer Job and pods this long after it finishes; the FineTuneJob and its output stay."""
 

@@ -69,6 +69,12 @@ class TrainerExit(IntEnum):
     """Accelerator or host out of memory: retrying the same recipe cannot help, the Job fails at once."""
     OUTPUT_LOCKED = 67
     """Another trainer holds the output folder's lock."""
+    NETWORK = 68
+    """The Hub or a dataset server kept failing (HTTP 429/5xx, timeouts, refused connections) after the trainer's
+    own bounded retries: retried by the Job, counted against backoffLimit."""
+    PREEMPTED = 69
+    """Stopped by SIGTERM (preemption, eviction, node drain) after checkpointing the last optimizer step: the Job
+    starts a new pod that resumes there, without counting it against backoffLimit."""
 
 
 EXIT_REASONS = {
@@ -76,6 +82,8 @@ EXIT_REASONS = {
     TrainerExit.MODEL_LOAD: "ModelLoadFailed",
     TrainerExit.OUT_OF_MEMORY: "OutOfMemory",
     TrainerExit.OUTPUT_LOCKED: "OutputLocked",
+    TrainerExit.NETWORK: "NetworkError",
+    TrainerExit.PREEMPTED: "Preempted",
     TrainerExit.ERROR: "TrainerError",
 }
 

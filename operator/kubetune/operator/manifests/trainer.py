@@ -17,6 +17,7 @@ from .meta import Owner, labels, object_meta
 
 TRAINER_MODULE = "kubetune_trainer"
 FAIL_AT_ONCE = (runtime.TrainerExit.INVALID_INPUT, runtime.TrainerExit.OUT_OF_MEMORY)
+RETRY_UNCOUNTED = (runtime.TrainerExit.PREEMPTED,)
 
 
 def trainer_labels(owner: Owner) -> dict[str, str]:
@@ -126,7 +127,10 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    """Bad input and out-of-memory fail the Job at once; evictions and preemptions do not count."""
+    """Bad input and out-of-memory fail the Job at once; evictions and preemptions do not count, whether the
+    pod carries the DisruptionTarget condition or the trainer says it checkpointed and stopped on SIGTERM
+    (PREEMPTED). Everything else (network errors after the trainer's own retries included) counts against
+    backoffLimit."""
     return {
         "rules": [
             {
@@ -138,6 +142,14 @@ def pod_failure_policy() -> dict[str, Any]:
                 },
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "Ignore",
+                "onExitCodes": {
+                    "containerName": naming.TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": [int(code) for code in RETRY_UNCOUNTED],
+                },
+            },
         ]
     }
 
@@ -170,6 +182,7 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "serviceAccountName": naming.trainer_account(owner.name),
         "securityContext": pod.pod_security_context(settings.pod_fs_group),
         "containers": [container],
