@@ -1,5 +1,6 @@
 """Real processes: a trainer SIGKILLed after its first checkpoint resumes from it and finishes the same run; one
-sent SIGTERM checkpoints the step it reached, exits 69 (Preempted) and resumes there; a 2-process torchrun (gloo, CPU) shards the data and writes one adapter."""
+sent SIGTERM checkpoints the step it reached, exits 69 (Preempted) and resumes there; a 2-process torchrun (gloo,
+CPU) shards the data and writes one adapter."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ class Flaky(http.server.BaseHTTPRequestHandler):
     failures = 0
     served: list[int] = []
 
-    def do_GET(self):  # noqa: N802 - the stdlib's name
+    def do_GET(self):
         if self.path != "/rows.jsonl":
             self.send_error(404)
             return
