@@ -32,6 +32,7 @@ from .loader import (
     load_tokenizer,
     locate_base_model,
     pick_device,
+    through_model_cache,
 )
 from .requests import Chunk, SequenceHandle
 from .sampling import SamplingParams, choose_next_tokens, make_generator
@@ -119,6 +120,7 @@ class Engine:
     def load(self) -> None:
         """Load tokenizer, base model and the configured adapters; raises AdapterLoadError on a refused adapter."""
         started = time.monotonic()
+        self.base_location = through_model_cache(self.base_location)
         self.tokenizer = load_tokenizer(self.base_location)
         model = load_base_model(self.base_location, self.config.quantization, self.device)
         sources = adapter_sources(self.config, self.pvc_root)

@@ -541,7 +541,8 @@ def test_trainer_pods_request_cpu_and_memory_and_push_with_their_own_token():
     spec = {"resources": {"gpus": 1}, "output": {"hub": {"repo": "acme/a", "tokenSecretRef": {"name": "push"}}}}
     children = trainer_children(Owner("v", "FineTuneJob", "x", "ns", "u"), _ftj(**spec).spec, OperatorSettings())
     container = children[-1]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}  # never BestEffort
+    # never BestEffort; the Hub model downloads into a scratch volume whose size limit is also requested
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "50Gi"}
     assert "cpu" not in container["resources"]["limits"]  # a request alone: no limit guessed
     env = {item["name"]: item for item in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # the base model's read token

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from kubetune.api import ModelSource
 from kubetune.api.runtime import ENV_HF_TOKEN, resolve_pvc_path
+from kubetune.model_cache import cache_root, ensure_cached
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from .device import DeviceInfo, ResolvedPrecision
@@ -38,11 +39,15 @@ class ModelLocation:
     path: str
     revision: str | None
     trust_remote_code: bool
+    local_only: bool = False
+    """The files are complete in the shared model cache: load them without contacting the Hub."""
 
     def kwargs(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         if self.revision:
             arguments["revision"] = self.revision
+        if self.local_only:
+            arguments["local_files_only"] = True
         token = os.environ.get(ENV_HF_TOKEN)
         if token:
             arguments["token"] = token
@@ -50,9 +55,25 @@ class ModelLocation:
 
 
 def locate_model(source: ModelSource) -> ModelLocation:
-    """A Hub id, or the mounted folder of a PVC reference (which must exist)."""
+    """A Hub id (fetched once into the shared model cache when the pod has one), or the mounted folder of a PVC
+    reference (which must exist)."""
     if source.name is not None:
-        return ModelLocation(source.name, source.revision, source.trust_remote_code)
+        root = cache_root()
+        if root is None:
+            return ModelLocation(source.name, source.revision, source.trust_remote_code)
+        name, token = source.name, os.environ.get(ENV_HF_TOKEN) or None
+        try:
+            commit = with_retries(
+                f"fetching {name!r} into the model cache",
+                lambda: ensure_cached(root, name, source.revision, token, source.trust_remote_code),
+            )
+        except NetworkError:
+            raise
+        except Exception as error:
+            raise ModelLoadError(
+                f"baseModel.name: cannot fetch {name!r} into the model cache {root}: {type(error).__name__}: {error}"
+            ) from error
+        return ModelLocation(name, commit, source.trust_remote_code, local_only=True)
     assert source.pvc is not None
     path = resolve_pvc_path(source.pvc)
     if not Path(path, "config.json").is_file():

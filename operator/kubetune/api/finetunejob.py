@@ -22,6 +22,7 @@ from .base import (
 )
 from .conditions import Condition
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALL_LINEAR = "all-linear"
@@ -358,6 +359,10 @@ class FineTuneJobSpec(ApiModel):
 
     image: ShortText | None = None
     """Trainer image override; empty uses the operator's configured trainer image."""
+
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model (and a Hub dataset) is downloaded: the namespace's shared model cache claim, or a
+    size-limited scratch volume of the trainer pod; empty follows the operator's defaults."""
 
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Pod failures retried before the job fails (each retry resumes from the newest checkpoint)."""

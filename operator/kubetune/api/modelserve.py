@@ -18,6 +18,7 @@ from .base import (
 )
 from .conditions import Condition
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
 
 ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
 MAX_ADAPTERS = 32
@@ -190,6 +191,11 @@ class ModelServeSpec(ApiModel):
 
     image: ShortText | None = None
     """Server image override; empty uses the operator's configured server image."""
+
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model is downloaded: the namespace's shared model cache claim (filled by the first trainer
+    or server that needs the model), or a size-limited scratch volume of each replica; empty follows the operator's
+    defaults."""
 
     @model_validator(mode="after")
     def _adapters(self) -> ModelServeSpec:

@@ -129,6 +129,8 @@ class _Service:
         to write when the plan writes none (a cleared ChildConflict)."""
         kube, meta = self.ctx.kube, body["metadata"]
         created: dict[str, dict[str, Any] | None] = {}
+        for shared in plan.shared:
+            self._ensure_shared(shared)
         for child in plan.create:
             obj, was_created = self._ensure(child, body, missing=True)
             created[child["kind"]] = obj if was_created else None
@@ -169,6 +171,16 @@ class _Service:
         existing.setdefault("kind", child["kind"])
         self._verify(existing, child)
         return existing, False
+
+    def _ensure_shared(self, obj: dict[str, Any]) -> None:
+        """Create a shared object when missing (409: it exists, whoever made it, and is used as it is)."""
+        try:
+            self.ctx.kube.create(obj)
+        except KubeApiError as exc:
+            if exc.status in REFUSED:
+                message = f"the API server refused {drift.describe(obj)}: {exc.reason}: {exc.message}"
+                raise ChildProblem(CHILD_REFUSED, message, waiting=False) from None
+            raise
 
     @staticmethod
     def _verify(observed: dict[str, Any], desired: dict[str, Any]) -> None:

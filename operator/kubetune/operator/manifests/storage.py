@@ -1,12 +1,19 @@
-"""Where trainers and servers keep things on volumes: each run's own output folder, and finding it again."""
+"""Where trainers and servers keep things on volumes: each run's own output folder (and finding it again), the
+namespace's shared model cache, and size-limited scratch volumes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api import runtime
 from kubetune.api.sources import PvcPath
+from kubetune.api.storage import ModelCacheSpec
+
+from .. import naming
+from ..settings import OperatorSettings
+from . import pod
 
 OUTPUT_FLAG = "--output"
 
@@ -38,3 +45,86 @@ def output_of_job(job: dict[str, Any] | None) -> PvcPath | None:
         claim, rest = relative.parts[0], PurePosixPath(*relative.parts[1:]) if len(relative.parts) > 1 else None
         return PvcPath(claim_name=claim, path=str(rest) if rest else "")
     return None
+
+
+# ---- the model cache and scratch volumes ------------------------------------------------------------------------
+SCRATCH_VOLUME = "scratch"
+SCRATCH_DIR = "/var/cache/kubetune"
+SMALL_SCRATCH = "1Gi"
+HF_HOME_DIR = "huggingface"
+MODEL_CACHE_COMPONENT = "model-cache"
+
+
+@dataclass(frozen=True)
+class ModelStorage:
+    """Where a pod keeps Hub downloads: the shared cache claim (mounted read-write, any pod may be the first to
+    need a model), and always a scratch emptyDir with a size limit that is also its ephemeral-storage request."""
+
+    cache_claim: str | None
+    scratch_size: str
+
+    @property
+    def hf_home(self) -> str:
+        if self.cache_claim is not None:
+            return str(PurePosixPath(runtime.claim_mount_path(self.cache_claim, runtime.PVC_ROOT)) / HF_HOME_DIR)
+        return str(PurePosixPath(SCRATCH_DIR) / HF_HOME_DIR)
+
+
+def model_storage(cache: ModelCacheSpec | None, needs_hub: bool, settings: OperatorSettings) -> ModelStorage:
+    """The object's choice, else the operator's default cache claim, else scratch sized for the download. A pod that
+    downloads nothing from the Hub mounts no cache and gets a small scratch volume."""
+    cache = cache or ModelCacheSpec()
+    claim = (cache.claim_name or settings.model_cache_claim or None) if needs_hub and not cache.disabled else None
+    default = settings.scratch_size if needs_hub and claim is None else SMALL_SCRATCH
+    return ModelStorage(claim, str(cache.scratch_size or default))
+
+
+def add_model_storage(volumes: pod.Volumes, storage: ModelStorage) -> None:
+    if storage.cache_claim is not None:
+        claim = storage.cache_claim
+        mount_path = runtime.claim_mount_path(claim, runtime.PVC_ROOT)
+        volumes.add_claim(naming.volume_name("pvc", claim), claim, mount_path, False)
+    volumes.add(
+        {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": storage.scratch_size}},
+        pod.mount(SCRATCH_VOLUME, SCRATCH_DIR),
+    )
+
+
+def model_storage_env(storage: ModelStorage) -> list[dict[str, Any]]:
+    """HF_HOME on the cache or the scratch volume; KUBETUNE_MODEL_CACHE tells the images a shared cache is there."""
+    env = [pod.env_value("HF_HOME", storage.hf_home)]
+    if storage.cache_claim is not None:
+        env.append(pod.env_value(runtime.ENV_MODEL_CACHE, storage.hf_home))
+    return env
+
+
+def with_scratch_request(resources: dict[str, Any], storage: ModelStorage) -> dict[str, Any]:
+    """The container's resources plus an ephemeral-storage request as large as its scratch volume's limit, so the
+    scheduler only places it where that much node disk is free (no limit: the emptyDir's sizeLimit bounds it)."""
+    requests = {**resources.get("requests", {}), "ephemeral-storage": storage.scratch_size}
+    return {**resources, "requests": requests}
+
+
+def cache_claim(namespace: str, storage: ModelStorage, settings: OperatorSettings) -> dict[str, Any] | None:
+    """The namespace's default model cache claim, for the operator to create when missing; None when this pod uses
+    no cache, a claim its object named (which must exist), or the operator does not create it. Never owned: the
+    cache outlives every FineTuneJob and ModelServe that filled it."""
+    if (
+        storage.cache_claim is None
+        or storage.cache_claim != settings.model_cache_claim
+        or not settings.model_cache_create
+    ):
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": [settings.model_cache_access_mode],
+        "resources": {"requests": {"storage": settings.model_cache_size}},
+    }
+    if settings.model_cache_storage_class:
+        spec["storageClassName"] = settings.model_cache_storage_class
+    meta_labels = {
+        naming.LABEL_NAME: "kubetune",
+        naming.LABEL_COMPONENT: MODEL_CACHE_COMPONENT,
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+    }
+    meta = {"name": storage.cache_claim, "namespace": namespace, "labels": meta_labels}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}

@@ -83,8 +83,15 @@ def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
     ]
 
 
-def trainer_volumes(owner: Owner, spec: FineTuneJobSpec) -> pod.Volumes:
-    """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), /dev/shm."""
+def trainer_model_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> storage.ModelStorage:
+    """Where the trainer downloads a Hub base model or dataset: the shared model cache, or its scratch volume."""
+    needs_hub = spec.base_model.name is not None or spec.dataset.hf is not None
+    return storage.model_storage(spec.model_cache, needs_hub, settings)
+
+
+def trainer_volumes(owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage | None = None) -> pod.Volumes:
+    """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), the model cache or scratch
+    volume, /dev/shm."""
     volumes = pod.Volumes()
     volumes.add(
         pod.configmap_volume("spec", naming.spec_configmap(owner.name), [runtime.SPEC_FILE]),
@@ -103,19 +110,17 @@ def trainer_volumes(owner: Owner, spec: FineTuneJobSpec) -> pod.Volumes:
             pod.configmap_volume(naming.volume_name("cm", name), name),
             pod.mount(naming.volume_name("cm", name), folder, read_only=True),
         )
+    if models is not None:
+        storage.add_model_storage(volumes, models)
     volumes.add(*pod.shm_volume(str(spec.resources.shm_size)))
     return volumes
 
 
-def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    output = output_location(owner.name, spec)
+def trainer_env(owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage) -> list[dict[str, Any]]:
     env = [
         pod.env_value(runtime.ENV_JOB_NAME, owner.name),
         pod.env_value(runtime.ENV_NAMESPACE, owner.namespace),
-        pod.env_value(
-            "HF_HOME",
-            str(PurePosixPath(runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT)) / runtime.HF_HOME_SUBDIR),
-        ),
+        *storage.model_storage_env(models),
     ]
     # Two tokens, each for its one use: the base model's (read) and the push target's (write, output.hub); a read
     # token is never handed to the push, nor a write token to every download.
@@ -157,7 +162,8 @@ def pod_failure_policy() -> dict[str, Any]:
 def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
     output = output_location(owner.name, spec, owner.uid)
     folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
-    volumes = trainer_volumes(owner, spec)
+    models = trainer_model_storage(spec, settings)
+    volumes = trainer_volumes(owner, spec, models)
     res = spec.resources
     container = {
         "name": naming.TRAINER_CONTAINER,
@@ -165,16 +171,19 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", TRAINER_MODULE],
         "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
-        "env": trainer_env(owner, spec),
-        "resources": pod.resources(
-            res.cpu,
-            res.memory,
-            res.gpus,
-            res.gpu_resource_name,
-            settings.trainer_cpu,
-            settings.trainer_memory,
-            settings.trainer_cpu_request,
-            settings.trainer_memory_request,
+        "env": trainer_env(owner, spec, models),
+        "resources": storage.with_scratch_request(
+            pod.resources(
+                res.cpu,
+                res.memory,
+                res.gpus,
+                res.gpu_resource_name,
+                settings.trainer_cpu,
+                settings.trainer_memory,
+                settings.trainer_cpu_request,
+                settings.trainer_memory_request,
+            ),
+            models,
         ),
         "securityContext": pod.container_security_context(),
         "volumeMounts": volumes.mounts,

@@ -10,8 +10,8 @@ from kubetune.api.resources import FineTuneJob
 from kubetune.api.runtime import adapter_path
 
 from ..manifests.meta import Owner
-from ..manifests.storage import output_of_job
-from ..manifests.trainer import output_location, trainer_children
+from ..manifests.storage import cache_claim, output_of_job
+from ..manifests.trainer import output_location, trainer_children, trainer_model_storage
 from ..settings import OperatorSettings
 from .conditions import is_true, raw_condition, set_condition
 from .plan import Event, Plan
@@ -223,7 +223,10 @@ def plan_finetunejob(
         return _finish(plan, current, nxt)
 
     if job is None:
-        plan.create = trainer_children(owner_of(ftj), spec, settings)
+        owner = owner_of(ftj)
+        plan.create = trainer_children(owner, spec, settings)
+        cache = cache_claim(owner.namespace, trainer_model_storage(spec, settings), settings)
+        plan.shared = [cache] if cache is not None else []
         recreated = current.job_name is not None
         reason = "JobRecreated" if recreated else "JobCreated"
         message = (

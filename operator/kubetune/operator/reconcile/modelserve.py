@@ -15,7 +15,14 @@ from kubetune.api.serving import ServeConfig
 from kubetune.api.sources import ModelSource
 
 from ..manifests.meta import Owner
-from ..manifests.server import serve_configmap, server_deployment, server_service, service_url
+from ..manifests.server import (
+    serve_configmap,
+    server_deployment,
+    server_model_storage,
+    server_service,
+    service_url,
+)
+from ..manifests.storage import cache_claim
 from ..settings import OperatorSettings
 from .conditions import raw_condition, set_condition
 from .drift import drifted, repair_patch
@@ -209,6 +216,9 @@ def plan_modelserve(
                 plan.patches.append((current, repair_patch(child, current)))
         if any(child["kind"] == "Deployment" for child in plan.create):
             deployment = None
+            models = server_model_storage(msv.spec, serve_config(msv, resolution), settings)
+            cache = cache_claim(owner.namespace, models, settings)
+            plan.shared = [cache] if cache is not None else []
         phase, reason, message, ready = _deployment_state(deployment, msv.spec.replicas)
         if phase != "Failed" and any(current["kind"] == "Deployment" for current, _ in plan.patches):
             # What was observed predates this reconcile's patch: a rollout of the patched spec starts now.
