@@ -27,10 +27,10 @@ class FakeHub:
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self):  # noqa: N802 - the stdlib's name
+            def do_HEAD(self):
                 hub._answer(self, body=False)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 hub._answer(self, body=True)
 
             def log_message(self, *args):

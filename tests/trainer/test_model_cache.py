@@ -60,11 +60,14 @@ def test_two_pods_at_once_download_each_file_once_and_a_third_downloads_nothing(
     assert {name for _, name in hub.downloads} >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert cached_commit(cache, REPO, None) == hub.commits[REPO]
 
-    fetched = sum(hub.downloads.values())
+    fetched, asked = sum(hub.downloads.values()), len(hub.requests)
     (third,) = loaders(hub, cache, 1)
     output, _ = third.communicate(timeout=240)
     assert third.returncode == 0, output[-2000:]
     assert sum(hub.downloads.values()) == fetched
+    # Not even the repository's file list is asked for: the marker says the model is complete (what remains is
+    # transformers probing for an optional adapter_config.json, and hub telemetry).
+    assert not [request for request in hub.requests[asked:] if f"/api/models/{REPO}" in request], hub.requests
 
 
 def test_files_without_a_marker_are_not_a_cached_model(tmp_path: Path):
