@@ -73,6 +73,24 @@ class OperatorSettings(BaseModel):
     """Access mode of a model cache claim the operator creates. ReadWriteMany (NFS, CephFS, EFS, Filestore) lets
     trainers and servers on any node share it; with ReadWriteOnce only pods on one node can use it at a time."""
 
+    adapter_store_claim: str = Field(default="", max_length=253)
+    """Name of the claim, in each namespace, that every finished adapter is also published to (by its trainer) and
+    that servers mount read-only: adapters then outlive their FineTuneJob and its output claim, and adding one to a
+    running ModelServe changes no volume (no restart). Empty: servers mount each trainer's output claim."""
+
+    adapter_store_create: bool = True
+    """Create `adapter_store_claim` in a namespace where it is missing (never owned by any object)."""
+
+    adapter_store_size: str = "20Gi"
+    """Size of an adapter store claim the operator creates (a LoRA adapter of a 7B model is 20-300 MiB)."""
+
+    adapter_store_storage_class: str | None = None
+    """StorageClass of an adapter store claim the operator creates; empty uses the cluster default."""
+
+    adapter_store_access_mode: str = Field(default="ReadWriteMany", pattern="^(ReadWriteOnce|ReadWriteMany)$")
+    """Access mode of an adapter store claim the operator creates: ReadWriteMany lets trainers and any number of
+    server replicas on any node use it; with ReadWriteOnce a ModelServe with replicas > 1 is refused."""
+
     scratch_size: str = "50Gi"
     """Size limit and ephemeral-storage request of a pod's scratch volume when a Hub model is downloaded without a
     cache claim (objects override it with spec.modelCache.scratchSize); other pods get 1Gi."""
@@ -127,6 +145,7 @@ class OperatorSettings(BaseModel):
         "server_cpu",
         "server_memory",
         "model_cache_size",
+        "adapter_store_size",
         "scratch_size",
     )
     @classmethod

@@ -133,9 +133,18 @@ def server_deployment(
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner)},
+            **rollout_strategy(spec),
             "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
+
+
+def rollout_strategy(spec: ModelServeSpec) -> dict[str, Any]:
+    """GPU servers replace pods one at a time without a surge pod: a rollout never needs a spare GPU (nor a second
+    attachment of a ReadWriteOnce volume on another node). CPU servers keep the default 25% surge."""
+    if spec.resources.gpus == 0:
+        return {}
+    return {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}
 
 
 def server_service(owner: Owner, spec: ModelServeSpec) -> dict[str, Any]:

@@ -35,15 +35,7 @@ def output_of_job(job: dict[str, Any] | None) -> PvcPath | None:
         args = list(container.get("args") or [])
         if OUTPUT_FLAG not in args[:-1]:
             continue
-        folder = PurePosixPath(args[args.index(OUTPUT_FLAG) + 1])
-        try:
-            relative = folder.relative_to(runtime.PVC_ROOT)
-        except ValueError:
-            return None
-        if not relative.parts:
-            return None
-        claim, rest = relative.parts[0], PurePosixPath(*relative.parts[1:]) if len(relative.parts) > 1 else None
-        return PvcPath(claim_name=claim, path=str(rest) if rest else "")
+        return _claim_path(PurePosixPath(args[args.index(OUTPUT_FLAG) + 1]))
     return None
 
 
@@ -109,22 +101,78 @@ def cache_claim(namespace: str, storage: ModelStorage, settings: OperatorSetting
     """The namespace's default model cache claim, for the operator to create when missing; None when this pod uses
     no cache, a claim its object named (which must exist), or the operator does not create it. Never owned: the
     cache outlives every FineTuneJob and ModelServe that filled it."""
-    if (
-        storage.cache_claim is None
-        or storage.cache_claim != settings.model_cache_claim
-        or not settings.model_cache_create
-    ):
+    if storage.cache_claim is None or storage.cache_claim != settings.model_cache_claim:
         return None
-    spec: dict[str, Any] = {
-        "accessModes": [settings.model_cache_access_mode],
-        "resources": {"requests": {"storage": settings.model_cache_size}},
-    }
-    if settings.model_cache_storage_class:
-        spec["storageClassName"] = settings.model_cache_storage_class
+    if not settings.model_cache_create:
+        return None
+    return _shared_claim(
+        namespace,
+        storage.cache_claim,
+        MODEL_CACHE_COMPONENT,
+        settings.model_cache_size,
+        settings.model_cache_access_mode,
+        settings.model_cache_storage_class,
+    )
+
+
+def _shared_claim(
+    namespace: str, name: str, component: str, size: str, access_mode: str, storage_class: str | None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": [access_mode], "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
     meta_labels = {
         naming.LABEL_NAME: "kubetune",
-        naming.LABEL_COMPONENT: MODEL_CACHE_COMPONENT,
+        naming.LABEL_COMPONENT: component,
         naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
     }
-    meta = {"name": storage.cache_claim, "namespace": namespace, "labels": meta_labels}
+    meta = {"name": name, "namespace": namespace, "labels": meta_labels}
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
+
+
+# ---- the adapter store ------------------------------------------------------------------------------------------
+ADAPTER_STORE_COMPONENT = "adapter-store"
+
+
+def adapter_store_location(name: str, uid: str, settings: OperatorSettings) -> PvcPath | None:
+    """Where FineTuneJob `name` (uid `uid`) publishes its adapter on the namespace's adapter store, if configured."""
+    if not settings.adapter_store_claim or not uid:
+        return None
+    path = PurePosixPath(runtime.ADAPTER_STORE_DIR) / name / uid
+    return PvcPath(claim_name=settings.adapter_store_claim, path=str(path))
+
+
+def store_claim(namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
+    """The namespace's adapter store claim, for the operator to create when missing (never owned)."""
+    if not settings.adapter_store_claim or not settings.adapter_store_create:
+        return None
+    return _shared_claim(
+        namespace,
+        settings.adapter_store_claim,
+        ADAPTER_STORE_COMPONENT,
+        settings.adapter_store_size,
+        settings.adapter_store_access_mode,
+        settings.adapter_store_storage_class,
+    )
+
+
+def store_of_job(job: dict[str, Any] | None) -> PvcPath | None:
+    """The adapter store folder a trainer Job was rendered with (its KUBETUNE_ADAPTER_STORE), as a claim and path."""
+    containers = ((((job or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers:
+        for item in container.get("env") or []:
+            if item.get("name") == runtime.ENV_ADAPTER_STORE and item.get("value"):
+                return _claim_path(PurePosixPath(item["value"]))
+    return None
+
+
+def _claim_path(folder: PurePosixPath) -> PvcPath | None:
+    """`/mnt/kubetune/pvc/<claim>/<path>` as a claim and path (None outside the claim mounts)."""
+    try:
+        relative = folder.relative_to(runtime.PVC_ROOT)
+    except ValueError:
+        return None
+    if not relative.parts:
+        return None
+    rest = PurePosixPath(*relative.parts[1:]) if len(relative.parts) > 1 else None
+    return PvcPath(claim_name=relative.parts[0], path=str(rest) if rest else "")

@@ -89,9 +89,11 @@ def trainer_model_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> 
     return storage.model_storage(spec.model_cache, needs_hub, settings)
 
 
-def trainer_volumes(owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage | None = None) -> pod.Volumes:
+def trainer_volumes(
+    owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage | None = None, store: PvcPath | None = None
+) -> pod.Volumes:
     """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), the model cache or scratch
-    volume, /dev/shm."""
+    volume, the adapter store (read-write), /dev/shm."""
     volumes = pod.Volumes()
     volumes.add(
         pod.configmap_volume("spec", naming.spec_configmap(owner.name), [runtime.SPEC_FILE]),
@@ -112,16 +114,23 @@ def trainer_volumes(owner: Owner, spec: FineTuneJobSpec, models: storage.ModelSt
         )
     if models is not None:
         storage.add_model_storage(volumes, models)
+    if store is not None:
+        mount_path = runtime.claim_mount_path(store.claim_name, runtime.PVC_ROOT)
+        volumes.add_claim(naming.volume_name("pvc", store.claim_name), store.claim_name, mount_path, False)
     volumes.add(*pod.shm_volume(str(spec.resources.shm_size)))
     return volumes
 
 
-def trainer_env(owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage) -> list[dict[str, Any]]:
+def trainer_env(
+    owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage, store: PvcPath | None = None
+) -> list[dict[str, Any]]:
     env = [
         pod.env_value(runtime.ENV_JOB_NAME, owner.name),
         pod.env_value(runtime.ENV_NAMESPACE, owner.namespace),
         *storage.model_storage_env(models),
     ]
+    if store is not None:
+        env.append(pod.env_value(runtime.ENV_ADAPTER_STORE, runtime.resolve_pvc_path(store, runtime.PVC_ROOT)))
     # Two tokens, each for its one use: the base model's (read) and the push target's (write, output.hub); a read
     # token is never handed to the push, nor a write token to every download.
     if spec.base_model.token_secret_ref is not None:
@@ -163,7 +172,8 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
     output = output_location(owner.name, spec, owner.uid)
     folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
     models = trainer_model_storage(spec, settings)
-    volumes = trainer_volumes(owner, spec, models)
+    store = storage.adapter_store_location(owner.name, owner.uid, settings)
+    volumes = trainer_volumes(owner, spec, models, store)
     res = spec.resources
     container = {
         "name": naming.TRAINER_CONTAINER,
@@ -171,7 +181,7 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", TRAINER_MODULE],
         "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
-        "env": trainer_env(owner, spec, models),
+        "env": trainer_env(owner, spec, models, store),
         "resources": storage.with_scratch_request(
             pod.resources(
                 res.cpu,

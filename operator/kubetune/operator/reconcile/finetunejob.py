@@ -10,7 +10,7 @@ from kubetune.api.resources import FineTuneJob
 from kubetune.api.runtime import adapter_path
 
 from ..manifests.meta import Owner
-from ..manifests.storage import cache_claim, output_of_job
+from ..manifests.storage import adapter_store_location, cache_claim, output_of_job, store_claim, store_of_job
 from ..manifests.trainer import output_location, trainer_children, trainer_model_storage
 from ..settings import OperatorSettings
 from .conditions import is_true, raw_condition, set_condition
@@ -152,12 +152,14 @@ def plan_invalid(ftj_status: FineTuneJobStatus, message: str, generation: int | 
     return _finish(plan, ftj_status, nxt)
 
 
-def _output_status(ftj: FineTuneJob, job: dict[str, Any] | None = None) -> OutputStatus:
-    """Where the adapter is: under the output folder the trainer Job was given (else the one it is given now)."""
-    spec = ftj.spec
-    output = output_of_job(job) or output_location(ftj.metadata.name, spec, ftj.metadata.uid)
+def _output_status(ftj: FineTuneJob, job: dict[str, Any] | None, settings: OperatorSettings) -> OutputStatus:
+    """Where servers take the adapter from: the adapter store copy when the trainer Job published one, else the
+    adapter under the output folder it was given (what the Job says wins over what would be rendered today)."""
+    spec, name, uid = ftj.spec, ftj.metadata.name, ftj.metadata.uid or ""
+    store = store_of_job(job) if job is not None else adapter_store_location(name, uid, settings)
+    output = output_of_job(job) or output_location(name, spec, uid)
     return OutputStatus(
-        pvc=adapter_path(output),
+        pvc=store or adapter_path(output),
         base_model=spec.base_model,
         method=spec.method,
         hub_repo=spec.output.hub.repo if spec.output.hub is not None else None,
@@ -213,7 +215,7 @@ def plan_finetunejob(
     if job is None and current.job_name is not None and current.metrics is not None:
         # The trainer writes final metrics only after the adapter is saved: its Job finished and was removed
         # (TTL, GC) before the operator saw it. Finished work is never re-run.
-        nxt.phase, nxt.output = "Succeeded", _output_status(ftj)
+        nxt.phase, nxt.output = "Succeeded", _output_status(ftj, None, settings)
         nxt.completion_time = nxt.completion_time or now
         nxt.message = "the trainer reported its final metrics; its Job was removed before the operator saw it end"
         conds = set_condition(conds, "Running", "False", "Completed", "the trainer finished", generation, now)
@@ -226,7 +228,7 @@ def plan_finetunejob(
         owner = owner_of(ftj)
         plan.create = trainer_children(owner, spec, settings)
         cache = cache_claim(owner.namespace, trainer_model_storage(spec, settings), settings)
-        plan.shared = [cache] if cache is not None else []
+        plan.shared = [claim for claim in (cache, store_claim(owner.namespace, settings)) if claim is not None]
         recreated = current.job_name is not None
         reason = "JobRecreated" if recreated else "JobCreated"
         message = (
@@ -252,7 +254,7 @@ def plan_finetunejob(
 
     if phase == "Succeeded":
         nxt.phase = "Succeeded"
-        nxt.output = _output_status(ftj, job)
+        nxt.output = _output_status(ftj, job, settings)
         if nxt.metrics is None and report is not None and report.metrics is not None:
             nxt.metrics = report.metrics
         nxt.start_time = nxt.start_time or job_status.get("startTime") or now
