@@ -40,6 +40,7 @@ from .outputs import (
     finished_manifest,
     partial_adapter_dir,
     publish_adapter,
+    publish_to_store,
     write_adapter_extras,
 )
 from .preemption import PreemptionCallback, PreemptionWatch
@@ -142,6 +143,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
             manifest,
         )
         final = publish_adapter(output_dir)
+        publish_to_store(final)
         hub_repo = push_adapter(final, spec.output)
         last = progress.last_progress.model_copy(
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
@@ -236,6 +238,8 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     from kubetune.api.runtime import METRICS_FILE
 
     final = adapter_dir(output_dir)
+    if process_info().is_main:
+        publish_to_store(final)
     stored = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
     metrics = TrainingMetrics.model_validate({key: value for key, value in stored.items() if key in METRIC_FIELDS})
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None
