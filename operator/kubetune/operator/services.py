@@ -27,6 +27,7 @@ from . import kube as k8s
 from . import naming
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
+from .manifests.server import server_model_storage
 from .manifests.trainer import trainer_children
 from .metrics import OperatorMetrics
 from .reconcile import drift
@@ -436,8 +437,16 @@ class ModelServeService(_Service):
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
         jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
-        resolution = msv_logic.resolve_adapters(msv, jobs)
+        resolution = msv_logic.resolve_adapters(msv, jobs, cleared, self.ctx.settings.adapter_store_claim)
         observed: dict[str, dict[str, Any] | None] = {}
+        access_modes: dict[str, list[str]] = {}
+        if not resolution.failed and not resolution.waiting and msv.spec.replicas > 1:
+            config = msv_logic.serve_config(msv, resolution)
+            models = server_model_storage(msv.spec, config, self.ctx.settings)
+            for claim in msv_logic.mounted_claims(config, models):
+                found = kube.get(k8s.CLAIMS, namespace, claim)
+                if found is not None:
+                    access_modes[claim] = list((found.get("spec") or {}).get("accessModes") or [])
         if not resolution.failed and not resolution.waiting:
             server = naming.server_name(name)
             observed = {
@@ -449,7 +458,7 @@ class ModelServeService(_Service):
                 if child is not None:
                     child.setdefault("kind", kind)
                     self._verify(child, _stub(child, body))
-        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339())
+        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), access_modes)
         self._apply(plan, body, pending=cleared if cleared is not status else None)
         return plan.phase
 

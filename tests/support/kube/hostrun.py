@@ -274,3 +274,24 @@ def start(host: HostPod, env: dict[str, str] | None = None, log: Path | None = N
     return subprocess.Popen(
         host.argv, env={**host.env, **(env or {})}, cwd=host.fs, stdout=out, stderr=subprocess.STDOUT
     )
+
+
+def refresh_configmaps(client: KubeTestClient, namespace: str, pod: dict[str, Any], root: Path) -> None:
+    """What the kubelet does about a minute after a mounted ConfigMap changes: the files of every configMap volume
+    under `root` (as `prepare` laid them out) get the new content, each replaced in one step."""
+    spec = pod.get("spec", pod)
+    for volume in spec.get("volumes") or []:
+        if "configMap" not in volume:
+            continue
+        source = volume["configMap"]
+        data = _configmap_data(client, namespace, source["name"])
+        mapping = {item["key"]: item.get("path", item["key"]) for item in source.get("items") or []} or {
+            key: key for key in data
+        }
+        folder = root / "volumes" / volume["name"]
+        for key, relative in mapping.items():
+            if key in data:
+                target = folder / relative
+                temporary = target.with_name(f".{target.name}.new")
+                temporary.write_bytes(data[key])
+                temporary.replace(target)

@@ -50,6 +50,17 @@ def server_model_storage(spec: ModelServeSpec, config: ServeConfig, settings: Op
     return storage.model_storage(spec.model_cache, config.base_model.name is not None, settings)
 
 
+def mounted_claims(config: ServeConfig, models: storage.ModelStorage) -> dict[str, bool]:
+    """Every claim a replica mounts -> whether read-only (adapters and a base model on a volume are; the model
+    cache is not: any replica may be the first to download into it)."""
+    claims = {adapter.pvc.claim_name: True for adapter in config.adapters}
+    if config.base_model.pvc is not None:
+        claims[config.base_model.pvc.claim_name] = True
+    if models.cache_claim is not None:
+        claims[models.cache_claim] = False
+    return claims
+
+
 def server_volumes(owner: Owner, config: ServeConfig, models: storage.ModelStorage | None = None) -> pod.Volumes:
     """serve.json, every adapter and base-model claim read-only, the model cache or a scratch volume, /dev/shm."""
     volumes = pod.Volumes()
