@@ -26,6 +26,12 @@ from tests.trainer.helpers import base_spec, run_in_process, write_spec
 HUB = "https://huggingface.co/api/datasets/org/data"
 
 
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    """The test session runs with HF_HUB_OFFLINE=1, under which no failure is a network one: these tests are online."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+
 def hub_error(status: int, headers: dict[str, str] | None = None) -> HfHubHTTPError:
     response = httpx2.Response(status, headers=headers or {}, request=httpx2.Request("GET", HUB))
     return HfHubHTTPError(f"{status} Client Error for url {HUB}", response=response)
@@ -62,6 +68,13 @@ def connect_failure() -> LocalEntryNotFoundError:
 )
 def test_transient_errors_are_told_apart(error: Exception, transient: bool):
     assert is_transient(error) is transient
+
+
+def test_nothing_is_transient_in_offline_mode(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not is_transient(hub_error(503))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not is_transient(ConnectionError("Couldn't reach 'org/data' on the Hub (OfflineModeIsEnabled)"))
 
 
 def failing(errors: list[Exception], result: str = "ok"):

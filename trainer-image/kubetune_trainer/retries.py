@@ -9,6 +9,7 @@ their own): HTTP 408/425/429/5xx, timeouts and broken or refused connections are
 from __future__ import annotations
 
 import logging
+import os
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -48,11 +49,19 @@ def http_status(error: BaseException) -> int | None:
     return int(status) if isinstance(status, int) else None
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is on: no request leaves the pod, so no failure is a network one that waiting could fix."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def is_transient(error: BaseException) -> bool:
     """True when waiting and trying again may succeed (see the module docstring)."""
+    if hub_offline():
+        return False
     for link in _chain(error):
         names = {cls.__name__ for cls in type(link).__mro__}
-        if names & NOT_TRANSIENT_TYPES:
+        # `datasets` re-raises offline mode as a plain ConnectionError that only names it
+        if names & NOT_TRANSIENT_TYPES or any(name in str(link) for name in NOT_TRANSIENT_TYPES):
             return False
         status = http_status(link)
         if status is not None:
