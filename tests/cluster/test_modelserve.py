@@ -113,7 +113,8 @@ def test_quantities_the_server_normalises_are_not_drift(
     assert deployment is not None
     stored = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert stored["limits"] == {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1"}
-    assert stored["requests"] == {"cpu": "500m", "memory": "2Gi"}
+    # plus the scratch volume's size limit for the Hub download (no model cache configured)
+    assert stored["requests"] == {"cpu": "500m", "memory": "2Gi", "ephemeral-storage": "50Gi"}
     kube.wait_for(SERVICES, ns, "plain", exists, TIMEOUT)  # created last
     since = control_plane.audit.offset()
     kubelet.deployment_ready(ns, "plain")  # each Deployment status change is a reconcile
@@ -196,7 +197,8 @@ def test_deleted_or_edited_children_are_repaired(
 def test_spec_changes_patch_the_deployment_and_hot_reload_adapters(
     operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
 ):
-    train(kube, kubelet, ns)
+    # ReadWriteMany: two replicas later mount it on any node (a ReadWriteOnce claim would be refused for them)
+    train(kube, kubelet, ns, output={"accessMode": "ReadWriteMany"})
     train(kube, kubelet, ns, "other", output={"pvc": {"claimName": "sentiment-output", "path": "other"}})
     kube.create(MSV, ns, modelserve(ns))
     kube.wait_for(DEPLOYMENTS, ns, "chat", exists, TIMEOUT)
