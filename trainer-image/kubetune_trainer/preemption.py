@@ -4,7 +4,8 @@ The kubelet sends SIGTERM and waits the pod's terminationGracePeriodSeconds befo
 handler only raises a flag; the callback turns it into "save a checkpoint and stop" at the end of the optimizer
 step in progress, so at most that step's partial gradient accumulation is lost. The flow then ends with exit code
 PREEMPTED, which the Job's podFailurePolicy ignores (not counted against backoffLimit): the next pod resumes from
-that checkpoint. Outside training there is nothing to save, and the handler ends the run at once.
+that checkpoint. Outside the training loop there is nothing new to save (loading has not trained; training ends with
+a checkpoint), and the handler ends the run at once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ class PreemptionWatch:
         if self.training:
             log.warning("SIGTERM: saving a checkpoint at the end of the current optimizer step, then stopping")
             return
-        raise PreemptedError("stopped by SIGTERM outside training (nothing to checkpoint); the Job starts a new pod")
+        raise PreemptedError(
+            "stopped by SIGTERM outside the training loop (loading, or evaluating and publishing after it); the "
+            "next pod resumes from the newest checkpoint (training always ends with one)"
+        )
 
     def stopped(self, step: int) -> PreemptedError:
         """The error that ends a run the callback stopped at `step` (its checkpoint is saved)."""
