@@ -138,6 +138,10 @@ def resolve_adapters(
                 )
     if result.base_model is None and result.kept and previous is not None:
         result.base_model = previous.base_model  # the FineTuneJob that named it is gone; its adapter is not
+    if result.base_model is None and result.kept and not result.failed and not result.waiting:
+        result.failed.append(
+            ("BaseModelUnknown", "the FineTuneJob that named the base model is gone: set spec.baseModel")
+        )
     return result
 
 
