@@ -153,3 +153,24 @@ def test_failures_exit_with_their_code_and_say_why(pvc_root, tmp_path, spec_chan
     summary = json.loads((tmp_path / "termination-log").read_text())
     assert summary["exitCode"] == code and message in summary["message"]
     assert not (tmp_path / "output" / ADAPTER_DIR).exists()
+
+
+def test_the_adapter_store_gets_a_whole_copy_once(tmp_path: Path, monkeypatch):
+    from kubetune.api.runtime import ENV_ADAPTER_STORE
+    from kubetune_trainer.outputs import publish_to_store
+
+    adapter = tmp_path / "run" / ADAPTER_DIR
+    adapter.mkdir(parents=True)
+    for name, text in (("adapter_config.json", "{}"), (MANIFEST_FILE, '{"specHash": "a"}')):
+        (adapter / name).write_text(text)
+    assert publish_to_store(adapter) is None  # no store configured: nothing copied
+    store = tmp_path / "store" / "adapters" / "job" / "uid-1"
+    monkeypatch.setenv(ENV_ADAPTER_STORE, str(store))
+    stale = store.with_name(f".{store.name}.partial")  # a copy cut short by a killed pod
+    stale.mkdir(parents=True)
+    assert publish_to_store(adapter) == store
+    assert sorted(p.name for p in store.iterdir()) == ["adapter_config.json", MANIFEST_FILE]
+    assert not stale.exists()
+    (store / "adapter_config.json").write_text('{"kept": true}')
+    publish_to_store(adapter)  # the same adapter again (a retried pod): the copy there is kept as it is
+    assert (store / "adapter_config.json").read_text() == '{"kept": true}'
