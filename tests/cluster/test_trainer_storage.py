@@ -22,7 +22,7 @@ from tests.support.kube.server import FTJ, JOBS, PODS, KubeTestClient
 from tests.support.tiny_model import build_tiny_model, write_facts_jsonl
 from tests.trainer.helpers import LEARNING_TRAINING
 
-from .helpers import delete, exists, gone, wait_phase, wait_until
+from .helpers import condition, delete, exists, gone, wait_phase, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,11 @@ def test_sigterm_checkpoints_the_step_reached_and_the_jobs_next_pod_resumes_ther
     assert replacement
     status = kube.get(JOBS, ns, job).get("status") or {}
     assert not status.get("failed"), status
-    assert kube.get(FTJ, ns, "facts")["status"]["phase"] != "Failed"
+    # The FineTuneJob says why it waits again: the trainer's own words from the preempted pod.
+    waiting = kube.wait_for(
+        FTJ, ns, "facts", lambda f: (condition(f, "Running") or {}).get("reason") == "Preempted", TIMEOUT
+    )
+    assert waiting["status"]["phase"] == "Pending" and "stopped by SIGTERM at step" in waiting["status"]["message"]
 
     run_dir = claims / "results" / "facts" / "runs" / kube.get(FTJ, ns, "facts")["metadata"]["uid"]
     saved = sorted(run_dir.glob(f"{runtime.CHECKPOINTS_DIR}/checkpoint-*"))

@@ -7,6 +7,7 @@ from kubetune.api import ModelServeStatus, PvcPath, ResolvedAdapter
 from kubetune.api.resources import ModelServe
 from kubetune.api.storage import ModelCacheSpec
 from kubetune.operator.manifests import storage
+from kubetune.operator.reconcile.finetunejob import preemption
 from kubetune.operator.reconcile.modelserve import resolve_adapters, storage_refusal
 from kubetune.operator.settings import OperatorSettings
 
@@ -71,3 +72,17 @@ def test_an_adapter_in_the_store_is_kept_when_its_finetunejob_is_gone():
     lost = resolve_adapters(serve("a"), {"a": None}, ModelServeStatus(adapters=[on_output]), "adapters")
     assert lost.failed and lost.failed[0][0] == "FineTuneJobNotFound"
     assert resolve_adapters(serve("a"), {"a": None}, ModelServeStatus(adapters=[in_store]), "").failed
+
+
+def test_a_pod_stopped_on_sigterm_is_shown_as_preempted():
+    said = '{"exitReason": "Preempted", "exitCode": 69, "message": "stopped by SIGTERM at step 20"}'
+
+    def pod(name: str, created: str, code: int) -> dict:
+        terminated = {"exitCode": code, "message": said if code == 69 else "boom"}
+        status = {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}
+        return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+    reason, message = preemption([pod("t-1", "2026-01-01T00:00:00Z", 1), pod("t-2", "2026-01-01T00:01:00Z", 69)])
+    assert reason == "Preempted" and "t-2 was stopped (SIGTERM): stopped by SIGTERM at step 20" in message
+    assert preemption([pod("t-1", "2026-01-01T00:02:00Z", 1), pod("t-2", "2026-01-01T00:01:00Z", 69)]) is None
+    assert preemption([]) is None

@@ -7,7 +7,7 @@ from typing import Any
 from kubetune.api.base import GROUP_VERSION
 from kubetune.api.finetunejob import FineTuneJobStatus, OutputStatus
 from kubetune.api.resources import FineTuneJob
-from kubetune.api.runtime import adapter_path
+from kubetune.api.runtime import TrainerExit, adapter_path
 
 from ..manifests.meta import Owner
 from ..manifests.storage import adapter_store_location, cache_claim, output_of_job, store_claim, store_of_job
@@ -15,7 +15,7 @@ from ..manifests.trainer import output_location, trainer_children, trainer_model
 from ..settings import OperatorSettings
 from .conditions import is_true, raw_condition, set_condition
 from .plan import Event, Plan
-from .report import TrainerReport
+from .report import TrainerReport, parse_termination_message
 
 TERMINAL = ("Succeeded", "Failed")
 # Status fields the operator owns (sent as null when unset); `progress` belongs to the trainer, and
@@ -87,6 +87,22 @@ def pod_cause(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def preemption(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """("Preempted", what the trainer said) when the newest finished trainer pod stopped on SIGTERM after saving a
+    checkpoint (exit PREEMPTED): the Job starts another pod, which resumes there."""
+    finished = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
+    if not finished:
+        return None
+    newest = max(finished, key=lambda pod: (pod.get("metadata") or {}).get("creationTimestamp") or "")
+    for container in (newest.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") == TrainerExit.PREEMPTED:
+            said = parse_termination_message(terminated.get("message"), TrainerExit.PREEMPTED).message
+            name = (newest.get("metadata") or {}).get("name", "the trainer pod")
+            return "Preempted", f"{name} was stopped (SIGTERM): {said or 'checkpoint saved'}; a new pod resumes from it"
+    return None
+
+
 def pending_cause(
     job: dict[str, Any] | None, pods: list[dict[str, Any]], events: list[dict[str, Any]]
 ) -> tuple[str, str] | None:
@@ -100,6 +116,9 @@ def pending_cause(
         cause = pod_cause(pod)
         if cause is not None:
             return cause
+    preempted = preemption(pods)
+    if preempted is not None:
+        return preempted
     uids = {(job.get("metadata") or {}).get("uid")} | {(pod.get("metadata") or {}).get("uid") for pod in live}
     blocking = [
         event
