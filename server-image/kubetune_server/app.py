@@ -22,7 +22,16 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-KNOWN_ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/health", "/ready", "/metrics")
+KNOWN_ROUTES = (
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/generate",
+    "/health",
+    "/ready",
+    "/adapters",
+    "/metrics",
+)
 
 
 class RequestMetrics:

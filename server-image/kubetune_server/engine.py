@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from kubetune.api import ServeConfig
 from kubetune.api.runtime import resolve_pvc_path
+from kubetune.api.serving import ReplicaAdapter, ReplicaAdapters
 
 from . import batch as batching
 from .adapters import BASE_ROW, AdapterSet, AdapterSource, merge_single_adapter
@@ -73,7 +74,9 @@ class EngineStats:
 
 def adapter_sources(config: ServeConfig, root: str | None = None) -> list[AdapterSource]:
     """The adapters of a ServeConfig with their folders resolved under the claim mount root."""
-    return [AdapterSource(adapter.name, resolve_pvc_path(adapter.pvc, root)) for adapter in config.adapters]
+    return [
+        AdapterSource(adapter.name, resolve_pvc_path(adapter.pvc, root), adapter.pvc) for adapter in config.adapters
+    ]
 
 
 def cache_argument(model) -> str:
@@ -110,7 +113,9 @@ class Engine:
         self._state: batching.BatchState | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.failed_adapters: dict[str, str] = {}
+        self.failed_adapters: dict[str, str] = {}  # name -> why it was refused
+        self._refused_folders: dict[str, str] = {}  # name -> the folder that was refused
+        self._wanted: list[AdapterSource] = adapter_sources(config, pvc_root)  # the serve.json last asked for
 
     # ----- lifecycle -----
     @property
@@ -118,26 +123,32 @@ class Engine:
         return self._ready.is_set() and not self._stopping
 
     def load(self) -> None:
-        """Load tokenizer, base model and the configured adapters; raises AdapterLoadError on a refused adapter."""
+        """Load tokenizer, base model and the configured adapters. A refused adapter (another base model, no
+        adapter_config.json) is reported (GET /adapters, a 404 naming the reason) while the base and the other
+        adapters serve, as when it is hot-added later: a replica started after the refusal (a scale-up, a restart)
+        must not crash-loop where the running ones serve. With mergeAdapter the one adapter is the model, so its
+        refusal raises AdapterLoadError."""
         started = time.monotonic()
-        self.base_location = through_model_cache(self.base_location)
-        self.tokenizer = load_tokenizer(self.base_location)
-        model = load_base_model(self.base_location, self.config.quantization, self.device)
         sources = adapter_sources(self.config, self.pvc_root)
-        for source in sources:
-            check_adapter_base(
-                source.name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
-            )
         if self.config.merge_adapter:
             if len(sources) != 1:
                 raise AdapterLoadError(f"mergeAdapter needs exactly one adapter, got {len(sources)}")
+            self._check_base(sources[0])  # before the base loads: fail fast
+        self.base_location = through_model_cache(self.base_location)
+        self.tokenizer = load_tokenizer(self.base_location)
+        model = load_base_model(self.base_location, self.config.quantization, self.device)
+        if self.config.merge_adapter:
             model = merge_single_adapter(model, sources[0])
             self._merged_name = sources[0].name
             self._adapters = AdapterSet(model, merged=True)
         else:
             self._adapters = AdapterSet(model)
             for source in sources:
-                self._adapters.add(source)
+                try:
+                    self._check_base(source)
+                    self._adapters.add(source)
+                except AdapterLoadError as exc:
+                    self._refuse(source, exc)
         self._eos_ids = self._find_eos_ids(model)
         self._cache_arg = cache_argument(model)
         self._ready.set()
@@ -190,6 +201,26 @@ class Engine:
             return {}
         return self._adapters.names()
 
+    def adapter_report(self) -> ReplicaAdapters:
+        """Each adapter of the serve.json last asked for, as this replica serves it (GET /adapters): loaded from
+        that folder, still queued or loading, or refused with the reason."""
+        folders = self.adapter_folders()
+        states = []
+        for source in self._wanted:
+            if source.pvc is None:
+                continue
+            state, message = "Loading", None
+            if self._merged_name is not None and self.ready:
+                merged = source.name == self._merged_name
+                state = "Loaded" if merged else "Refused"
+                message = None if merged else "mergeAdapter is set: adapters change only with a restart"
+            elif folders.get(source.name) == source.path:
+                state = "Loaded"
+            elif self._refused_folders.get(source.name) == source.path:
+                state, message = "Refused", self.failed_adapters.get(source.name)
+            states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
+        return ReplicaAdapters(adapters=states)
+
     def _row_key(self, model: str) -> str:
         assert self._adapters is not None
         if self._merged_name:
@@ -224,6 +255,7 @@ class Engine:
         """Serve exactly `sources` from now on (added, replaced or removed between steps); resolves to a SyncReport."""
         future: Future = Future()
         with self._cond:
+            self._wanted = list(sources)
             self._ops.append((sources, future))
             self._cond.notify_all()
         if self._thread is None or not self._thread.is_alive():
@@ -296,24 +328,34 @@ class Engine:
         wanted = {s.name: s for s in sources}
         for name in sorted(set(current) - set(wanted)):
             self._adapters.remove(name)
-            self.failed_adapters.pop(name, None)
             report.removed.append(name)
+        for name in set(self.failed_adapters) - set(wanted):
+            self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
         for name, source in wanted.items():
             if current.get(name) == source.path:
                 continue
             try:
-                check_adapter_base(
-                    name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
-                )
+                self._check_base(source)
                 self._adapters.add(source)
             except AdapterLoadError as exc:
-                log.error("adapter %r refused: %s", name, exc)
+                self._refuse(source, exc)
                 report.failed[name] = str(exc)
-                self.failed_adapters[name] = str(exc)
                 continue
             self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
             report.added.append(name)
         return report
+
+    def _check_base(self, source: AdapterSource) -> None:
+        check_adapter_base(
+            source.name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
+        )
+
+    def _refuse(self, source: AdapterSource, exc: AdapterLoadError) -> None:
+        log.error("adapter %r refused: %s", source.name, exc)
+        self.failed_adapters[source.name] = str(exc)
+        self._refused_folders[source.name] = source.path
 
     def _forward(self, row_keys: list[str], **inputs) -> torch.Tensor:
         assert self._adapters is not None

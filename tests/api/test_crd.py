@@ -105,7 +105,7 @@ def test_defaults_enums_and_bounds_are_carried_over() -> None:
     ("kind", "short", "columns"),
     [
         ("FineTuneJob", "ftj", ["Phase", "Model", "Method", "Progress", "Eval Loss", "Age"]),
-        ("ModelServe", "msv", ["Phase", "Adapters", "Ready", "URL", "Age"]),
+        ("ModelServe", "msv", ["Phase", "Adapters", "Loaded", "Ready", "URL", "Age"]),
     ],
 )
 def test_names_columns_and_status_subresource(kind: str, short: str, columns: list[str]) -> None:

@@ -67,6 +67,9 @@ def test_waits_for_its_finetunejob_then_deploys(
             "name": "sentiment",
             "pvc": {"claimName": "sentiment-output", "path": f"{run}/adapter"},
             "fineTuneJob": "sentiment",
+            "state": "Pending",
+            "loadedReplicas": 0,
+            "message": "no server replica is ready yet",
         }
     ]
     config = serve_config(kube, ns)

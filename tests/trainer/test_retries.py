@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
+import subprocess
 import threading
 import urllib.error
 from pathlib import Path
@@ -18,7 +20,7 @@ from kubetune.api import DatasetSpec
 from kubetune.api.runtime import TrainerExit
 from kubetune_trainer import retries
 from kubetune_trainer.data_sources import download, load_raw_data
-from kubetune_trainer.errors import InvalidInputError, NetworkError
+from kubetune_trainer.errors import InvalidInputError, NetworkError, TrainerFailure
 from kubetune_trainer.retries import is_transient, with_retries
 
 from tests.trainer.helpers import base_spec, run_in_process, write_spec
@@ -175,14 +177,48 @@ class Flaky(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def loopback(address) -> str | None:
+    """The download's address policy for this test server on 127.0.0.1 (the trainer's refuses it)."""
+    return None
+
+
 @pytest.fixture
-def flaky_server():
+def flaky_server(tmp_path: Path, monkeypatch):
+    """A loopback https server (self-signed certificate trusted through SSL_CERT_FILE) playing Flaky."""
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    names = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            names,
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
     Flaky.served = []
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"https://localhost:{server.server_address[1]}"
     finally:
         server.shutdown()
 
@@ -190,11 +226,19 @@ def flaky_server():
 def test_a_dataset_download_outlasts_two_503s(monkeypatch, flaky_server: str, tmp_path: Path):
     monkeypatch.setattr(retries.time, "sleep", lambda _: None)
     Flaky.failures = 2
-    target = download(f"{flaky_server}/rows.jsonl", tmp_path)
+    target = download(f"{flaky_server}/rows.jsonl", tmp_path / "dl", policy=loopback)
     assert target.read_bytes() == b'{"text": "a"}\n' and len(Flaky.served) == 3
 
 
 def test_a_missing_dataset_file_is_invalid_input_at_once(monkeypatch, flaky_server: str, tmp_path: Path):
     monkeypatch.setattr(retries.time, "sleep", lambda _: pytest.fail("slept"))
     with pytest.raises(InvalidInputError, match=r"HTTP 404"):
-        download(f"{flaky_server}/missing.jsonl", tmp_path)
+        download(f"{flaky_server}/missing.jsonl", tmp_path / "dl", policy=loopback)
+
+
+def test_an_untrusted_certificate_is_not_waited_out(monkeypatch, flaky_server: str, tmp_path: Path):
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setattr(retries.time, "sleep", lambda _: pytest.fail("slept"))
+    with pytest.raises(TrainerFailure, match=r"CERTIFICATE_VERIFY_FAILED"):
+        download(f"{flaky_server}/rows.jsonl", tmp_path / "dl", policy=loopback)
+    assert Flaky.served == []

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,14 @@ from kubetune.api.runtime import ENV_HF_TOKEN, configmap_file_path, resolve_pvc_
 
 from .errors import InvalidInputError, NetworkError, TrainerFailure
 from .retries import with_retries
+from .safe_fetch import AddressPolicy, UnsafeUrlError, open_public_https, public_only
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 URL_TIMEOUT_SECONDS = 60
 TEXT_BUILDERS = {"json", "csv"}
 UTF8_CHECK_CHUNK = 1 << 20
+ADDRESS_POLICY: AddressPolicy = public_only
+"""The addresses a dataset URL may reach: public ones (tests with a loopback https server widen it)."""
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,9 @@ def locate_json_error(files: list[Path]) -> str | None:
     return None
 
 
-def download(url: str, target_dir: Path) -> Path:
-    """Fetch an https dataset file (system CA bundle, honouring SSL_CERT_FILE) into `target_dir`."""
+def download(url: str, target_dir: Path, policy: AddressPolicy | None = None) -> Path:
+    """Fetch an https dataset file (system CA bundle, honouring SSL_CERT_FILE) into `target_dir`: https at every
+    redirect, public addresses only (safe_fetch.py; `policy` defaults to ADDRESS_POLICY)."""
     name = Path(url.split("?", 1)[0].rstrip("/")).name or "dataset.jsonl"
     if Path(name).suffix.lower() not in BUILDERS:
         raise InvalidInputError(f"dataset.url: {url!r} must end in one of {', '.join(BUILDERS)} to tell its type")
@@ -188,13 +191,16 @@ def download(url: str, target_dir: Path) -> Path:
     target = target_dir / name
 
     def fetch() -> None:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response, target.open("wb") as out:
+        response = open_public_https(url, URL_TIMEOUT_SECONDS, policy or ADDRESS_POLICY)
+        with response, target.open("wb") as out:
             shutil.copyfileobj(response, out)
 
     try:
         with_retries(f"dataset.url: downloading {url}", fetch)
     except NetworkError:
         raise
+    except UnsafeUrlError as error:
+        raise UnsafeUrlError(f"dataset.url: {error}") from None
     except urllib.error.HTTPError as error:
         # 429 and 5xx were retried above and ended as NetworkError; any other status will not fix itself.
         message = f"dataset.url: cannot download {url}: HTTP {error.code} {error.reason}"

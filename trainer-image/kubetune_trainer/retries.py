@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -68,9 +69,16 @@ def is_transient(error: BaseException) -> bool:
             return status in TRANSIENT_STATUS
         if isinstance(link, TimeoutError | ConnectionError) or names & TRANSIENT_TYPES:
             return True
-        if isinstance(link, urllib.error.URLError):  # not an HTTPError (handled above): DNS, refused, timeout
-            return True
+        if isinstance(link, urllib.error.URLError):  # not an HTTPError (handled above): look at why
+            return isinstance(link.reason, BaseException) and _transient_socket_error(link.reason)
     return False
+
+
+def _transient_socket_error(error: BaseException) -> bool:
+    """A refused or reset connection, a timeout, or DNS saying "try again"; not a certificate or an unknown host."""
+    if isinstance(error, socket.gaierror):
+        return error.errno == socket.EAI_AGAIN
+    return isinstance(error, TimeoutError | ConnectionError)
 
 
 def retry_after(error: BaseException) -> float | None:

@@ -196,6 +196,9 @@ class ModelServeSpec(ApiModel):
     """Where a Hub base model is downloaded: the namespace's shared model cache claim (filled by the first trainer
     or server that needs the model), or a size-limited scratch volume of each replica; empty follows the operator's
     defaults."""
+    runtime_name: ObjectName | None = None
+    """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose server image, GPU pool, limits and
+    policy apply; empty uses the operator's default runtime, if one is configured."""
 
     @model_validator(mode="after")
     def _adapters(self) -> ModelServeSpec:
@@ -228,6 +231,24 @@ class ResolvedAdapter(ApiModel):
     """The FineTuneJob it came from, if any."""
 
 
+AdapterState = Literal["Pending", "Loaded", "Refused", "Unknown"]
+
+
+class ServedAdapter(ResolvedAdapter):
+    """A resolved adapter with its state as the ready server replicas report it (their GET /adapters)."""
+
+    state: AdapterState = "Pending"
+    """Loaded: every ready replica that answered serves it. Refused: a replica would not load it (see message).
+    Pending: not loaded yet (no replica ready, or a replica has not read the new serve.json yet). Unknown: no ready
+    replica answered the operator."""
+
+    loaded_replicas: int = Field(default=0, ge=0)
+    """Ready server replicas that serve this adapter from this volume."""
+
+    message: str | None = Field(default=None, max_length=4096)
+    """Why it is not Loaded (a replica's refusal reason, or how many replicas have it)."""
+
+
 class ModelServeStatus(ApiModel):
     """Observed state of a ModelServe."""
 
@@ -235,7 +256,7 @@ class ModelServeStatus(ApiModel):
     """Pending, WaitingForAdapters, Deploying, Ready or Failed."""
 
     conditions: list[Condition] = Field(default_factory=list, max_length=32)
-    """AdaptersReady, Available (and Ready) with reasons."""
+    """AdaptersReady (resolved), AdaptersLoaded (as the servers report), Available, Progressing and Ready."""
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation the status describes."""
@@ -249,8 +270,8 @@ class ModelServeStatus(ApiModel):
     url: str | None = Field(default=None, max_length=2048)
     """In-cluster base URL of the OpenAI-compatible API."""
 
-    adapters: list[ResolvedAdapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
-    """Adapters as resolved to volumes."""
+    adapters: list[ServedAdapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
+    """Adapters as resolved to volumes, each with its state on the server replicas."""
 
     adapter_names: str | None = Field(default=None, max_length=4096)
     """Comma-separated adapter names (for kubectl get)."""

@@ -39,6 +39,7 @@ class Resource:
 
 FINETUNEJOBS = Resource("kubetune.dev/v1alpha1", "finetunejobs", "FineTuneJob")
 MODELSERVES = Resource("kubetune.dev/v1alpha1", "modelserves", "ModelServe")
+FINETUNERUNTIMES = Resource("kubetune.dev/v1alpha1", "finetuneruntimes", "FineTuneRuntime")  # cluster-scoped
 JOBS = Resource("batch/v1", "jobs", "Job")
 PODS = Resource("v1", "pods", "Pod")
 CONFIGMAPS = Resource("v1", "configmaps", "ConfigMap")
@@ -49,6 +50,13 @@ EVENTS = Resource("v1", "events", "Event")
 DEPLOYMENTS = Resource("apps/v1", "deployments", "Deployment")
 ROLES = Resource("rbac.authorization.k8s.io/v1", "roles", "Role")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding")
+
+
+def kueue_workloads(api_version: str) -> Resource:
+    """Kueue's Workload (one per queued Job); not in BY_KIND: the operator never creates one."""
+    return Resource(api_version, "workloads", "Workload")
+
+
 BY_KIND = {
     res.kind: res
     for res in (

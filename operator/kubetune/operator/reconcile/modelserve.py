@@ -25,9 +25,10 @@ from ..manifests.server import (
 )
 from ..manifests.storage import cache_claim
 from ..settings import OperatorSettings
-from .conditions import raw_condition, set_condition
+from .conditions import get_condition, raw_condition, set_condition
 from .drift import drifted, repair_patch
 from .plan import Event, Plan
+from .served_adapters import ReplicaReport, loaded_condition, needs_recheck, served_adapters
 
 OWNED_FIELDS = (
     "phase",
@@ -238,6 +239,7 @@ def _unavailable(conds: list, reason: str, message: str, generation: int | None,
     must not keep `Available=True`)."""
     conds = set_condition(conds, "Available", "False", reason, message, generation, now)
     conds = set_condition(conds, "Progressing", "False", reason, message, generation, now)
+    conds = set_condition(conds, "AdaptersLoaded", "False", reason, message, generation, now)
     return set_condition(conds, "Ready", "False", reason, message, generation, now)
 
 
@@ -248,10 +250,12 @@ def plan_modelserve(
     observed: dict[str, dict[str, Any] | None],
     settings: OperatorSettings,
     now: str,
+    reports: list[ReplicaReport] | None = None,
     access_modes: dict[str, list[str]] | None = None,
 ) -> Plan:
-    """`observed` maps each desired child's kind ('ConfigMap', 'Deployment', 'Service') to what exists;
-    `access_modes` the access modes of the claims the replicas mount (read when replicas > 1)."""
+    """`observed` maps each desired child's kind ('ConfigMap', 'Deployment', 'Service') to what exists; `reports`
+    are the ready server replicas' GET /adapters answers (served_adapters.py); `access_modes` the access modes of
+    the claims the replicas mount (read when replicas > 1)."""
     plan = Plan()
     generation = msv.metadata.generation
     nxt = status.model_copy(deep=True)
@@ -296,7 +300,8 @@ def plan_modelserve(
             # What was observed predates this reconcile's patch: a rollout of the patched spec starts now.
             phase, reason, message = "Deploying", "RolloutInProgress", "updating the server Deployment"
         nxt.phase, nxt.message, nxt.ready_replicas = phase, message, ready
-        nxt.adapters = resolution.adapters
+        nxt.adapters = served_adapters(resolution.adapters, reports or [])
+        plan.recheck = needs_recheck(nxt.adapters, reports or [])
         nxt.adapter_names = ",".join(adapter.name for adapter in resolution.adapters) or None
         nxt.base_model = resolution.base_model
         nxt.deployment_name = next(c for c in desired if c["kind"] == "Deployment")["metadata"]["name"]
@@ -304,6 +309,11 @@ def plan_modelserve(
         count = len(resolution.adapters)
         resolved = "; ".join([f"{count} adapter(s) resolved", *resolution.kept])
         conds = set_condition(conds, "AdaptersReady", "True", "Resolved", resolved, generation, now)
+        loaded, reason_loaded, message_loaded = loaded_condition(nxt.adapters)
+        before = get_condition(status.conditions, "AdaptersLoaded")
+        if reason_loaded == "AdapterRefused" and (before is None or before.message != message_loaded):
+            plan.events.append(Event("Warning", "AdapterRefused", message_loaded))  # kubectl describe shows why
+        conds = set_condition(conds, "AdaptersLoaded", loaded, reason_loaded, message_loaded, generation, now)
         available = "True" if ready >= 1 else "False"
         conds = set_condition(conds, "Available", available, reason, message, generation, now)
         rolling = "True" if reason in ("Creating", "RolloutInProgress") else "False"
@@ -320,14 +330,19 @@ def plan_modelserve(
     return plan
 
 
-def plan_invalid(status: ModelServeStatus, message: str, generation: int | None, now: str) -> Plan:
-    """A ModelServe that slipped past the CRD: Failed/InvalidSpec, nothing deployed."""
+def plan_invalid(
+    status: ModelServeStatus, message: str, generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> Plan:
+    """A ModelServe that slipped past the CRD (or that its FineTuneRuntime refuses: `reason` PolicyViolation or
+    RuntimeNotFound): Failed, nothing deployed."""
     nxt = status.model_copy(deep=True)
     nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
-    nxt.conditions = set_condition(nxt.conditions, "Ready", "False", "InvalidSpec", message, generation, now)
+    nxt.conditions = set_condition(nxt.conditions, "Ready", "False", reason, message, generation, now)
+    if reason != "InvalidSpec":
+        nxt.conditions = set_condition(nxt.conditions, "Validated", "False", reason, message, generation, now)
     plan = Plan(phase="Failed", status=status_patch(nxt))
     if status_patch(status) == plan.status:
         plan.status = {}
     elif status.phase != "Failed":
-        plan.events.append(Event("Warning", "InvalidSpec", message))
+        plan.events.append(Event("Warning", reason, message))
     return plan

@@ -32,3 +32,6 @@ class Plan:
 
     events: list[Event] = field(default_factory=list)
     phase: str = "Pending"
+
+    recheck: bool = False
+    """Reconcile again later: only time will change what was observed (a server still loading its adapters)."""
