@@ -4,6 +4,7 @@ replica check and adapters kept from the store after their FineTuneJob is gone."
 from __future__ import annotations
 
 from kubetune.api import ModelServeStatus, PvcPath, ResolvedAdapter
+from kubetune.api.modelserve import ServedAdapter
 from kubetune.api.resources import ModelServe
 from kubetune.api.storage import ModelCacheSpec
 from kubetune.operator.manifests import storage
@@ -63,11 +64,13 @@ def serve(*jobs: str) -> ModelServe:
 
 
 def test_an_adapter_in_the_store_is_kept_when_its_finetunejob_is_gone():
-    in_store = ResolvedAdapter(name="a", pvc=PvcPath(claim_name="adapters", path="adapters/a/u1"), fine_tune_job="a")
-    on_output = ResolvedAdapter(name="a", pvc=PvcPath(claim_name="a-output", path="runs/u1/adapter"), fine_tune_job="a")
+    store_path = PvcPath(claim_name="adapters", path="adapters/a/u1")
+    in_store = ServedAdapter(name="a", pvc=store_path, fine_tune_job="a", state="Loaded", loaded_replicas=2)
+    on_output = ServedAdapter(name="a", pvc=PvcPath(claim_name="a-output", path="runs/u1/adapter"), fine_tune_job="a")
     base = {"name": "org/base"}
     kept = resolve_adapters(serve("a"), {"a": None}, ModelServeStatus(adapters=[in_store], base_model=base), "adapters")
-    assert kept.adapters == [in_store] and not kept.failed and "is gone" in kept.kept[0]
+    assert kept.adapters == [ResolvedAdapter(name="a", pvc=store_path, fine_tune_job="a")]
+    assert not kept.failed and "is gone" in kept.kept[0]
     assert kept.base_model is not None and kept.base_model.name == "org/base"
     lost = resolve_adapters(serve("a"), {"a": None}, ModelServeStatus(adapters=[on_output]), "adapters")
     assert lost.failed and lost.failed[0][0] == "FineTuneJobNotFound"

@@ -82,7 +82,7 @@ def kept_in_store(
             and resolved.fine_tune_job == job_name
             and resolved.pvc.claim_name == store_claim
         ):
-            return resolved
+            return ResolvedAdapter(name=resolved.name, pvc=resolved.pvc, fine_tune_job=resolved.fine_tune_job)
     return None
 
 
