@@ -41,6 +41,7 @@ from .loader import (
     load_tokenizer,
     locate_base_model,
     pick_device,
+    through_model_cache,
 )
 from .requests import Chunk, SequenceHandle
 from .sampling import SamplingParams, choose_next_tokens, make_generator
@@ -162,6 +163,7 @@ class Engine:
             if len(sources) != 1:
                 raise AdapterLoadError(f"mergeAdapter needs exactly one adapter, got {len(sources)}")
             self._check_base(sources[0])  # before the base loads: fail fast
+        self.base_location = through_model_cache(self.base_location)
         self.tokenizer = load_tokenizer(self.base_location)
         model = load_base_model(self.base_location, self.config.quantization, self.device)
         if self.config.merge_adapter:

@@ -31,7 +31,14 @@ from .adapters import AdapterSource
 from .engine import EngineStats, SyncReport, adapter_sources
 from .errors import AdapterLoadError, ModelNotFound, NotReady, UnsupportedModel
 from .kv_budget import kv_bytes_per_token
-from .loader import ADAPTER_CONFIG, BaseModelLocation, check_adapter_base, load_tokenizer, locate_base_model
+from .loader import (
+    ADAPTER_CONFIG,
+    BaseModelLocation,
+    check_adapter_base,
+    load_tokenizer,
+    locate_base_model,
+    through_model_cache,
+)
 from .requests import Chunk, SequenceHandle
 from .sampling import SamplingParams
 
@@ -170,6 +177,9 @@ class VllmEngine:
 
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         started = time.monotonic()
+        self.base_location = through_model_cache(self.base_location)
+        if self.base_location.local_only:  # in the shared model cache: vLLM's engine process must not ask the Hub
+            os.environ["HF_HUB_OFFLINE"] = "1"
         self.tokenizer = load_tokenizer(self.base_location)
         self.llm = AsyncLLM.from_engine_args(self.engine_args())
         self._context = int(self.llm.model_config.max_model_len)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.runtime import ADAPTER_DIR, MANIFEST_FILE, METRICS_FILE
+from kubetune.api.runtime import ADAPTER_DIR, ENV_ADAPTER_STORE, MANIFEST_FILE, METRICS_FILE
 
 from .reporting import write_json_atomically
 
@@ -64,3 +65,25 @@ def finished_manifest(output_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def publish_to_store(adapter: Path) -> Path | None:
+    """Copy the finished adapter to the namespace's adapter store (KUBETUNE_ADAPTER_STORE, when the operator set
+    one), whole or not at all: servers load it from there, independent of this run's output volume and of the
+    FineTuneJob's lifetime. A copy of this very adapter already there (a retried pod) is kept."""
+    target = os.environ.get(ENV_ADAPTER_STORE)
+    if not target:
+        return None
+    store = Path(target)
+    if (store / MANIFEST_FILE).is_file() and (store / MANIFEST_FILE).read_bytes() == (
+        adapter / MANIFEST_FILE
+    ).read_bytes():
+        return store
+    partial = store.with_name(f".{store.name}{PARTIAL_SUFFIX}")
+    shutil.rmtree(partial, ignore_errors=True)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(adapter, partial)
+    shutil.rmtree(store, ignore_errors=True)
+    partial.rename(store)
+    log.info("adapter published to the adapter store at %s", store)
+    return store

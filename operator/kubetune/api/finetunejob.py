@@ -23,6 +23,7 @@ from .base import (
 from .conditions import Condition
 from .queueing import WorkloadMetadata
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALL_LINEAR = "all-linear"
@@ -368,11 +369,20 @@ class FineTuneJobSpec(ApiModel):
     image: ShortText | None = None
     """Trainer image override; empty uses the operator's configured trainer image."""
 
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model (and a Hub dataset) is downloaded: the namespace's shared model cache claim, or a
+    size-limited scratch volume of the trainer pod; empty follows the operator's defaults."""
+
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Pod failures retried before the job fails (each retry resumes from the newest checkpoint)."""
 
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the job when it runs longer than this."""
+
+    termination_grace_period_seconds: int = Field(default=120, ge=10, le=3600)
+    """Seconds a trainer pod gets after SIGTERM (spot preemption, eviction, node drain) before it is killed. The
+    trainer finishes the optimizer step in progress, saves a checkpoint and exits, and the retry resumes there:
+    allow the time of one optimizer step plus one checkpoint save (spot nodes may give less in total)."""
 
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the trainer Job and pods this long after it finishes; the FineTuneJob and its output stay."""

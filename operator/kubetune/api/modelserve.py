@@ -19,6 +19,7 @@ from .base import (
 from .conditions import Condition
 from .engines import EngineName, VllmSpec
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
 
 VLLM_NEEDS_GPUS = (
     "engine vllm needs resources.gpus >= 1 (the vLLM server image is built for CUDA), or an image with a CPU "
@@ -222,6 +223,10 @@ class ModelServeSpec(ApiModel):
     vllm: VllmSpec = nested_default(VllmSpec)
     """Settings of the vLLM engine."""
 
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model is downloaded: the namespace's shared model cache claim (filled by the first trainer
+    or server that needs the model), or a size-limited scratch volume of each replica; empty follows the operator's
+    defaults."""
     runtime_name: ObjectName | None = None
     """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose server image, GPU pool, limits and
     policy apply; empty uses the operator's default runtime, if one is configured."""
