@@ -17,6 +17,7 @@ from transformers import BitsAndBytesConfig
 from trl import SFTConfig
 
 from .device import DeviceInfo, ResolvedPrecision, resolve_precision
+from .tracking import run_name
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def build_configs(
         logging_strategy="steps",
         logging_steps=training.logging_steps,
         logging_first_step=True,
-        report_to="none",
+        report_to=spec.tracking.report_to() or "none",
+        run_name=run_name(),
         disable_tqdm=True,
         dataloader_pin_memory=device.is_cuda,
         ddp_find_unused_parameters=False,

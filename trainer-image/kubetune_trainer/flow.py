@@ -40,6 +40,7 @@ from .outputs import (
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer, check_prompts_fit
+from .tracking import prepare_tracking
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
     resume_from = newest_complete_checkpoint(checkpoints)
 
     configs = build_configs(spec, checkpoints_dir=checkpoints, device=device, has_eval=data.eval is not None)
+    prepare_tracking(spec.tracking, output_dir)
     location = locate_model(spec.base_model)
     tokenizer = load_tokenizer(location)
     for split, rows in (("train", data.train), ("eval", data.eval)):

@@ -22,6 +22,7 @@ from .base import (
 )
 from .conditions import Condition
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .tracking import TrackingSpec
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALL_LINEAR = "all-linear"
@@ -355,6 +356,9 @@ class FineTuneJobSpec(ApiModel):
 
     output: OutputSpec = nested_default(OutputSpec)
     """Where results go."""
+
+    tracking: TrackingSpec = nested_default(TrackingSpec)
+    """Experiment tracking: TensorBoard files on the output volume (default), MLflow, Weights & Biases."""
 
     image: ShortText | None = None
     """Trainer image override; empty uses the operator's configured trainer image."""

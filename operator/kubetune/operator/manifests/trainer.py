@@ -118,7 +118,23 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         env.append(pod.env_secret(runtime.ENV_HF_TOKEN, spec.base_model.token_secret_ref))
     if spec.output.hub is not None:
         env.append(pod.env_secret(runtime.ENV_HF_PUSH_TOKEN, spec.output.hub.token_secret_ref))
+    return env + tracking_env(spec)
+
+
+def tracking_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """The experiment and project names the spec sets; explicit env entries win over the Secrets' keys."""
+    env = []
+    if spec.tracking.mlflow is not None and spec.tracking.mlflow.experiment_name:
+        env.append(pod.env_value("MLFLOW_EXPERIMENT_NAME", spec.tracking.mlflow.experiment_name))
+    if spec.tracking.wandb is not None and spec.tracking.wandb.project:
+        env.append(pod.env_value("WANDB_PROJECT", spec.tracking.wandb.project))
     return env
+
+
+def tracking_env_from(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """The MLflow / W&B Secrets, referenced whole (envFrom): their keys are named like the variables the
+    libraries read, and their values stay in the Secret; the kubelet resolves them when it starts the pod."""
+    return [{"secretRef": {"name": name}} for name in spec.tracking.secret_names()]
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -164,6 +180,9 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "volumeMounts": volumes.mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    env_from = tracking_env_from(spec)
+    if env_from:
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": naming.trainer_account(owner.name),
