@@ -654,3 +654,15 @@ def test_asking_a_replica_parses_its_report_and_never_raises():
         server.server_close()
     gone = server_adapters.ask(pod, timeout=0.5)  # nothing listens any more
     assert gone.adapters is None and "failed" in gone.error
+
+
+def test_trainer_pods_take_tracking_settings_from_secrets_by_reference_only():
+    owner = Owner("v", "FineTuneJob", "x", "ns", "u")
+    plain = trainer_children(owner, _ftj().spec, OperatorSettings())[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in plain  # the default (TensorBoard files) needs no Secret
+    tracking = {"mlflow": {"secretName": "ml"}, "wandb": {"secretName": "wb", "project": "chat"}}
+    job = trainer_children(owner, _ftj(tracking=tracking).spec, OperatorSettings())[-1]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "ml"}}, {"secretRef": {"name": "wb"}}]
+    assert {"name": "WANDB_PROJECT", "value": "chat"} in container["env"]
+    assert not any(item["name"] == "MLFLOW_EXPERIMENT_NAME" for item in container["env"])  # the Secret's, if any
