@@ -362,6 +362,15 @@ def test_modelserve_base_model_mismatch_is_an_error():
     assert plan.phase == "Failed" and "was trained on Qwen/Qwen2.5-0.5B-Instruct" in plan.status["message"]
 
 
+def test_a_fully_fine_tuned_model_is_refused_as_an_adapter_with_how_to_serve_it():
+    job = _succeeded()
+    job["status"]["output"]["method"] = "full"
+    plan = msv_logic.plan_modelserve(_msv(), ModelServeStatus(), {"sentiment": job}, {}, SETTINGS, NOW)
+    assert plan.phase == "Failed" and plan.create == []
+    assert "used method full and wrote a whole model" in plan.status["message"]
+    assert "baseModel: {pvc: {claimName: sentiment-output, path: adapter}}" in plan.status["message"]
+
+
 def test_restart_hash_ignores_the_adapter_list():
     resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
     config = msv_logic.serve_config(_msv(), resolution)

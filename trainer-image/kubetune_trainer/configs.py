@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainerConfigs:
-    """What `build_configs` returns: the trainer, adapter and (QLoRA only) quantization configs."""
+    """What `build_configs` returns: the trainer, adapter (None for method full) and (QLoRA only) quantization
+    configs."""
 
     sft: SFTConfig
-    lora: LoraConfig
+    lora: LoraConfig | None
     quantization: BitsAndBytesConfig | None
     precision: ResolvedPrecision
 
@@ -84,7 +85,16 @@ def build_configs(
         ddp_find_unused_parameters=False,
         load_best_model_at_end=False,
     )
-    lora = LoraConfig(
+    lora = None if spec.method == "full" else build_lora_config(spec)
+    quantization = None
+    if spec.method == "qlora":
+        assert spec.quantization is not None  # the API enforces it for qlora
+        quantization = build_quantization_config(spec.quantization, device)
+    return TrainerConfigs(sft=sft, lora=lora, quantization=quantization, precision=precision)
+
+
+def build_lora_config(spec: FineTuneJobSpec) -> LoraConfig:
+    return LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
@@ -93,11 +103,6 @@ def build_configs(
         layers_to_transform=spec.lora.layers_to_transform,
         task_type=TaskType.CAUSAL_LM,
     )
-    quantization = None
-    if spec.method == "qlora":
-        assert spec.quantization is not None  # the API enforces it for qlora
-        quantization = build_quantization_config(spec.quantization, device)
-    return TrainerConfigs(sft=sft, lora=lora, quantization=quantization, precision=precision)
 
 
 def build_quantization_config(spec: QuantizationSpec, device: DeviceInfo) -> BitsAndBytesConfig:

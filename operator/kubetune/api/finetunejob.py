@@ -28,7 +28,7 @@ DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 ALL_LINEAR = "all-linear"
 
 DatasetFormat = Literal["alpaca", "chat", "qa", "text"]
-Method = Literal["lora", "qlora"]
+Method = Literal["lora", "qlora", "full"]
 FineTuneJobPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 
@@ -324,7 +324,7 @@ class FineTuneJobSpec(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
-                    "message": "quantization is required with method qlora and not allowed with method lora",
+                    "message": "quantization is required with method qlora and not allowed with methods lora and full",
                 }
             ]
         }
@@ -337,10 +337,13 @@ class FineTuneJobSpec(ApiModel):
     """The training data."""
 
     method: Method = "lora"
-    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory)."""
+    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory); full
+    trains every weight of a small model and writes a complete model folder (servable as a ModelServe's baseModel).
+    full needs about 16 bytes per parameter with AdamW plus activations on each GPU: the trainer estimates it before
+    loading the model and refuses (InvalidInput) when one GPU cannot hold it. Use a lower learningRate (e.g. 2e-5)."""
 
     lora: LoraSpec = nested_default(LoraSpec)
-    """Adapter shape."""
+    """Adapter shape (not used with method full)."""
 
     quantization: QuantizationSpec | None = None
     """Base-model quantization; required with method qlora, not allowed with lora."""
@@ -387,8 +390,8 @@ class FineTuneJobSpec(ApiModel):
                 "method qlora requires quantization (e.g. quantization: {bits: 4, type: nf4}); "
                 "use method lora to train on the full-precision base"
             )
-        if self.method == "lora" and self.quantization is not None:
-            raise ValueError("quantization is only allowed with method qlora (got method lora)")
+        if self.method != "qlora" and self.quantization is not None:
+            raise ValueError(f"quantization is only allowed with method qlora (got method {self.method})")
         return self
 
 
@@ -458,13 +461,14 @@ class OutputStatus(ApiModel):
     """Where the finished adapter is, for ModelServe and for people."""
 
     pvc: PvcPath | None = None
-    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors)."""
+    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors), or with method full
+    the whole model (config.json, model.safetensors) that a ModelServe serves as its baseModel.pvc."""
 
     base_model: ModelSource | None = None
     """The base model the adapter was trained on."""
 
     method: Method | None = None
-    """lora or qlora."""
+    """lora, qlora or full."""
 
     hub_repo: HfRepoId | None = None
     """Hub repository the adapter was pushed to, if any."""
