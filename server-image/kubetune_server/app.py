@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from kubetune import __version__
 
 from .body_limit import BodySizeLimit
 from .config_watch import ConfigWatcher
@@ -110,7 +111,7 @@ def create_app(
     app = FastAPI(
         title="kubetune server",
         description="OpenAI-compatible serving of a base model with LoRA adapters",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     install_error_handlers(app)

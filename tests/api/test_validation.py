@@ -397,6 +397,23 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "schema",
     ),
     (
+        "queue-label-as-pass-through",
+        FTJ,
+        {"workloadMetadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a"}}},
+        "workloadMetadata.labels",
+        "use spec.queueName",
+        "cel",
+    ),
+    (
+        "operator-label-as-pass-through",
+        FTJ,
+        {"workloadMetadata": {"annotations": {"kubetune.dev/suspend": "false"}}},
+        "workloadMetadata.annotations",
+        "set by the operator",
+        "cel",
+    ),
+    ("queue-name-not-a-name", FTJ, {"queueName": "Team_A"}, "queueName", "not a valid Kubernetes", "schema"),
+    (
         "too-many-adapters",
         MSV,
         {"adapters": [{"name": f"a{i}", "fineTuneJobRef": {"name": "j"}} for i in range(33)]},

@@ -256,17 +256,17 @@ def test_object_past_the_crd_that_the_model_refuses_fails_with_invalid_spec(oper
     assert operator_requests(control_plane, since, "create", "jobs") == []
 
 
-def test_trainer_role_names_only_its_own_finetunejob(operator, kube, ns):
+def test_trainer_role_names_only_its_own_report_configmap(operator, kube, ns):
     kube.create(FTJ, ns, finetunejob(ns, "alpha"))
     kube.create(FTJ, ns, finetunejob(ns, "beta"))
     for name in ("alpha", "beta"):
         role = kube.wait_for(ROLES, ns, f"{name}-trainer", exists)
         assert role["rules"], name
         for rule in role["rules"]:
-            assert rule["resourceNames"] == [name]
-            assert rule["apiGroups"] == ["kubetune.dev"]
+            assert rule["resourceNames"] == [f"{name}-report"]
+            assert rule["apiGroups"] == [""]
             assert set(rule["verbs"]) <= {"get", "patch"}
-        assert {r for rule in role["rules"] for r in rule["resources"]} == {"finetunejobs", "finetunejobs/status"}
+        assert {r for rule in role["rules"] for r in rule["resources"]} == {"configmaps"}
         binding = kube.wait_for(ROLEBINDINGS, ns, f"{name}-trainer", exists)
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{name}-trainer", "namespace": ns}]
         assert binding["roleRef"]["name"] == f"{name}-trainer"

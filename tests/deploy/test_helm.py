@@ -51,7 +51,7 @@ def test_default_install_is_cluster_wide_with_kept_crds(helm_default):
     kubetune_crds = [
         m for m in render.by_kind(helm_default, "CustomResourceDefinition") if m["spec"]["group"] == "kubetune.dev"
     ]
-    assert len(kubetune_crds) == 2
+    assert len(kubetune_crds) == 3  # FineTuneJob, ModelServe, FineTuneRuntime
     for crd in kubetune_crds:
         assert crd["metadata"]["annotations"] == {
             "helm.sh/resource-policy": "keep",
@@ -93,6 +93,7 @@ def test_custom_values_reach_the_deployment(helm_custom):
         "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cuda",
         "KUBETUNE_SERVER_IMAGE": f"registry.example.com/kubetune/server:{APP_VERSION}",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+        "KUBETUNE_DEFAULT_RUNTIME": "default",
         "KUBETUNE_PEERING": "kubetune-prod",
         "KUBETUNE_LIVENESS_ENDPOINT": "http://0.0.0.0:8181/healthz",
         "KUBETUNE_METRICS_PORT": "0",
@@ -156,7 +157,10 @@ def test_switches_turn_objects_off():
 def test_release_name_changes_the_object_names():
     manifests = render.helm_template({"fullnameOverride": "tuning"})
     assert render.one(manifests, "Deployment")["metadata"]["name"] == "tuning-operator"
-    assert render.one(manifests, "ClusterRoleBinding")["roleRef"]["name"] == "tuning-operator"
+    assert render.one(manifests, "ClusterRoleBinding", "tuning-operator")["roleRef"]["name"] == "tuning-operator"
+    assert render.one(manifests, "ClusterRoleBinding", "tuning-operator-runtimes")["roleRef"]["name"] == (
+        "tuning-operator-runtimes"
+    )
 
 
 @pytest.mark.parametrize(

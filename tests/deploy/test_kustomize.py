@@ -23,9 +23,12 @@ def test_overlays_are_found():
 
 def test_cluster_wide_installs_everything(cluster_wide):
     kinds = sorted(m["kind"] for m in cluster_wide)
-    assert kinds.count("CustomResourceDefinition") == 4  # FineTuneJob, ModelServe and kopf's two peering kinds
-    for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"):
+    assert kinds.count("CustomResourceDefinition") == 5  # FineTuneJob, ModelServe, FineTuneRuntime, kopf's two
+    for kind in ("Namespace", "ServiceAccount", "Deployment", "Service"):
         render.one(cluster_wide, kind)
+    for name in ("kubetune-operator", "kubetune-operator-runtimes"):
+        render.one(cluster_wide, "ClusterRole", name)
+        render.one(cluster_wide, "ClusterRoleBinding", name)
     assert not render.by_kind(cluster_wide, "Role")
     env = _env(render.one(cluster_wide, "Deployment"))
     assert "KUBETUNE_WATCH_NAMESPACES" not in env and env["KUBETUNE_PEERING"] == "kubetune"
@@ -91,7 +94,11 @@ def test_namespaced_overlay_watches_only_its_namespaces(namespaced):
     role_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "Role"))
     binding_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "RoleBinding"))
     assert role_namespaces == binding_namespaces == watched
-    assert not render.by_kind(namespaced, "ClusterRole") and not render.by_kind(namespaced, "ClusterRoleBinding")
+    # Nothing cluster-wide but reading FineTuneRuntimes (cluster-scoped, admin-owned).
+    assert [m["metadata"]["name"] for m in render.by_kind(namespaced, "ClusterRole")] == ["kubetune-operator-runtimes"]
+    assert [m["metadata"]["name"] for m in render.by_kind(namespaced, "ClusterRoleBinding")] == [
+        "kubetune-operator-runtimes"
+    ]
     for binding in render.by_kind(namespaced, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": "kubetune"}]
         assert binding["roleRef"]["kind"] == "Role"

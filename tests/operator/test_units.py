@@ -141,7 +141,7 @@ def test_pod_failure_policy_keys_on_trainer_exit_codes():
 def test_children_order_and_configmap_dataset_mount():
     ftj = _ftj()
     kinds = [c["kind"] for c in trainer_children(ftj_logic.owner_of(ftj), ftj.spec, SETTINGS)]
-    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job"]
     job = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, SETTINGS)[-1]
     mounts = {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert "/mnt/kubetune/configmap/facts" in mounts

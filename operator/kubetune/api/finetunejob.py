@@ -21,6 +21,7 @@ from .base import (
     nested_default,
 )
 from .conditions import Condition
+from .queueing import WorkloadMetadata
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
 from .tracking import TrackingSpec
 
@@ -29,7 +30,9 @@ ALL_LINEAR = "all-linear"
 
 DatasetFormat = Literal["alpaca", "chat", "qa", "text"]
 Method = Literal["lora", "qlora", "full"]
-FineTuneJobPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+FineTuneJobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+# Fields that say where and when the trainer runs, not what it trains: left out of the spec's fingerprint.
+PLACEMENT_FIELDS = frozenset({"queue_name", "workload_metadata", "runtime_name"})
 
 
 class HfDataset(ApiModel):
@@ -252,7 +255,13 @@ class ResourceSpec(ApiModel):
     """Compute for the trainer pod and where it may run."""
 
     gpus: int = Field(default=1, ge=0, le=64)
-    """GPUs per pod, requested as `gpuResourceName`; 0 trains on CPU (tiny models only)."""
+    """GPUs per pod, requested as `gpuResourceName`, each running one trainer process (torchrun); 0 trains on CPU
+    (tiny models only)."""
+
+    nodes: int = Field(default=1, ge=1, le=64)
+    """Pods (nodes) of the run, each with `gpus` GPUs: more than 1 runs an Indexed Job whose pods meet through a
+    headless Service (torchrun rendezvous at pod 0). Needs an output volume all pods can mount (ReadWriteMany),
+    and all pods started together: use Kueue (spec.queueName), which admits the Job's pods all or none."""
 
     gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu, or a MIG profile)."""
@@ -378,10 +387,36 @@ class FineTuneJobSpec(ApiModel):
     suspend: bool = False
     """Stop the trainer (its pods are deleted) and keep the checkpoints; set false again to resume."""
 
+    queue_name: ObjectName | None = None
+    """Kueue LocalQueue to submit the trainer Job to (label kueue.x-k8s.io/queue-name). Kueue then decides when it
+    runs (admits it by unsuspending it) and may preempt it (suspends it; it resumes from its newest checkpoint).
+    Empty: no queue label, the Job starts at once."""
+
+    workload_metadata: WorkloadMetadata | None = None
+    """Labels and annotations for the trainer Job and its pods (cost labels, Kueue's priority class)."""
+
+    runtime_name: ObjectName | None = None
+    """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose images, GPU pool, limits and policy
+    apply; empty uses the operator's default runtime, if one is configured."""
+
     def fingerprint(self) -> str:
-        """Stable hash of the whole spec with defaults: equal fingerprints mean the same training run."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the whole spec with defaults, without placement (queue, pass-through metadata): equal
+        fingerprints mean the same training run. `resources.nodes: 1` is left out, so specs from before the field
+        existed keep their hash."""
+        wire = self.model_dump(mode="json", by_alias=True, exclude=set(PLACEMENT_FIELDS))
+        if wire["resources"].get("nodes") == 1:
+            del wire["resources"]["nodes"]
+        canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    @model_validator(mode="after")
+    def _shared_output_for_nodes(self) -> FineTuneJobSpec:
+        if self.resources.nodes > 1 and self.output.pvc is None and self.output.access_mode != "ReadWriteMany":
+            raise ValueError(
+                f"resources.nodes {self.resources.nodes} needs an output volume every pod can mount: set "
+                "output.accessMode: ReadWriteMany (or output.pvc to an existing ReadWriteMany claim)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantization_matches_method(self) -> FineTuneJobSpec:
@@ -478,10 +513,11 @@ class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob, written by the operator and the trainer through the status subresource."""
 
     phase: FineTuneJobPhase = "Pending"
-    """Pending, Running, Succeeded, Failed or Suspended."""
+    """Pending, Queued (waiting in its Kueue queue, also after a preemption), Running, Succeeded, Failed or
+    Suspended."""
 
     conditions: list[Condition] = Field(default_factory=list, max_length=32)
-    """Validated, JobCreated, Running, Succeeded, Failed (and Suspended) with reasons."""
+    """Validated, JobCreated, Running, Succeeded, Failed (and Suspended; Admitted with a queue) with reasons."""
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation the status describes."""

@@ -191,6 +191,10 @@ class ModelServeSpec(ApiModel):
     image: ShortText | None = None
     """Server image override; empty uses the operator's configured server image."""
 
+    runtime_name: ObjectName | None = None
+    """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose server image, GPU pool, limits and
+    policy apply; empty uses the operator's default runtime, if one is configured."""
+
     @model_validator(mode="after")
     def _adapters(self) -> ModelServeSpec:
         if self.base_model is None and not self.adapters:

@@ -43,6 +43,21 @@ ENV_CONFIGMAP_ROOT = "KUBETUNE_CONFIGMAP_ROOT"
 ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
 ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+ENV_REPORT_CONFIGMAP = "KUBETUNE_REPORT_CONFIGMAP"
+"""The trainer's own ConfigMap: it writes progress and final metrics there; the operator validates them and copies
+them into the FineTuneJob's status (the trainer's token cannot write that status)."""
+ENV_NODES = "KUBETUNE_NODES"
+"""Nodes (pods) of one training run; more than 1 runs an Indexed Job whose completion index is the node rank."""
+ENV_PROCS_PER_NODE = "KUBETUNE_PROCS_PER_NODE"
+"""Trainer processes per pod: one per GPU (torchrun), 1 on CPU."""
+ENV_MASTER_ADDR = "KUBETUNE_MASTER_ADDR"
+"""Host name of node 0 (its pod behind the headless rendezvous Service) for torchrun's rendezvous."""
+ENV_MASTER_PORT = "KUBETUNE_MASTER_PORT"
+ENV_NODE_RANK = "JOB_COMPLETION_INDEX"
+"""Set by the Job controller in every pod of an Indexed Job (0 .. completions-1)."""
+RENDEZVOUS_PORT = 29500
+REPORT_PROGRESS_KEY = "progress"
+REPORT_METRICS_KEY = "metrics"
 ENV_HF_TOKEN = "HF_TOKEN"
 """The base model's (and a Hub dataset's) read token: huggingface_hub reads it itself."""
 ENV_HF_PUSH_TOKEN = "HF_PUSH_TOKEN"
@@ -51,6 +66,10 @@ ENV_SERVE_CONFIG = "KUBETUNE_SERVE_CONFIG"
 ENV_API_KEY = "KUBETUNE_API_KEY"
 ENV_HOST = "KUBETUNE_HOST"
 ENV_PORT = "KUBETUNE_PORT"
+
+
+TRAINER_LAUNCH_MODULE = "kubetune_trainer.launch"
+"""The trainer container's entry: the trainer itself, or torchrun with one trainer process per GPU and node."""
 
 
 class TrainerExit(IntEnum):

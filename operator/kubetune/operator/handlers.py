@@ -11,6 +11,7 @@ import kopf
 from kubetune.api.base import API_GROUP, API_VERSION
 
 from . import naming
+from .manifests.trainer import REPORT_COMPONENT
 from .reconcile.finetunejob import job_phase
 from .services import FORGOTTEN, OperatorContext
 
@@ -179,6 +180,14 @@ def trainer_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
 def trainer_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
     """The Job's status does not change when its pod is Unschedulable or cannot pull its image: the pod does."""
     _ctx(memo).finetunejobs.pod_changed(namespace, dict(body), event.get("type") == "DELETED")
+
+
+@kopf.on.event("", "v1", "configmaps", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def trainer_reported(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """The trainer's report ConfigMap changed (progress, final metrics): the operator copies them into the status."""
+    component = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_COMPONENT)
+    if event.get("type") != "DELETED" and component == REPORT_COMPONENT:
+        _ctx(memo).finetunejobs.report_changed(namespace, dict(body))
 
 
 @kopf.on.event("", "v1", "events", registry=REGISTRY)

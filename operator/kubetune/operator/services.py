@@ -22,20 +22,22 @@ from kubetune.api.errors import format_validation_error
 from kubetune.api.finetunejob import FineTuneJobStatus
 from kubetune.api.modelserve import ModelServeStatus
 from kubetune.api.resources import FineTuneJob, ModelServe
+from kubetune.api.runtime_policy import FineTuneRuntimeSpec
 
 from . import kube as k8s
-from . import naming
+from . import naming, policy
 from .cache import ChildReader
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
 from .manifests.trainer import trainer_children
 from .metrics import OperatorMetrics
-from .reconcile import drift
+from .reconcile import drift, queueing
 from .reconcile import finetunejob as ftj_logic
 from .reconcile import modelserve as msv_logic
 from .reconcile.conditions import get_condition, set_condition
 from .reconcile.plan import Plan
 from .reconcile.report import report_from_pods
+from .reconcile.trainer_report import parse_report
 from .server_adapters import ask_all, server_pods
 from .settings import OperatorSettings
 
@@ -164,6 +166,7 @@ def _stub(observed: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 class _Service:
     kind = ""
+    runtime_rules: Any = None  # (violations, effective spec) of policy.py for this kind
     resource = k8s.FINETUNEJOBS
 
     def __init__(self, ctx: OperatorContext) -> None:
@@ -291,6 +294,44 @@ class _Service:
             self._apply(plan, body)
             return None, status, plan.phase
 
+    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
+        """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
+        names does not exist, or (only while `fresh`: no child created yet) its spec breaks the runtime's policy."""
+        name = policy.runtime_name(obj.spec.runtime_name, self.ctx.settings)
+        if name is None:
+            return obj, None
+        found = self.ctx.kube.get(k8s.FINETUNERUNTIMES, None, name)
+        if found is None:
+            if not obj.spec.runtime_name:  # the operator's default is not installed: no runtime applies
+                log.warning("the default FineTuneRuntime %s does not exist; %ss run without one", name, self.kind)
+                return obj, None
+            if not fresh:
+                return obj, None  # deleted under a running child: keep rendering as it was created
+            message = (
+                f"spec.runtimeName: FineTuneRuntime {name} does not exist (kubectl get finetuneruntimes lists them); "
+                "name an existing runtime"
+            )
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+        try:
+            runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
+        except ValidationError as exc:  # only past an older CRD: refused once, never retried
+            message = f"FineTuneRuntime {name} is invalid: {format_validation_error(exc, 'spec')}"
+            if not fresh:
+                log.warning("%s; rendering without it", message)
+                return obj, None
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+        violations, effective = self.runtime_rules
+        if fresh:
+            problems = violations(obj.spec, name, runtime)
+            if problems:
+                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION)
+        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None
+
+    def _refuse(self, body: dict[str, Any], status: Any, message: str, reason: str) -> str:
+        plan = self.logic.plan_invalid(status, message, body["metadata"].get("generation"), now_rfc3339(), reason)
+        self._apply(plan, body)
+        return plan.phase
+
     @contextmanager
     def _timed(self) -> Iterator[list[str]]:
         outcome = ["success"]
@@ -306,6 +347,7 @@ class _Service:
 
 class FineTuneJobService(_Service):
     kind = "FineTuneJob"
+    runtime_rules = (policy.finetunejob_violations, policy.effective_finetunejob)
     resource = k8s.FINETUNEJOBS
     logic = ftj_logic
     refused_condition = "JobCreated"
@@ -325,6 +367,9 @@ class FineTuneJobService(_Service):
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
                 return status.phase
+            ftj, refused = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
+            if refused is not None:
+                return refused
             try:
                 phase = self._step(ftj, status, body, job)
             except ChildProblem as problem:
@@ -351,6 +396,8 @@ class FineTuneJobService(_Service):
             self._verify({"kind": "Job", **job}, desired[-1])
             if ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:  # a finished Job needs no children
                 problem, checked = self._ensure_each(desired[:-1], body), True
+        if job is not None and ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:
+            self._apply_workload_active(job, queueing.suspend_step(job, ftj.spec).workload_active)
         cleared = self._cleared(body, status) if checked and problem is None else status
         ftj = ftj.model_copy(update={"status": cleared})
         plan = self._plan(ftj, job)
@@ -371,6 +418,25 @@ class FineTuneJobService(_Service):
             raise problem
         return plan.phase
 
+    def _apply_workload_active(self, job: dict[str, Any], active: bool | None) -> None:
+        """Set `spec.active` of the Kueue Workloads of a queued Job (found by Kueue's job-uid label, and patched
+        only when the Job is their controller). Without Kueue's API installed there is nothing to set."""
+        if active is None:
+            return
+        kube, meta = self.ctx.kube, job["metadata"]
+        workloads_res = k8s.kueue_workloads(self.ctx.settings.kueue_api_version)
+        try:
+            workloads = kube.list(workloads_res, meta["namespace"], f"{queueing.KUEUE_JOB_UID_LABEL}={meta['uid']}")
+        except KubeApiError as exc:
+            if exc.status == 404:  # Kueue is not installed: the Job simply stays suspended
+                return
+            raise
+        for workload, patch in queueing.workload_patches(workloads, active):
+            owner = drift.controller_of(workload)
+            if owner is None or owner.get("uid") != meta["uid"]:
+                continue
+            kube.patch(workloads_res, meta["namespace"], workload["metadata"]["name"], patch)
+
     def _ensure_each(self, children: list[dict[str, Any]], body: dict[str, Any]) -> ChildProblem | None:
         """Ensure each child exists and is ours; the first problem met, or None."""
         for child in children:
@@ -389,7 +455,22 @@ class FineTuneJobService(_Service):
                 self.ctx.kube.list(k8s.PODS, job["metadata"]["namespace"], selector), naming.TRAINER_CONTAINER
             )
         pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
-        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending)
+        meta, reported = ftj.metadata, None
+        if job is not None:  # the report ConfigMap is created with the other children, before the Job
+            name = naming.report_configmap(meta.name)
+            reported = parse_report(self.ctx.children.get(k8s.CONFIGMAPS, meta.namespace or "default", name))
+        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
+
+    def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
+        """The trainer wrote its report ConfigMap: copy what validates into the status (a reconcile). The empty one
+        the operator creates is no report: it must not cause a reconcile (and so no extra create attempt)."""
+        if not configmap.get("data"):
+            return
+        owners = [
+            ref["name"] for ref in configmap["metadata"].get("ownerReferences") or [] if ref.get("kind") == self.kind
+        ]
+        if owners and configmap["metadata"]["name"] == naming.report_configmap(owners[0]):
+            self.reconcile(namespace, owners[0])
 
     def pending_cause(self, job: dict[str, Any]) -> tuple[str, str] | None:
         """Why a Job has no running trainer: its pods' state, else the Events on the Job (FailedCreate) or its
@@ -458,6 +539,7 @@ class FineTuneJobService(_Service):
 
 class ModelServeService(_Service):
     kind = "ModelServe"
+    runtime_rules = (policy.modelserve_violations, policy.effective_modelserve)
     resource = k8s.MODELSERVES
     logic = msv_logic
     refused_condition = "Ready"
@@ -471,6 +553,9 @@ class ModelServeService(_Service):
             msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
             if msv is None:
                 return invalid_phase
+            msv, refused = self._with_runtime(msv, status, body, fresh=status.deployment_name is None)
+            if refused is not None:
+                return refused
             try:
                 phase = self._step(msv, status, body)
             except ChildProblem as problem:

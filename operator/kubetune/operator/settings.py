@@ -7,11 +7,13 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kubetune import __version__
 from kubetune.api.base import _quantity
 
 ENV_PREFIX = "KUBETUNE_"
-DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
-DEFAULT_SERVER_IMAGE = "ghcr.io/kubetune/server:0.1.0"
+# The released images of this version (the names the Helm chart and the kustomize base use).
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/kubetune-trainer:{__version__}"
+DEFAULT_SERVER_IMAGE = f"ghcr.io/kubetune/kubetune-server:{__version__}"
 
 
 class SettingsError(ValueError):
@@ -31,6 +33,15 @@ class OperatorSettings(BaseModel):
 
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     """imagePullPolicy of both images."""
+
+    default_runtime: str | None = Field(default=None, max_length=253)
+    """FineTuneRuntime applied to FineTuneJobs and ModelServes that name none (spec.runtimeName); empty or missing
+    in the cluster: no runtime applies to them. The Helm chart and the kustomize base set it to their shipped
+    `default` runtime."""
+
+    kueue_api_version: str = Field(default="kueue.x-k8s.io/v1beta1", pattern="^kueue[.]x-k8s[.]io/v[0-9a-z]+$")
+    """Kueue API version of the Workloads the operator (de)activates when a queued FineTuneJob is suspended or
+    resumed (Kueue 0.6 and later serve kueue.x-k8s.io/v1beta1; newer releases also v1beta2)."""
 
     watch_namespaces: tuple[str, ...] = ()
     """Namespaces to watch (comma-separated); empty watches the whole cluster."""

@@ -24,6 +24,7 @@ from ..kube.kubelet import JOB_NAME_LABELS, Kubelet, ServerProcess
 from ..kube.server import DEPLOYMENTS, JOBS, PODS, KubeError, KubeTestClient
 
 NODE_NAME = "envtest-node"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # annotation of an Indexed Job's pods
 NODES = ("v1", "nodes")
 NODE_CAPACITY = {"cpu": "64", "memory": "512Gi", "pods": "250", "ephemeral-storage": "1Ti", "nvidia.com/gpu": "8"}
 REPLICASETS = ("apps/v1", "replicasets")
@@ -214,6 +215,53 @@ class FakeKubelet(Kubelet):
             if time.monotonic() > deadline:
                 raise AssertionError(f"Job {namespace}/{name} not {what} after {self.timeout} s: {job.get('status')}")
             time.sleep(0.05)
+
+    def run_indexed_job(
+        self,
+        namespace: str,
+        name: str,
+        root: Path,
+        claims_root: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 600,
+    ) -> list[hostrun.HostRun]:
+        """Run every pod of an Indexed Job at once, each its real container command on the host (as the nodes of
+        a multi-node run), then finish each pod with its outcome; results in completion-index order. `env`
+        overrides container variables the host cannot honour (a pod's DNS name: 127.0.0.1)."""
+        job = self.client.get(JOBS, namespace, name)
+        count = int(job["spec"].get("parallelism", 1))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            pending = [p for p in self.pods_of(namespace, name) if (p.get("status") or {}).get("phase") == "Pending"]
+            if len(pending) >= count:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Job {name}: {len(pending)} of {count} pods pending after {self.timeout} s")
+            time.sleep(0.05)
+        pods = sorted(pending, key=lambda p: int(p["metadata"]["annotations"][COMPLETION_INDEX]))
+        processes = []
+        for pod in pods:
+            index = pod["metadata"]["annotations"][COMPLETION_INDEX]
+            running = self.run_pod(pod)
+            host = hostrun.prepare(
+                self.client, namespace, running, root / f"pod-{index}", claims_root, pod_name=pod["metadata"]["name"]
+            )
+            log = root / f"pod-{index}.log"
+            processes.append((running, host, log, hostrun.start(host, env, log)))
+        results = []
+        for running, host, log, process in processes:
+            try:
+                process.wait(timeout)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            output = log.read_text() if log.exists() else ""
+            message = host.termination_log.read_text() if host.termination_log.exists() else ""
+            if not message.strip() and host.fallback_to_logs and process.returncode != 0:
+                message = "\n".join(output.splitlines()[-hostrun.LOG_TAIL_LINES :])
+            results.append(hostrun.HostRun(process.returncode, output, "", message))
+            self.terminate_pod(running, process.returncode, message)
+        return results
 
     def exceed_deadline(self, namespace: str, name: str) -> dict[str, Any]:
         raise NotImplementedError("the real Job controller enforces activeDeadlineSeconds: set a short one and wait")

@@ -88,9 +88,13 @@ def _secret_data(client: KubeTestClient, namespace: str, name: str) -> dict[str,
     return data
 
 
-def _field_value(namespace: str, pod_name: str, path: str) -> str:
-    """A downward-API field (env fieldRef or a downwardAPI volume item); only the pod's identity is known here."""
+def _field_value(namespace: str, pod_name: str, path: str, meta: dict[str, Any] | None = None) -> str:
+    """A downward-API field (env fieldRef or a downwardAPI volume item): the pod's identity, and one of its labels
+    or annotations (`metadata.annotations['key']`, as the Job controller's JOB_COMPLETION_INDEX of Indexed Jobs)."""
     known = {"metadata.namespace": namespace, "metadata.name": pod_name}
+    for kind in ("labels", "annotations"):
+        for key, value in ((meta or {}).get(kind) or {}).items():
+            known[f"metadata.{kind}['{key}']"] = value
     if path not in known:
         raise ValueError(f"fieldRef {path!r}: only {sorted(known)} run on the host")
     return known[path]
@@ -242,7 +246,7 @@ def prepare(
     env["HOME"] = str(root / "home")
     (root / "home").mkdir(parents=True, exist_ok=True)
     for item in chosen.get("env") or []:
-        env[item["name"]] = _env_value(client, namespace, item, pod_name, mapped)
+        env[item["name"]] = _env_value(client, namespace, item, pod_name, mapped, pod.get("metadata"))
     env[runtime.ENV_PVC_ROOT] = str(claims_root)
     env[runtime.ENV_CONFIGMAP_ROOT] = str(host.host_path(runtime.CONFIGMAP_ROOT))
     env[runtime.ENV_TERMINATION_LOG] = str(host.termination_log)
@@ -255,7 +259,9 @@ def prepare(
     return host
 
 
-def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any) -> str:
+def _env_value(
+    client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any, meta: Any = None
+) -> str:
     if "value" in item or not item.get("valueFrom"):
         return mapped(item.get("value", ""))  # no value at all is the empty string, as the kubelet sets it
     source = item.get("valueFrom") or {}
@@ -266,7 +272,7 @@ def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod
         ref = source["configMapKeyRef"]
         return _configmap_data(client, namespace, ref["name"])[ref["key"]].decode()
     if "fieldRef" in source:
-        return _field_value(namespace, pod_name, source["fieldRef"]["fieldPath"])
+        return _field_value(namespace, pod_name, source["fieldRef"]["fieldPath"], meta)
     raise ValueError(f"env {item['name']!r}: unsupported valueFrom {sorted(source)}")
 
 

@@ -44,9 +44,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
-{{/* repository:tag, the tag defaulting to the chart's appVersion. Argument: the image values. */}}
+{{/* repository:tag[@digest], the tag defaulting to the chart's appVersion. Argument: the image values. */}}
 {{- define "kubetune.image" -}}
 {{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- with .image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{/*
@@ -76,11 +77,10 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/finalizers, modelserves/finalizers]
   verbs: [update]
-# Status is written by the operator (patch). On finetunejobs/status, get+patch is also exactly what the per-job
-# trainer Role grants: RBAC lets the operator create that Role only because it holds these verbs itself.
+# Status is written by the operator only (patch); the trainer reports to its own ConfigMap, never to the status.
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [kubetune.dev]
   resources: [modelserves/status]
   verbs: [patch]
@@ -89,6 +89,12 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
+# Kueue Workloads of queued trainer Jobs (spec.queueName only): listed by Kueue's job-uid label and deactivated
+# or activated again (patch spec.active), Kueue's documented way to stop a queued job, when a FineTuneJob is
+# suspended or resumed. The operator never creates, deletes or admits one.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 # Trainer pods are only read: for the termination message (final metrics, failure reason), and watched (by
 # label) because a pod that is Unschedulable or cannot pull its image changes no Job status the operator sees.
 - apiGroups: [""]
@@ -102,9 +108,12 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
-# ConfigMaps: a FineTuneJob's validated spec (create) and a server's serve.json (get, create, patch to hot-add
-# adapters); the operator's own are watched (label selector app.kubernetes.io/managed-by=kubetune-operator) so that
-# reconciles read them from memory, and one deleted under its owner is re-created at once.
+# ConfigMaps: a FineTuneJob's validated spec (create), its trainer's report (create; read to copy
+# validated progress and metrics into the status; get+patch on it is what the per-job trainer Role grants,
+# which RBAC allows the operator to create only because it holds those verbs itself) and a server's
+# serve.json (get, create, patch to hot-add adapters). The operator's own are watched (label selector
+# app.kubernetes.io/managed-by=kubetune-operator) so that reconciles read them from memory, and one
+# deleted under its owner is re-created at once.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch]

@@ -6,13 +6,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api import runtime
-from kubetune.api.base import API_GROUP
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.sources import PvcPath
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import pod
+from . import distributed, kueue, pod
 from .meta import Owner, labels, object_meta
 
 TRAINER_MODULE = "kubetune_trainer"
@@ -52,16 +51,29 @@ def output_claim(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim_spec}
 
 
+REPORT_COMPONENT = "trainer-report"
+
+
+def report_configmap(owner: Owner) -> dict[str, Any]:
+    """The trainer's own report object: it patches `data.progress` and `data.metrics` (JSON); the operator copies
+    what validates into the FineTuneJob's status. Nothing the trainer writes here can set phase, conditions or
+    output, and ModelServes read only the FineTuneJob."""
+    meta = object_meta(
+        naming.report_configmap(owner.name), owner, labels(REPORT_COMPONENT, owner.name, naming.LABEL_FINETUNEJOB)
+    )
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {}}
+
+
 def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
-    """ServiceAccount + Role + RoleBinding letting the trainer read and patch the status of this FineTuneJob only."""
+    """ServiceAccount + Role + RoleBinding letting the trainer read and patch its own report ConfigMap, nothing else
+    (no access to the FineTuneJob or its status: a trainer running user-chosen code cannot forge phase or output)."""
     name = naming.trainer_account(owner.name)
     meta = object_meta(name, owner, trainer_labels(owner))
     rules = [
-        {"apiGroups": [API_GROUP], "resources": ["finetunejobs"], "resourceNames": [owner.name], "verbs": ["get"]},
         {
-            "apiGroups": [API_GROUP],
-            "resources": ["finetunejobs/status"],
-            "resourceNames": [owner.name],
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [naming.report_configmap(owner.name)],
             "verbs": ["get", "patch"],
         },
     ]
@@ -107,6 +119,7 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env = [
         pod.env_value(runtime.ENV_JOB_NAME, owner.name),
         pod.env_value(runtime.ENV_NAMESPACE, owner.namespace),
+        pod.env_value(runtime.ENV_REPORT_CONFIGMAP, naming.report_configmap(owner.name)),
         pod.env_value(
             "HF_HOME",
             str(PurePosixPath(runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT)) / runtime.HF_HOME_SUBDIR),
@@ -159,13 +172,14 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
     folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
     volumes = trainer_volumes(owner, spec)
     res = spec.resources
+    several = distributed.is_distributed(spec)
     container = {
         "name": naming.TRAINER_CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", TRAINER_MODULE],
+        "command": ["python", "-m", runtime.TRAINER_LAUNCH_MODULE if several else TRAINER_MODULE],
         "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
-        "env": trainer_env(owner, spec),
+        "env": trainer_env(owner, spec) + (distributed.launch_env(owner, spec) if several else []),
         "resources": pod.resources(
             res.cpu,
             res.memory,
@@ -197,16 +211,19 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": trainer_labels(owner)}, "spec": pod_spec},
     }
+    if res.nodes > 1:
+        job_spec = distributed.as_indexed(job_spec, owner, res.nodes)
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": object_meta(naming.job_name(owner.name), owner, trainer_labels(owner)),
         "spec": job_spec,
     }
+    return kueue.with_queueing(job, spec)
 
 
 def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -214,6 +231,9 @@ def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSett
     children = [spec_configmap(owner, spec)]
     if spec.output.pvc is None:
         children.append(output_claim(owner, spec))
+    children.append(report_configmap(owner))
+    if spec.resources.nodes > 1:
+        children.append(distributed.rendezvous_service(owner, trainer_labels(owner)))
     children.extend(trainer_rbac(owner))
     children.append(trainer_job(owner, spec, settings))
     return children

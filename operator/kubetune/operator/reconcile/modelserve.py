@@ -259,14 +259,19 @@ def plan_modelserve(
     return plan
 
 
-def plan_invalid(status: ModelServeStatus, message: str, generation: int | None, now: str) -> Plan:
-    """A ModelServe that slipped past the CRD: Failed/InvalidSpec, nothing deployed."""
+def plan_invalid(
+    status: ModelServeStatus, message: str, generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> Plan:
+    """A ModelServe that slipped past the CRD (or that its FineTuneRuntime refuses: `reason` PolicyViolation or
+    RuntimeNotFound): Failed, nothing deployed."""
     nxt = status.model_copy(deep=True)
     nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
-    nxt.conditions = set_condition(nxt.conditions, "Ready", "False", "InvalidSpec", message, generation, now)
+    nxt.conditions = set_condition(nxt.conditions, "Ready", "False", reason, message, generation, now)
+    if reason != "InvalidSpec":
+        nxt.conditions = set_condition(nxt.conditions, "Validated", "False", reason, message, generation, now)
     plan = Plan(phase="Failed", status=status_patch(nxt))
     if status_patch(status) == plan.status:
         plan.status = {}
     elif status.phase != "Failed":
-        plan.events.append(Event("Warning", "InvalidSpec", message))
+        plan.events.append(Event("Warning", reason, message))
     return plan
