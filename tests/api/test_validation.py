@@ -333,6 +333,14 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "cel",
     ),
     (
+        "vllm-engine-without-gpus",
+        MSV,
+        {"engine": "vllm", "resources": {"gpus": 0}},
+        "spec",
+        "engine vllm needs resources.gpus >= 1",
+        "cel",
+    ),
+    (
         "toleration-exists-with-value",
         FTJ,
         {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "true"}]}},

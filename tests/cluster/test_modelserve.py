@@ -85,6 +85,12 @@ def test_waits_for_its_finetunejob_then_deploys(
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert env["OMP_NUM_THREADS"]["value"] == "2"  # the pod's 2-CPU limit, not the node's cores
+    assert env["KUBETUNE_DRAIN_SECONDS"]["value"] == "30"
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] == 50  # preStop 5 + drain 30 + 15 to exit: beyond the default 30
+    assert "vllm" not in container["image"]
+    assert config["engine"] == "transformers"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/mnt/kubetune/pvc/sentiment-output"]["readOnly"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -11,7 +11,7 @@ from tests.support.binaries import REPO_ROOT, hadolint
 
 from . import render
 
-SKIPPED_DIRS = {".git", ".venv", ".tools", "node_modules", "build", "dist"}
+SKIPPED_DIRS = {".git", ".venv", ".venv-vllm", ".tools", "node_modules", "build", "dist"}
 
 
 def dockerfiles() -> list:

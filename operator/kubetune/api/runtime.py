@@ -66,6 +66,8 @@ ENV_SERVE_CONFIG = "KUBETUNE_SERVE_CONFIG"
 ENV_API_KEY = "KUBETUNE_API_KEY"
 ENV_HOST = "KUBETUNE_HOST"
 ENV_PORT = "KUBETUNE_PORT"
+ENV_DRAIN_SECONDS = "KUBETUNE_DRAIN_SECONDS"
+"""Seconds the server lets running requests finish after SIGTERM; the pod's grace period is set to outlast it."""
 
 
 TRAINER_LAUNCH_MODULE = "kubetune_trainer.launch"

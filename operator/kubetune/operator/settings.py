@@ -14,6 +14,7 @@ ENV_PREFIX = "KUBETUNE_"
 # The released images of this version (the names the Helm chart and the kustomize base use).
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/kubetune-trainer:{__version__}"
 DEFAULT_SERVER_IMAGE = f"ghcr.io/kubetune/kubetune-server:{__version__}"
+DEFAULT_SERVER_VLLM_IMAGE = f"ghcr.io/kubetune/kubetune-server-vllm:{__version__}"
 
 
 class SettingsError(ValueError):
@@ -30,6 +31,9 @@ class OperatorSettings(BaseModel):
 
     server_image: str = DEFAULT_SERVER_IMAGE
     """Image of the server Deployment, unless a ModelServe sets spec.image."""
+
+    server_vllm_image: str = DEFAULT_SERVER_VLLM_IMAGE
+    """Image of the server Deployment for ModelServes on the vLLM engine (server-image/Dockerfile.vllm)."""
 
     image_pull_policy: str = Field(default="IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     """imagePullPolicy of both images."""

@@ -13,7 +13,7 @@ from kubetune.api.serving import ServeConfig
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import pod
+from . import pod, server_engine
 from .meta import Owner, labels, object_meta
 
 SERVER_MODULE = "kubetune_server"
@@ -47,7 +47,7 @@ def restart_hash(config: ServeConfig) -> str:
     return hashlib.sha256(json.dumps(static, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def server_volumes(owner: Owner, config: ServeConfig) -> pod.Volumes:
+def server_volumes(owner: Owner, config: ServeConfig, shm_size: str = "1Gi") -> pod.Volumes:
     """serve.json, every adapter and base-model claim read-only, a model cache and /dev/shm."""
     volumes = pod.Volumes()
     volumes.add(
@@ -61,7 +61,7 @@ def server_volumes(owner: Owner, config: ServeConfig) -> pod.Volumes:
         path = runtime.claim_mount_path(claim, runtime.PVC_ROOT)
         volumes.add_claim(naming.volume_name("pvc", claim), claim, path, True)
     volumes.add({"name": "cache", "emptyDir": {}}, pod.mount("cache", CACHE_DIR))
-    volumes.add(*pod.shm_volume("1Gi"))
+    volumes.add(*pod.shm_volume(shm_size))
     return volumes
 
 
@@ -90,16 +90,16 @@ def probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def server_deployment(
     owner: Owner, spec: ModelServeSpec, config: ServeConfig, settings: OperatorSettings
 ) -> dict[str, Any]:
-    volumes = server_volumes(owner, config)
+    volumes = server_volumes(owner, config, server_engine.shm_size(spec))
     res = spec.resources
     container = {
         "name": naming.SERVER_CONTAINER,
-        "image": spec.image or settings.server_image,
+        "image": server_engine.server_image(spec, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", SERVER_MODULE],
-        "env": server_env(spec, config),
+        "env": server_env(spec, config) + server_engine.engine_env(spec, settings),
         "ports": [{"name": PORT_NAME, "containerPort": runtime.SERVER_PORT, "protocol": "TCP"}],
-        "startupProbe": probe("/health", 5, 120),
+        "startupProbe": server_engine.startup_probe(spec, probe),
         "livenessProbe": probe("/health", 10, 3),
         "readinessProbe": probe("/ready", 5, 3),
         "resources": pod.resources(
@@ -107,8 +107,10 @@ def server_deployment(
         ),
         "securityContext": pod.container_security_context(),
         "volumeMounts": volumes.mounts,
+        "lifecycle": server_engine.lifecycle(),
     }
     pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": server_engine.termination_grace_seconds(),
         "securityContext": pod.pod_security_context(settings.pod_fs_group),
         "automountServiceAccountToken": False,
         "containers": [container],

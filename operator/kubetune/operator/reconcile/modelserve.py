@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune.api.base import GROUP_VERSION
+from kubetune.api.engines import ENGINE_TRANSFORMERS, ENGINE_VLLM, resolve_engine
 from kubetune.api.finetunejob import FineTuneJobStatus
 from kubetune.api.modelserve import ModelServeStatus, ResolvedAdapter
 from kubetune.api.resources import ModelServe
@@ -126,6 +127,9 @@ def serve_config(msv: ModelServe, resolution: Resolution) -> ServeConfig:
         quantization=spec.quantization,
         merge_adapter=spec.merge_adapter,
         generation=spec.generation,
+        # auto on GPUs stays auto: the server checks the architecture against vLLM's and can fall back.
+        engine=spec.engine if resolve_engine(spec.engine, spec.resources.gpus) == ENGINE_VLLM else ENGINE_TRANSFORMERS,
+        vllm=spec.vllm,
     )
 
 
