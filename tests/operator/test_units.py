@@ -673,5 +673,4 @@ def test_trainer_pods_take_tracking_settings_from_secrets_by_reference_only():
     job = trainer_children(owner, _ftj(tracking=tracking).spec, OperatorSettings())[-1]
     [container] = job["spec"]["template"]["spec"]["containers"]
     assert container["envFrom"] == [{"secretRef": {"name": "ml"}}, {"secretRef": {"name": "wb"}}]
-    assert {"name": "WANDB_PROJECT", "value": "chat"} in container["env"]
-    assert not any(item["name"] == "MLFLOW_EXPERIMENT_NAME" for item in container["env"])  # the Secret's, if any
+    assert not any(item["name"].startswith(("MLFLOW_", "WANDB_")) for item in container["env"])  # the trainer's job

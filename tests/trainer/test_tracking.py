@@ -74,6 +74,19 @@ def test_offline_wandb_needs_no_key_and_keeps_its_files_on_the_output_volume(tmp
     assert environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard")
 
 
+def test_the_specs_experiment_and_project_win_over_the_secrets_keys(tmp_path: Path):
+    environ = {"MLFLOW_TRACKING_URI": "http://m", "MLFLOW_EXPERIMENT_NAME": "from-secret", "WANDB_MODE": "offline"}
+    tracking = {
+        "mlflow": {"secretName": "m", "experimentName": "sentiment"},
+        "wandb": {"secretName": "w", "project": "p"},
+    }
+    prepare_tracking(TrackingSpec.model_validate(tracking), tmp_path, environ)
+    assert (environ["MLFLOW_EXPERIMENT_NAME"], environ["WANDB_PROJECT"]) == ("sentiment", "p")
+    kept = {"MLFLOW_TRACKING_URI": "http://m", "MLFLOW_EXPERIMENT_NAME": "from-secret"}
+    prepare_tracking(TrackingSpec.model_validate({"mlflow": {"secretName": "m"}}), tmp_path, kept)
+    assert kept["MLFLOW_EXPERIMENT_NAME"] == "from-secret"
+
+
 def test_a_missing_package_is_refused_before_training(monkeypatch, tmp_path: Path):
     import importlib.util
 

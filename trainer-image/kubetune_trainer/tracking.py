@@ -2,8 +2,9 @@
 
 transformers' own callbacks do the logging (`report_to`); they read their settings from the environment, which
 the operator fills from the referenced Secrets (envFrom). This module only adds what the spec decides (where the
-TensorBoard and offline W&B files go, the run name) and refuses early, with the field to fix, what would otherwise
-fail after the model is loaded or log to a place nobody looks. It never logs a variable's value.
+TensorBoard and offline W&B files go, the experiment / project name, the run name) and refuses early, with the
+field to fix, what would otherwise fail after the model is loaded or log to a place nobody looks. It never logs a
+variable's value.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def prepare_tracking(spec: TrackingSpec, output_dir: Path, environ: MutableMappi
             f"tracking.wandb.secretName: the Secret {spec.wandb.secret_name!r} has no key {WANDB_REQUIRED_KEY} "
             "(set WANDB_MODE=offline in it to log to the output volume only)"
         )
+    # The spec's names win over the Secret's keys, in a pod and in `kubetune run --local` alike.
+    if spec.mlflow is not None and spec.mlflow.experiment_name:
+        environ["MLFLOW_EXPERIMENT_NAME"] = spec.mlflow.experiment_name
+    if spec.wandb is not None and spec.wandb.project:
+        environ["WANDB_PROJECT"] = spec.wandb.project
     if spec.tensorboard:
         environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir(output_dir))
         log.info("TensorBoard event files go to %s", tensorboard_dir(output_dir))

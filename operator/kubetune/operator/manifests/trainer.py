@@ -131,16 +131,6 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         env.append(pod.env_secret(runtime.ENV_HF_TOKEN, spec.base_model.token_secret_ref))
     if spec.output.hub is not None:
         env.append(pod.env_secret(runtime.ENV_HF_PUSH_TOKEN, spec.output.hub.token_secret_ref))
-    return env + tracking_env(spec)
-
-
-def tracking_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    """The experiment and project names the spec sets; explicit env entries win over the Secrets' keys."""
-    env = []
-    if spec.tracking.mlflow is not None and spec.tracking.mlflow.experiment_name:
-        env.append(pod.env_value("MLFLOW_EXPERIMENT_NAME", spec.tracking.mlflow.experiment_name))
-    if spec.tracking.wandb is not None and spec.tracking.wandb.project:
-        env.append(pod.env_value("WANDB_PROJECT", spec.tracking.wandb.project))
     return env
 
 
