@@ -366,6 +366,15 @@ def test_modelserve_base_model_mismatch_is_an_error():
     assert plan.phase == "Failed" and "was trained on Qwen/Qwen2.5-0.5B-Instruct" in plan.status["message"]
 
 
+def test_a_fully_fine_tuned_model_is_refused_as_an_adapter_with_how_to_serve_it():
+    job = _succeeded()
+    job["status"]["output"]["method"] = "full"
+    plan = msv_logic.plan_modelserve(_msv(), ModelServeStatus(), {"sentiment": job}, {}, SETTINGS, NOW)
+    assert plan.phase == "Failed" and plan.create == []
+    assert "used method full and wrote a whole model" in plan.status["message"]
+    assert "baseModel: {pvc: {claimName: sentiment-output, path: adapter}}" in plan.status["message"]
+
+
 def test_restart_hash_ignores_the_adapter_list():
     resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
     config = msv_logic.serve_config(_msv(), resolution)
@@ -659,3 +668,14 @@ def test_asking_a_replica_parses_its_report_and_never_raises():
         server.server_close()
     gone = server_adapters.ask(pod, timeout=0.5)  # nothing listens any more
     assert gone.adapters is None and "failed" in gone.error
+
+
+def test_trainer_pods_take_tracking_settings_from_secrets_by_reference_only():
+    owner = Owner("v", "FineTuneJob", "x", "ns", "u")
+    plain = trainer_children(owner, _ftj().spec, OperatorSettings())[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in plain  # the default (TensorBoard files) needs no Secret
+    tracking = {"mlflow": {"secretName": "ml"}, "wandb": {"secretName": "wb", "project": "chat"}}
+    job = trainer_children(owner, _ftj(tracking=tracking).spec, OperatorSettings())[-1]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "ml"}}, {"secretRef": {"name": "wb"}}]
+    assert not any(item["name"].startswith(("MLFLOW_", "WANDB_")) for item in container["env"])  # the trainer's job

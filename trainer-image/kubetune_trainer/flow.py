@@ -27,6 +27,7 @@ from .configs import build_configs
 from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
+from .full_memory import check_full_training_memory
 from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
 from .hub_push import push_adapter
@@ -47,6 +48,7 @@ from .preemption import PreemptionCallback, PreemptionWatch
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer, check_prompts_fit
+from .tracking import prepare_tracking
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +102,16 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     resume_from = newest_complete_checkpoint(checkpoints, identity)
 
     configs = build_configs(spec, checkpoints_dir=checkpoints, device=device, has_eval=data.eval is not None)
+    prepare_tracking(spec.tracking, output_dir)
     location = locate_model(spec.base_model)
     tokenizer = load_tokenizer(location)
     for split, rows in (("train", data.train), ("eval", data.eval)):
         check_prompts_fit(split, rows, tokenizer, spec.training.max_seq_length)
-    model = load_model(location, configs.precision, device, configs.quantization, spec.training.gradient_checkpointing)
+    if spec.method == "full":
+        check_full_training_memory(spec, location, device)
+    # Full fine-tuning keeps fp32 master weights (bf16/fp16 only in autocast): 16-bit weights would lose small updates.
+    weights = "fp32" if spec.method == "full" else configs.precision
+    model = load_model(location, weights, device, configs.quantization, spec.training.gradient_checkpointing)
 
     progress = ProgressCallback(choose_sink(output_dir))
     callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]

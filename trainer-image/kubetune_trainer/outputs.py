@@ -46,8 +46,11 @@ def write_adapter_extras(folder: Path, readme: str, metrics: dict[str, Any], man
 def publish_adapter(output_dir: Path) -> Path:
     """Rename the temporary folder to `adapter/`, replacing an older adapter only once the new one is whole."""
     partial, final = partial_adapter_dir(output_dir), adapter_dir(output_dir)
-    if not (partial / "adapter_config.json").is_file() or not (partial / MANIFEST_FILE).is_file():
-        raise RuntimeError(f"refusing to publish {partial}: adapter_config.json or {MANIFEST_FILE} is missing")
+    weights_config = partial / "adapter_config.json", partial / "config.json"  # an adapter, or a full model
+    if not any(path.is_file() for path in weights_config) or not (partial / MANIFEST_FILE).is_file():
+        raise RuntimeError(
+            f"refusing to publish {partial}: adapter_config.json (or config.json) or {MANIFEST_FILE} is missing"
+        )
     retired = output_dir / f".{ADAPTER_DIR}.old"
     shutil.rmtree(retired, ignore_errors=True)
     if final.exists():

@@ -153,6 +153,12 @@ def trainer_env(
     return env
 
 
+def tracking_env_from(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """The MLflow / W&B Secrets, referenced whole (envFrom): their keys are named like the variables the
+    libraries read, and their values stay in the Secret; the kubelet resolves them when it starts the pod."""
+    return [{"secretRef": {"name": name}} for name in spec.tracking.secret_names()]
+
+
 def pod_failure_policy() -> dict[str, Any]:
     """Bad input and out-of-memory fail the Job at once; evictions and preemptions do not count, whether the
     pod carries the DisruptionTarget condition or the trainer says it checkpointed and stopped on SIGTERM
@@ -213,6 +219,9 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "volumeMounts": volumes.mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    env_from = tracking_env_from(spec)
+    if env_from:
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,

@@ -125,6 +125,16 @@ def resolve_adapters(
             )
         elif status.phase != "Succeeded" or status.output is None or status.output.pvc is None:
             result.waiting.append(f"FineTuneJob {job_name!r} is {status.phase} (adapter {adapter.name!r})")
+        elif status.output.method == "full":
+            pvc = status.output.pvc
+            result.failed.append(
+                (
+                    "NotAnAdapter",
+                    f"adapter {adapter.name!r}: FineTuneJob {job_name!r} used method full and wrote a whole model, "
+                    f"not an adapter; serve it as baseModel: {{pvc: {{claimName: {pvc.claim_name}, path: "
+                    f"{pvc.path}}}}}",
+                )
+            )
         else:
             result.adapters.append(ResolvedAdapter(name=adapter.name, pvc=status.output.pvc, fine_tune_job=job_name))
             trained_on = status.output.base_model
