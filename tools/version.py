@@ -23,7 +23,7 @@ CHANGELOG = Path("CHANGELOG.md")
 # Plain MAJOR.MINOR.PATCH: the one form that Helm (SemVer 2), PEP 440 and image tags all spell the same way.
 VERSION_PATTERN = re.compile(r"\d+\.\d+\.\d+")
 _SOURCE_LINE = re.compile(r'^__version__ = "(?P<version>[^"]*)"$', re.MULTILINE)
-_IMAGES = "ghcr.io/kubetune/kubetune-(?:operator|trainer|server)"
+_IMAGES = "ghcr.io/kubetune/kubetune-(?:operator|trainer|server-vllm|server)"
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ STAMPS = (
     Stamp(
         Path("deploy/kustomize/base/deployment.yaml"),
         re.compile(rf"\b{_IMAGES}:(?P<version>[^\s@]+)"),
-        3,
-        "operator, trainer and server image tags",
+        4,
+        "operator, trainer, server and server-vllm image tags",
     ),
     Stamp(
         Path("deploy/kustomize/overlays/cluster-wide/kustomization.yaml"),

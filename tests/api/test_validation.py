@@ -133,7 +133,7 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "org/name",
         "schema",
     ),
-    ("method-unknown", FTJ, {"method": "full"}, "method", "'lora' or 'qlora'", "schema"),
+    ("method-unknown", FTJ, {"method": "dpo"}, "method", "'lora', 'qlora' or 'full'", "schema"),
     ("qlora-without-quantization", FTJ, {"method": "qlora"}, "spec", "requires quantization", "cel"),
     ("lora-with-quantization", FTJ, {"quantization": {"bits": 4}}, "spec", "only allowed with method qlora", "cel"),
     (
@@ -330,6 +330,14 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         {"adapters": [{"name": "a", "pvc": {"claimName": "c", "path": "x"}}]},
         "spec",
         "baseModel is required",
+        "cel",
+    ),
+    (
+        "vllm-engine-without-gpus",
+        MSV,
+        {"engine": "vllm", "resources": {"gpus": 0}},
+        "spec",
+        "engine vllm needs resources.gpus >= 1",
         "cel",
     ),
     (

@@ -65,7 +65,8 @@ def test_full_lora_lifecycle(operator, kube, kubelet, ns):
     kubelet.finish_job(ns, "sentiment-train", 0, json.dumps({"reason": "Completed"}))
     ftj = wait_phase(kube, ns, "sentiment", "Succeeded")
     status = ftj["status"]
-    assert status["output"]["pvc"] == {"claimName": "sentiment-output", "path": runtime.ADAPTER_DIR}
+    run = f"{runtime.RUNS_DIR}/{ftj['metadata']['uid']}"
+    assert status["output"]["pvc"] == {"claimName": "sentiment-output", "path": f"{run}/{runtime.ADAPTER_DIR}"}
     assert status["output"]["method"] == "lora"
     assert status["metrics"]["trainLoss"] == 1.25
     assert status["progress"]["percent"] == 100  # the trainer's progress is left alone
@@ -94,7 +95,9 @@ def test_job_manifest_follows_the_runtime_contract(operator, kube, ns):
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "kubetune_trainer"]
-    assert container["args"] == ["--spec", "/etc/kubetune/spec.json", "--output", "/mnt/kubetune/pvc/sentiment-output"]
+    uid = kube.get(FTJ, ns, "sentiment")["metadata"]["uid"]  # each run writes under its own folder
+    output = f"/mnt/kubetune/pvc/sentiment-output/runs/{uid}"
+    assert container["args"] == ["--spec", "/etc/kubetune/spec.json", "--output", output]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "sentiment-trainer"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -107,7 +110,10 @@ def test_job_manifest_follows_the_runtime_contract(operator, kube, ns):
     assert mounts["/etc/kubetune"]["readOnly"] is True and "/dev/shm" in mounts
     env = {e["name"]: e for e in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
-    assert env["HF_HOME"]["value"].startswith("/mnt/kubetune/pvc/sentiment-output/")
+    # The Hub model downloads into a size-limited scratch volume (no model cache configured), not the output claim.
+    assert env["HF_HOME"]["value"] == "/var/cache/kubetune/huggingface" and "/var/cache/kubetune" in mounts
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert scratch["emptyDir"]["sizeLimit"] == container["resources"]["requests"]["ephemeral-storage"] == "50Gi"
     assert env["KUBETUNE_JOB_NAME"]["value"] == "sentiment" and env["KUBETUNE_NAMESPACE"]["value"] == ns
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {64, 66}
@@ -277,7 +283,9 @@ def test_trainer_role_names_only_its_own_report_configmap(operator, kube, ns):
 def test_existing_output_claim_is_used_and_not_created(operator, kube, ns):
     kube.create(FTJ, ns, finetunejob(ns, output={"pvc": {"claimName": "shared", "path": "runs/a"}}))
     job = kube.wait_for(JOBS, ns, "sentiment-train", exists)
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "/mnt/kubetune/pvc/shared/runs/a"
+    uid = kube.get(FTJ, ns, "sentiment")["metadata"]["uid"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == f"/mnt/kubetune/pvc/shared/runs/a/runs/{uid}"  # the run's own folder under the given path
     assert kube.find(PVCS, ns, "sentiment-output") is None
 
 

@@ -148,7 +148,8 @@ def test_a_preempted_trainer_resumes_from_its_checkpoint(operator, kube, kubelet
     pod = kubelet.running_pod(ns, "facts-train")
     host = hostrun.prepare(kube, ns, pod, tmp_path / "first", claims, pod_name=pod["metadata"]["name"])
     first = hostrun.start(host, log=tmp_path / "first.log")
-    checkpoints = claims / "facts-output" / runtime.CHECKPOINTS_DIR
+    run_dir = claims / "facts-output" / runtime.RUNS_DIR / kube.get(FTJ, ns, "facts")["metadata"]["uid"]
+    checkpoints = run_dir / runtime.CHECKPOINTS_DIR
     try:
         wait_until(
             lambda: (checkpoints / "checkpoint-10" / COMPLETE_MARKER).exists() or first.poll() is not None,
@@ -167,7 +168,7 @@ def test_a_preempted_trainer_resumes_from_its_checkpoint(operator, kube, kubelet
     ftj = wait_phase(kube, ns, "facts", "Queued")
     assert condition(ftj, "Admitted")["reason"] == "Preempted"
     saved = newest_complete_checkpoint(checkpoints)
-    assert saved is not None and not (claims / "facts-output" / runtime.ADAPTER_DIR).exists()
+    assert saved is not None and not (run_dir / runtime.ADAPTER_DIR).exists()
 
     kueue.admit("facts-train", GPU_FLAVOR)
     run = kubelet.run_job(ns, "facts-train", tmp_path / "second", claims_root=claims)

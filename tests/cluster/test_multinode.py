@@ -90,7 +90,7 @@ def test_two_nodes_train_the_adapter_one_process_trains(
     ftj = wait_phase(kube, ns, "facts", "Succeeded", "Failed", timeout=60)
     assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
     assert ftj["status"]["metrics"]["steps"] == STEPS
-    two_nodes = _adapter(claims / "facts-output")
+    two_nodes = _adapter(claims / "facts-output" / runtime.RUNS_DIR / ftj["metadata"]["uid"])  # the run's own folder
 
     reference = tmp_path / "one-process"
     single = _spec(batch_size=8)

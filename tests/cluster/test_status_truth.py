@@ -207,7 +207,8 @@ def test_trainer_pod_is_burstable_pushes_with_its_own_token_and_names_no_uid(ope
     pod = _trainer_pod(kube, ns)
     assert pod["status"]["qosClass"] == "Burstable"  # not BestEffort: not the first evicted under node pressure
     [container] = pod["spec"]["containers"]
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}
+    # the Hub model's scratch volume is requested as ephemeral storage (no model cache configured)
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "50Gi"}
     assert "runAsUser" not in pod["spec"]["securityContext"] and "fsGroup" not in pod["spec"]["securityContext"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item}

@@ -92,6 +92,7 @@ def test_custom_values_reach_the_deployment(helm_custom):
     assert _env(container) == {
         "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cuda",
         "KUBETUNE_SERVER_IMAGE": f"registry.example.com/kubetune/server:{APP_VERSION}",
+        "KUBETUNE_SERVER_VLLM_IMAGE": f"ghcr.io/kubetune/kubetune-server-vllm:{APP_VERSION}",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_DEFAULT_RUNTIME": "default",
         "KUBETUNE_PEERING": "kubetune-prod",

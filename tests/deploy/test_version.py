@@ -84,7 +84,8 @@ def test_set_version_rewrites_every_stamped_place(tmp_path):
     changelog.write_text(changelog.read_text().replace("## [Unreleased]\n", "## [Unreleased]\n\n## [9.8.7]\n\n- x\n"))
     assert versioning.problems(root) == []
     deployment = (root / "deploy/kustomize/base/deployment.yaml").read_text()
-    assert deployment.count(":9.8.7") == 3 and f":{VERSION}\n" not in deployment
+    # operator, trainer, server and vLLM server images
+    assert deployment.count(":9.8.7") == 4 and f":{VERSION}\n" not in deployment
 
 
 def test_check_names_the_file_that_disagrees(tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from kubetune.api import runtime
-from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.finetunejob import PLACEMENT_FIELDS, FineTuneJobSpec
 from kubetune.api.resources import FineTuneJob
 from kubetune.operator.manifests.trainer import trainer_children
 from kubetune.operator.reconcile import finetunejob as ftj_logic
@@ -67,7 +67,7 @@ def test_several_nodes_need_a_shared_output_volume():
 def test_nodes_one_keeps_the_fingerprint_of_specs_from_before_the_field():
     """A finished adapter records its spec's fingerprint; the new field's default must not change it."""
     spec = FineTuneJobSpec.model_validate(finetunejob("ns")["spec"])
-    wire = spec.model_dump(mode="json", by_alias=True, exclude={"queue_name", "workload_metadata", "runtime_name"})
+    wire = spec.model_dump(mode="json", by_alias=True, exclude=set(PLACEMENT_FIELDS))
     del wire["resources"]["nodes"]
     before = "sha256:" + hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert spec.fingerprint() == before

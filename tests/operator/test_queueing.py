@@ -57,6 +57,13 @@ def test_without_queue_the_job_is_unchanged_and_metadata_still_passes_through():
 
 def test_placement_does_not_change_the_training_fingerprint():
     assert _ftj(queueName="team-a", workloadMetadata=META).spec.fingerprint() == _ftj().spec.fingerprint()
+    observed = _ftj(
+        tracking={"tensorboard": False, "mlflow": {"secretName": "mlflow"}},
+        modelCache={"claimName": "models"},
+        terminationGracePeriodSeconds=600,
+    )
+    assert observed.spec.fingerprint() == _ftj().spec.fingerprint()
+    assert _ftj(training={"learningRate": 1e-3}).spec.fingerprint() != _ftj().spec.fingerprint()
 
 
 def test_without_queue_the_operator_owns_suspend():

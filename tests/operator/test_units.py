@@ -136,6 +136,10 @@ def test_pod_failure_policy_keys_on_trainer_exit_codes():
     rules = pod_failure_policy()["rules"]
     assert rules[0]["onExitCodes"]["values"] == [TrainerExit.INVALID_INPUT, TrainerExit.OUT_OF_MEMORY]
     assert rules[1]["action"] == "Ignore"
+    assert rules[2] == {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [TrainerExit.PREEMPTED]},
+    }
 
 
 def test_children_order_and_configmap_dataset_mount():
@@ -208,7 +212,7 @@ def test_a_vanished_job_whose_trainer_reported_final_metrics_is_not_rerun():
     status = FineTuneJobStatus(phase="Running", job_name="sentiment-train", metrics={"trainLoss": 0.5})
     plan = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": status}), None, None, SETTINGS, NOW)
     assert plan.create == [] and plan.phase == "Succeeded"
-    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "runs/uid-1/adapter"}
     running = FineTuneJobStatus(phase="Running", job_name="sentiment-train")
     again = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": running}), None, None, SETTINGS, NOW)
     assert again.create and [e.reason for e in again.events] == ["JobRecreated"]
@@ -360,6 +364,15 @@ def test_modelserve_base_model_mismatch_is_an_error():
     spec = {"baseModel": {"name": "org/other"}}
     plan = msv_logic.plan_modelserve(_msv(**spec), ModelServeStatus(), {"sentiment": _succeeded()}, {}, SETTINGS, NOW)
     assert plan.phase == "Failed" and "was trained on Qwen/Qwen2.5-0.5B-Instruct" in plan.status["message"]
+
+
+def test_a_fully_fine_tuned_model_is_refused_as_an_adapter_with_how_to_serve_it():
+    job = _succeeded()
+    job["status"]["output"]["method"] = "full"
+    plan = msv_logic.plan_modelserve(_msv(), ModelServeStatus(), {"sentiment": job}, {}, SETTINGS, NOW)
+    assert plan.phase == "Failed" and plan.create == []
+    assert "used method full and wrote a whole model" in plan.status["message"]
+    assert "baseModel: {pvc: {claimName: sentiment-output, path: adapter}}" in plan.status["message"]
 
 
 def test_restart_hash_ignores_the_adapter_list():
@@ -539,7 +552,8 @@ def test_trainer_pods_request_cpu_and_memory_and_push_with_their_own_token():
     spec = {"resources": {"gpus": 1}, "output": {"hub": {"repo": "acme/a", "tokenSecretRef": {"name": "push"}}}}
     children = trainer_children(Owner("v", "FineTuneJob", "x", "ns", "u"), _ftj(**spec).spec, OperatorSettings())
     container = children[-1]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}  # never BestEffort
+    # never BestEffort; the Hub model downloads into a scratch volume whose size limit is also requested
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "50Gi"}
     assert "cpu" not in container["resources"]["limits"]  # a request alone: no limit guessed
     env = {item["name"]: item for item in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # the base model's read token
@@ -654,3 +668,14 @@ def test_asking_a_replica_parses_its_report_and_never_raises():
         server.server_close()
     gone = server_adapters.ask(pod, timeout=0.5)  # nothing listens any more
     assert gone.adapters is None and "failed" in gone.error
+
+
+def test_trainer_pods_take_tracking_settings_from_secrets_by_reference_only():
+    owner = Owner("v", "FineTuneJob", "x", "ns", "u")
+    plain = trainer_children(owner, _ftj().spec, OperatorSettings())[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in plain  # the default (TensorBoard files) needs no Secret
+    tracking = {"mlflow": {"secretName": "ml"}, "wandb": {"secretName": "wb", "project": "chat"}}
+    job = trainer_children(owner, _ftj(tracking=tracking).spec, OperatorSettings())[-1]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "ml"}}, {"secretRef": {"name": "wb"}}]
+    assert not any(item["name"].startswith(("MLFLOW_", "WANDB_")) for item in container["env"])  # the trainer's job

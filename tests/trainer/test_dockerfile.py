@@ -61,6 +61,7 @@ def test_runs_the_trainer_module_as_the_operators_non_root_user():
     # one OpenShift's restricted-v2 assigns.
     assert "runAsUser" not in pod_security_context() and pod_security_context()["runAsNonRoot"] is True
     assert "['optional-dependencies']['trainer']" in text
+    assert "['optional-dependencies']['tracking']" in text, "MLflow and W&B for spec.tracking"
 
 
 def test_copied_paths_exist_in_the_build_context():

@@ -17,16 +17,18 @@ from transformers import BitsAndBytesConfig
 from trl import SFTConfig
 
 from .device import DeviceInfo, ResolvedPrecision, resolve_precision
+from .tracking import run_name
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainerConfigs:
-    """What `build_configs` returns: the trainer, adapter and (QLoRA only) quantization configs."""
+    """What `build_configs` returns: the trainer, adapter (None for method full) and (QLoRA only) quantization
+    configs."""
 
     sft: SFTConfig
-    lora: LoraConfig
+    lora: LoraConfig | None
     quantization: BitsAndBytesConfig | None
     precision: ResolvedPrecision
 
@@ -76,13 +78,23 @@ def build_configs(
         logging_strategy="steps",
         logging_steps=training.logging_steps,
         logging_first_step=True,
-        report_to="none",
+        report_to=spec.tracking.report_to() or "none",
+        run_name=run_name(),
         disable_tqdm=True,
         dataloader_pin_memory=device.is_cuda,
         ddp_find_unused_parameters=False,
         load_best_model_at_end=False,
     )
-    lora = LoraConfig(
+    lora = None if spec.method == "full" else build_lora_config(spec)
+    quantization = None
+    if spec.method == "qlora":
+        assert spec.quantization is not None  # the API enforces it for qlora
+        quantization = build_quantization_config(spec.quantization, device)
+    return TrainerConfigs(sft=sft, lora=lora, quantization=quantization, precision=precision)
+
+
+def build_lora_config(spec: FineTuneJobSpec) -> LoraConfig:
+    return LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
@@ -91,11 +103,6 @@ def build_configs(
         layers_to_transform=spec.lora.layers_to_transform,
         task_type=TaskType.CAUSAL_LM,
     )
-    quantization = None
-    if spec.method == "qlora":
-        assert spec.quantization is not None  # the API enforces it for qlora
-        quantization = build_quantization_config(spec.quantization, device)
-    return TrainerConfigs(sft=sft, lora=lora, quantization=quantization, precision=precision)
 
 
 def build_quantization_config(spec: QuantizationSpec, device: DeviceInfo) -> BitsAndBytesConfig:

@@ -23,15 +23,27 @@ from .base import (
 from .conditions import Condition
 from .queueing import WorkloadMetadata
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
+from .tracking import TrackingSpec
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALL_LINEAR = "all-linear"
 
 DatasetFormat = Literal["alpaca", "chat", "qa", "text"]
-Method = Literal["lora", "qlora"]
+Method = Literal["lora", "qlora", "full"]
 FineTuneJobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
-# Fields that say where and when the trainer runs, not what it trains: left out of the spec's fingerprint.
-PLACEMENT_FIELDS = frozenset({"queue_name", "workload_metadata", "runtime_name"})
+# Fields that say where, when and how observably the trainer runs, not what it trains: left out of the spec's
+# fingerprint (a checkpoint or adapter stays valid whichever queue, cache, grace period or tracker the run used).
+PLACEMENT_FIELDS = frozenset(
+    {
+        "queue_name",
+        "workload_metadata",
+        "runtime_name",
+        "tracking",
+        "model_cache",
+        "termination_grace_period_seconds",
+    }
+)
 
 
 class HfDataset(ApiModel):
@@ -332,7 +344,7 @@ class FineTuneJobSpec(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
-                    "message": "quantization is required with method qlora and not allowed with method lora",
+                    "message": "quantization is required with method qlora and not allowed with methods lora and full",
                 }
             ]
         }
@@ -345,10 +357,13 @@ class FineTuneJobSpec(ApiModel):
     """The training data."""
 
     method: Method = "lora"
-    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory)."""
+    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory); full
+    trains every weight of a small model and writes a complete model folder (servable as a ModelServe's baseModel).
+    full needs about 16 bytes per parameter with AdamW plus activations on each GPU: the trainer estimates it before
+    loading the model and refuses (InvalidInput) when one GPU cannot hold it. Use a lower learningRate (e.g. 2e-5)."""
 
     lora: LoraSpec = nested_default(LoraSpec)
-    """Adapter shape."""
+    """Adapter shape (not used with method full)."""
 
     quantization: QuantizationSpec | None = None
     """Base-model quantization; required with method qlora, not allowed with lora."""
@@ -365,14 +380,26 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = nested_default(OutputSpec)
     """Where results go."""
 
+    tracking: TrackingSpec = nested_default(TrackingSpec)
+    """Experiment tracking: TensorBoard files on the output volume (default), MLflow, Weights & Biases."""
+
     image: ShortText | None = None
     """Trainer image override; empty uses the operator's configured trainer image."""
+
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model (and a Hub dataset) is downloaded: the namespace's shared model cache claim, or a
+    size-limited scratch volume of the trainer pod; empty follows the operator's defaults."""
 
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Pod failures retried before the job fails (each retry resumes from the newest checkpoint)."""
 
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the job when it runs longer than this."""
+
+    termination_grace_period_seconds: int = Field(default=120, ge=10, le=3600)
+    """Seconds a trainer pod gets after SIGTERM (spot preemption, eviction, node drain) before it is killed. The
+    trainer finishes the optimizer step in progress, saves a checkpoint and exits, and the retry resumes there:
+    allow the time of one optimizer step plus one checkpoint save (spot nodes may give less in total)."""
 
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the trainer Job and pods this long after it finishes; the FineTuneJob and its output stay."""
@@ -419,8 +446,8 @@ class FineTuneJobSpec(ApiModel):
                 "method qlora requires quantization (e.g. quantization: {bits: 4, type: nf4}); "
                 "use method lora to train on the full-precision base"
             )
-        if self.method == "lora" and self.quantization is not None:
-            raise ValueError("quantization is only allowed with method qlora (got method lora)")
+        if self.method != "qlora" and self.quantization is not None:
+            raise ValueError(f"quantization is only allowed with method qlora (got method {self.method})")
         return self
 
 
@@ -490,13 +517,14 @@ class OutputStatus(ApiModel):
     """Where the finished adapter is, for ModelServe and for people."""
 
     pvc: PvcPath | None = None
-    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors)."""
+    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors), or with method full
+    the whole model (config.json, model.safetensors) that a ModelServe serves as its baseModel.pvc."""
 
     base_model: ModelSource | None = None
     """The base model the adapter was trained on."""
 
     method: Method | None = None
-    """lora or qlora."""
+    """lora, qlora or full."""
 
     hub_repo: HfRepoId | None = None
     """Hub repository the adapter was pushed to, if any."""

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .engines import EngineName, VllmSpec
 from .modelserve import MAX_ADAPTERS, GenerationSpec, ResolvedAdapter
 from .sources import ModelSource, PvcPath, QuantizationSpec
 
@@ -41,6 +42,12 @@ class ServeConfig(ApiModel):
 
     ignore_base_mismatch: bool = False
     """Load adapters even when their adapter_config.json names another base model."""
+
+    engine: EngineName = "transformers"
+    """The inference engine (`auto`: vLLM where CUDA and the architecture allow, else transformers)."""
+
+    vllm: VllmSpec = Field(default_factory=VllmSpec)
+    """Settings of the vLLM engine."""
 
 
 class ReplicaAdapter(ApiModel):

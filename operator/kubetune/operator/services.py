@@ -29,6 +29,7 @@ from . import naming, policy
 from .cache import ChildReader
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
+from .manifests.server import server_model_storage
 from .manifests.trainer import trainer_children
 from .metrics import OperatorMetrics
 from .reconcile import drift, queueing
@@ -194,6 +195,8 @@ class _Service:
         to write when the plan writes none (a cleared ChildConflict)."""
         kube, meta = self.ctx.kube, body["metadata"]
         created: dict[str, dict[str, Any] | None] = {}
+        for shared in plan.shared:
+            self._ensure_shared(shared)
         for child in plan.create:
             obj, was_created = self._ensure(child, body, missing=True)
             created[child["kind"]] = obj if was_created else None
@@ -234,6 +237,16 @@ class _Service:
         existing.setdefault("kind", child["kind"])
         self._verify(existing, child)
         return existing, False
+
+    def _ensure_shared(self, obj: dict[str, Any]) -> None:
+        """Create a shared object when missing (409: it exists, whoever made it, and is used as it is)."""
+        try:
+            self.ctx.kube.create(obj)
+        except KubeApiError as exc:
+            if exc.status in REFUSED:
+                message = f"the API server refused {drift.describe(obj)}: {exc.reason}: {exc.message}"
+                raise ChildProblem(CHILD_REFUSED, message, waiting=False) from None
+            raise
 
     @staticmethod
     def _verify(observed: dict[str, Any], desired: dict[str, Any]) -> None:
@@ -594,8 +607,16 @@ class ModelServeService(_Service):
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
         jobs = {ref: self.ctx.children.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
-        resolution = msv_logic.resolve_adapters(msv, jobs)
+        resolution = msv_logic.resolve_adapters(msv, jobs, cleared, self.ctx.settings.adapter_store_claim)
         observed: dict[str, dict[str, Any] | None] = {}
+        access_modes: dict[str, list[str]] = {}
+        if not resolution.failed and not resolution.waiting and msv.spec.replicas > 1:
+            config = msv_logic.serve_config(msv, resolution)
+            models = server_model_storage(msv.spec, config, self.ctx.settings)
+            for claim in msv_logic.mounted_claims(config, models):
+                found = self.ctx.kube.get(k8s.CLAIMS, namespace, claim)
+                if found is not None:
+                    access_modes[claim] = list((found.get("spec") or {}).get("accessModes") or [])
         if not resolution.failed and not resolution.waiting:
             server = naming.server_name(name)
             read = self.ctx.children.get
@@ -609,7 +630,9 @@ class ModelServeService(_Service):
                     child.setdefault("kind", kind)
                     self._verify(child, _stub(child, body))
         reports = self._ask_servers(namespace, observed.get("Deployment"))
-        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports)
+        plan = msv_logic.plan_modelserve(
+            msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports, access_modes
+        )
         self._apply(plan, body, pending=cleared if cleared is not status else None)
         if plan.recheck:
             self.ctx.recheck(self.kind, namespace, name)

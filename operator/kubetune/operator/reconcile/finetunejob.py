@@ -7,15 +7,16 @@ from typing import Any
 from kubetune.api.base import GROUP_VERSION
 from kubetune.api.finetunejob import FineTuneJobStatus, OutputStatus
 from kubetune.api.resources import FineTuneJob
-from kubetune.api.runtime import adapter_path
+from kubetune.api.runtime import TrainerExit, adapter_path
 
 from ..manifests.meta import Owner
-from ..manifests.trainer import output_location, trainer_children
+from ..manifests.storage import adapter_store_location, cache_claim, output_of_job, store_claim, store_of_job
+from ..manifests.trainer import output_location, trainer_children, trainer_model_storage
 from ..settings import OperatorSettings
 from . import queueing
 from .conditions import get_condition, is_true, raw_condition, set_condition
 from .plan import Event, Plan
-from .report import TrainerReport
+from .report import TrainerReport, parse_termination_message
 from .trainer_report import ReportedProgress
 
 TERMINAL = ("Succeeded", "Failed")
@@ -91,6 +92,22 @@ def pod_cause(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def preemption(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """("Preempted", what the trainer said) when the newest finished trainer pod stopped on SIGTERM after saving a
+    checkpoint (exit PREEMPTED): the Job starts another pod, which resumes there."""
+    finished = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
+    if not finished:
+        return None
+    newest = max(finished, key=lambda pod: (pod.get("metadata") or {}).get("creationTimestamp") or "")
+    for container in (newest.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") == TrainerExit.PREEMPTED:
+            said = parse_termination_message(terminated.get("message"), TrainerExit.PREEMPTED).message
+            name = (newest.get("metadata") or {}).get("name", "the trainer pod")
+            return "Preempted", f"{name} was stopped (SIGTERM): {said or 'checkpoint saved'}; a new pod resumes from it"
+    return None
+
+
 def pending_cause(
     job: dict[str, Any] | None, pods: list[dict[str, Any]], events: list[dict[str, Any]]
 ) -> tuple[str, str] | None:
@@ -104,6 +121,9 @@ def pending_cause(
         cause = pod_cause(pod)
         if cause is not None:
             return cause
+    preempted = preemption(pods)
+    if preempted is not None:
+        return preempted
     uids = {(job.get("metadata") or {}).get("uid")} | {(pod.get("metadata") or {}).get("uid") for pod in live}
     blocking = [
         event
@@ -160,11 +180,14 @@ def plan_invalid(
     return _finish(plan, ftj_status, nxt)
 
 
-def _output_status(ftj: FineTuneJob) -> OutputStatus:
-    spec = ftj.spec
-    output = output_location(ftj.metadata.name, spec)
+def _output_status(ftj: FineTuneJob, job: dict[str, Any] | None, settings: OperatorSettings) -> OutputStatus:
+    """Where servers take the adapter from: the adapter store copy when the trainer Job published one, else the
+    adapter under the output folder it was given (what the Job says wins over what would be rendered today)."""
+    spec, name, uid = ftj.spec, ftj.metadata.name, ftj.metadata.uid or ""
+    store = store_of_job(job) if job is not None else adapter_store_location(name, uid, settings)
+    output = output_of_job(job) or output_location(name, spec, uid)
     return OutputStatus(
-        pvc=adapter_path(output),
+        pvc=store or adapter_path(output),
         base_model=spec.base_model,
         method=spec.method,
         hub_repo=spec.output.hub.repo if spec.output.hub is not None else None,
@@ -262,7 +285,7 @@ def plan_finetunejob(
     if job is None and current.job_name is not None and current.metrics is not None:
         # The trainer writes final metrics only after the adapter is saved: its Job finished and was removed
         # (TTL, GC) before the operator saw it. Finished work is never re-run.
-        nxt.phase, nxt.output = "Succeeded", _output_status(ftj)
+        nxt.phase, nxt.output = "Succeeded", _output_status(ftj, None, settings)
         nxt.completion_time = nxt.completion_time or now
         nxt.message = "the trainer reported its final metrics; its Job was removed before the operator saw it end"
         conds = set_condition(conds, "Running", "False", "Completed", "the trainer finished", generation, now)
@@ -272,7 +295,10 @@ def plan_finetunejob(
         return _finish(plan, current, nxt)
 
     if job is None:
-        plan.create = trainer_children(owner_of(ftj), spec, settings)
+        owner = owner_of(ftj)
+        plan.create = trainer_children(owner, spec, settings)
+        cache = cache_claim(owner.namespace, trainer_model_storage(spec, settings), settings)
+        plan.shared = [claim for claim in (cache, store_claim(owner.namespace, settings)) if claim is not None]
         recreated = current.job_name is not None
         reason = "JobRecreated" if recreated else "JobCreated"
         message = (
@@ -302,7 +328,7 @@ def plan_finetunejob(
 
     if phase == "Succeeded":
         nxt.phase = "Succeeded"
-        nxt.output = _output_status(ftj)
+        nxt.output = _output_status(ftj, job, settings)
         if nxt.metrics is None and report is not None and report.metrics is not None:
             nxt.metrics = report.metrics
         nxt.start_time = nxt.start_time or job_status.get("startTime") or now
