@@ -39,7 +39,7 @@ from .outputs import (
 )
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
-from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer, check_prompts_fit
+from .sft_trainer import KubetuneSFTTrainer, build_trainer, check_prompts_fit
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
         write_adapter_extras(
             partial_adapter_dir(output_dir),
             render_model_card(spec, data, metrics, manifest, lengths=lengths, epochs_run=trainer.state.epoch),
-            metrics_file(metrics, lengths),
+            metrics.to_wire(),
             manifest,
         )
         final = publish_adapter(output_dir)
@@ -130,7 +130,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
         )
         progress.sink.finish(last, metrics)
-        summary = _summary(final, metrics, data.skipped_rows, hub_repo) | length_counts(lengths)
+        summary = _summary(final, metrics, data.skipped_rows, hub_repo)
     barrier()
     return summary
 
@@ -155,6 +155,7 @@ def _final_metrics(
             trainer.model, trainer.processing_class, data.eval or data.train, samples, max_new_tokens
         )
     eval_loss = final_eval.get("eval_loss")
+    lengths = trainer.length_reports
     return TrainingMetrics(
         train_loss=_finite(_logged_mean_loss(trainer.state) if resumed else result.training_loss),
         eval_loss=_finite(eval_loss),
@@ -166,6 +167,10 @@ def _final_metrics(
         peak_memory_bytes=_peak_memory_bytes(torch.cuda.is_available()),
         rouge_l=scores.rouge_l if scores else None,
         bleu=scores.bleu if scores else None,
+        generation_metrics=GENERATION_METHOD if scores else None,
+        truncated_rows=sum(report.cut for report in lengths.values()),
+        dropped_rows=sum(report.dropped for report in lengths.values()),
+        skipped_rows=data.skipped_rows,
     )
 
 
@@ -177,22 +182,6 @@ def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
         if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
             return entry
     return trainer.evaluate()
-
-
-def length_counts(lengths: dict[str, LengthReport]) -> dict[str, int]:
-    """Rows that training.maxSeqLength cut (trained on the part that fits) or dropped (no answer token left)."""
-    return {
-        "truncatedRows": sum(report.cut for report in lengths.values()),
-        "droppedRows": sum(report.dropped for report in lengths.values()),
-    }
-
-
-def metrics_file(metrics: TrainingMetrics, lengths: dict[str, LengthReport]) -> dict[str, Any]:
-    """metrics.json: the status metrics plus the row counts and, when scored, how ROUGE-L/BLEU were computed."""
-    extra: dict[str, Any] = {**length_counts(lengths)}
-    if metrics.rouge_l is not None:
-        extra["generationMetrics"] = GENERATION_METHOD
-    return metrics.to_wire() | extra
 
 
 def remove_training_args(folder: Path) -> None:
@@ -222,8 +211,7 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     stored = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
     metrics = TrainingMetrics.model_validate({key: value for key, value in stored.items() if key in METRIC_FIELDS})
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None
-    summary = _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
-    return summary | {key: stored[key] for key in ("truncatedRows", "droppedRows") if key in stored}
+    return _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
 
 
 def _logged_mean_loss(state) -> float | None:

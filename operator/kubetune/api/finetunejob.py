@@ -449,6 +449,18 @@ class TrainingMetrics(ApiModel):
     bleu: float | None = None
     """BLEU of generated answers (when evaluation.generationSamples > 0)."""
 
+    generation_metrics: str | None = Field(default=None, max_length=1024)
+    """How rougeL and bleu were computed (tokenization, BLEU variant), when they were."""
+
+    truncated_rows: int | None = Field(default=None, ge=0)
+    """Training and evaluation rows cut to training.maxSeqLength (trained on the part that fits)."""
+
+    dropped_rows: int | None = Field(default=None, ge=0)
+    """Rows dropped because training.maxSeqLength left no answer token (their prompt alone fills it)."""
+
+    skipped_rows: int | None = Field(default=None, ge=0)
+    """Rows skipped because they do not fit the dataset format (dataset.skipInvalidRows)."""
+
 
 class OutputStatus(ApiModel):
     """Where the finished adapter is, for ModelServe and for people."""
