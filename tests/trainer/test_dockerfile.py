@@ -50,7 +50,7 @@ def test_runs_the_trainer_module_as_the_operators_non_root_user():
     # The pod names no UID: the image's numeric USER applies (so the kubelet can verify runAsNonRoot), or the
     # one OpenShift's restricted-v2 assigns.
     assert "runAsUser" not in pod_security_context() and pod_security_context()["runAsNonRoot"] is True
-    assert '".[trainer]"' in text and "--constraint" in text, "torch from the base image is kept"
+    assert '".[trainer,gpu]"' in text and "--constraint" in text, "torch from the base image is kept"
 
 
 def test_copied_paths_exist_in_the_build_context():

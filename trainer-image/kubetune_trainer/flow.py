@@ -73,7 +73,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
     if not device.is_cuda:
         configure_cpu_threads(processes=me.local_world_size)
     set_seed(spec.training.seed)
-    data = prepare_data(spec.dataset, spec.training.seed, download_dir=output_dir / ".download")
+    data = prepare_data(
+        spec.dataset,
+        spec.training.seed,
+        download_dir=output_dir / ".download",
+        all_assistant_turns=spec.training.completion_only_loss,  # without it every token is trained anyway
+    )
 
     done = finished_manifest(output_dir)
     if done and done.get("specHash") == spec_hash(spec) and done.get("datasetFingerprint") == data.fingerprint:
@@ -91,7 +96,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
     tokenizer = load_tokenizer(location)
     for split, rows in (("train", data.train), ("eval", data.eval)):
         check_prompts_fit(split, rows, tokenizer, spec.training.max_seq_length)
-    model = load_model(location, configs.precision, device, configs.quantization, spec.training.gradient_checkpointing)
+    model = load_model(location, configs.precision, device, configs.quantization, configs.gradient_checkpointing)
 
     progress = ProgressCallback(choose_sink(output_dir))
     trainer = build_trainer(
@@ -171,12 +176,29 @@ def _final_metrics(
         truncated_rows=sum(report.cut for report in lengths.values()),
         dropped_rows=sum(report.dropped for report in lengths.values()),
         skipped_rows=data.skipped_rows,
+        published_step=_published_step(trainer),
     )
 
 
+def _published_step(trainer: KubetuneSFTTrainer) -> int:
+    """The step whose weights are published: the best checkpoint's with loadBestModelAtEnd, else the last."""
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    if best is not None:
+        return int(Path(best).name.rsplit("-", 1)[1])
+    return trainer.state.global_step
+
+
 def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
-    """The evaluation the Trainer ran at the last step (epoch or evalSteps schedule), else a new one: evaluating
-    the same weights twice costs a full pass over the evaluation rows for nothing."""
+    """The evaluation of the weights being published: with loadBestModelAtEnd the best checkpoint's (the Trainer
+    reloaded it), else the one the Trainer ran at the last step (epoch or evalSteps schedule), else a new one:
+    evaluating the same weights twice costs a full pass over the evaluation rows for nothing."""
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        log.info(
+            "publishing the best checkpoint %s (eval loss %.4f)",
+            trainer.state.best_model_checkpoint,
+            trainer.state.best_metric,
+        )
+        return {"eval_loss": trainer.state.best_metric}
     last = trainer.state.log_history[-3:]
     for entry in reversed(last):
         if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
