@@ -5,6 +5,9 @@
 # adapter reloads and lowers the loss. Usage, from the repository root:  bash trainer-image/gpu-check.sh
 # Needs torch (CUDA), transformers, peft, accelerate, trl, datasets, bitsandbytes, pydantic, tokenizers.
 # KUBETUNE_GPU_CHECK_CPU=1 runs a tiny version on CPU (a smoke test of this script, not a GPU check).
+# Several GPUs: every run is repeated with one process per GPU through the container's entry
+# (python -m kubetune_trainer.launch, torchrun), checking all ranks finish, the adapter is one, and tokens/s rise.
+# KUBETUNE_GPU_CHECK_PROCS=N sets the process count (default: the visible GPUs; with the CPU smoke test, gloo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -127,6 +130,35 @@ for name, spec in runs.items():
     del base, adapted
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+procs = int(os.environ.get("KUBETUNE_GPU_CHECK_PROCS") or (torch.cuda.device_count() if torch.cuda.is_available() else 1))
+if procs > 1:
+    print(f"gpu-check: {procs} processes, one per GPU (torchrun through kubetune_trainer.launch)")
+    for name, spec in runs.items():
+        if name not in results:
+            continue
+        spec_path, output = work / f"{name}.json", work / f"out-{name}-x{procs}"
+        env = {**os.environ, "KUBETUNE_PROCS_PER_NODE": str(procs), "KUBETUNE_NODES": "1"}
+        proc = subprocess.run([sys.executable, "-m", "kubetune_trainer.launch", "--spec", str(spec_path),
+                               "--output", str(output)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(proc.stdout[-4000:], proc.stderr[-8000:])
+            failures.append(f"{name} x{procs}: launcher exited {proc.returncode}")
+            continue
+        metrics = json.loads((output / "adapter" / "metrics.json").read_text())
+        single = results[name]["loss_tokens_per_s"] or 0.0
+        multi = metrics.get("tokensPerSecond") or 0.0
+        results[f"{name}-x{procs}"] = dict(steps=metrics["steps"], loss_tokens_per_s=multi,
+                                           speedup_vs_one=round(multi / single, 2) if single else None,
+                                           peak_gpu_gib=round(metrics["peakMemoryBytes"] / 2**30, 2),
+                                           eval_loss=metrics.get("evalLoss"))
+        print(f"gpu-check {name} x{procs}: " + json.dumps(results[f"{name}-x{procs}"]))
+        if metrics["steps"] != steps:
+            failures.append(f"{name} x{procs}: ran {metrics['steps']} steps, expected {steps}")
+        if not (output / "adapter" / "adapter_model.safetensors").is_file():
+            failures.append(f"{name} x{procs}: no adapter written")
+        if torch.cuda.is_available() and multi <= single:
+            failures.append(f"{name} x{procs}: {multi:.0f} tokens/s, not above one GPU's {single:.0f}")
 
 print("gpu-check summary: " + json.dumps(results, indent=2))
 if failures:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import generate
+from . import __version__, generate
 from .local import cli as local_cli
 from .operator import cli as operator_cli
 
@@ -31,6 +31,7 @@ def _crds(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     crds = commands.add_parser("crds", help="regenerate crds/ from the API models")
     crds.add_argument("--check", action="store_true", help="exit 1 when the files on disk differ")

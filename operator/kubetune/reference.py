@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api.crd import finetunejob_crd, modelserve_crd
+from .api.crd import finetunejob_crd, finetuneruntime_crd, modelserve_crd
 
 INTRO = """# kubetune custom resource reference
 
@@ -88,7 +88,7 @@ def _section(crd: dict[str, Any]) -> str:
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     header = "| Field | Type | Default | Description | Allowed |\n|---|---|---|---|---|"
     parts = [f"## {kind}", "", _cell(schema.get("description", "")), ""]
-    for part in ("spec", "status"):
+    for part in [name for name in ("spec", "status") if name in schema["properties"]]:
         node = schema["properties"][part]
         parts += [f"### {kind}.{part}", "", _cell(node.get("description", "")), "", header]
         parts += _rules_free_rows(node, part)
@@ -106,5 +106,5 @@ def _rules_free_rows(node: dict[str, Any], prefix: str) -> list[str]:
 
 
 def render_reference() -> str:
-    sections = [_section(finetunejob_crd()), _section(modelserve_crd())]
+    sections = [_section(finetunejob_crd()), _section(modelserve_crd()), _section(finetuneruntime_crd())]
     return INTRO + "\n" + "\n".join(sections)

@@ -7,7 +7,8 @@ import sys
 
 from .app import create_app
 from .config_watch import ConfigError, read_serve_config
-from .engine import Engine
+from .engine_choice import make_engine
+from .errors import UnsupportedModel
 from .settings import ServerSettings
 
 log = logging.getLogger("kubetune_server")
@@ -20,10 +21,10 @@ def main() -> int:
     try:
         settings = ServerSettings.from_env()
         config = read_serve_config(settings.config_path)
-    except (ConfigError, ValueError) as exc:
+        engine = make_engine(config, pvc_root=settings.pvc_root)
+    except (ConfigError, ValueError, UnsupportedModel) as exc:
         log.error("%s", exc)
         return 2
-    engine = Engine(config, pvc_root=settings.pvc_root)
     failures: list[Exception] = []
     server: uvicorn.Server | None = None
 

@@ -8,7 +8,9 @@ All methods run on the engine's worker thread, between forward passes, because P
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from kubetune.api.sources import PvcPath
 
 from . import lora_routing
 from .errors import AdapterLoadError
@@ -21,10 +23,11 @@ BASE_ROW = "__base__"
 
 @dataclass(frozen=True)
 class AdapterSource:
-    """An adapter to serve: client-facing name and folder."""
+    """An adapter to serve: client-facing name and folder (and the volume serve.json named, for /adapters)."""
 
     name: str
     path: str
+    pvc: PvcPath | None = field(default=None, compare=False)
 
 
 class AdapterSet:

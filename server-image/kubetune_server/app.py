@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from kubetune import __version__
 
 from .body_limit import BodySizeLimit
 from .config_watch import ConfigWatcher
@@ -22,7 +23,16 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-KNOWN_ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/health", "/ready", "/metrics")
+KNOWN_ROUTES = (
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/generate",
+    "/health",
+    "/ready",
+    "/adapters",
+    "/metrics",
+)
 
 
 class RequestMetrics:
@@ -82,11 +92,20 @@ def create_app(
     and on shutdown stops the watcher and lets the engine drain what is still running."""
     metrics = ServerMetrics()
     engine.on_step = metrics.observe_step
+    engine.on_occupancy = metrics.observe_occupancy
     serving = Serving(engine, metrics)
     watcher = ConfigWatcher(engine, settings.config_path, settings.watch_interval_s) if watch_config else None
 
+    if getattr(engine, "name", "") == "vllm":
+        from prometheus_client import REGISTRY
+
+        metrics.extra_registries.append(REGISTRY)  # vLLM's own metrics (vllm:*) next to kubetune's
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        attach = getattr(engine, "attach_loop", None)
+        if attach is not None:
+            attach(asyncio.get_running_loop())
         loader = _load_in_background(
             engine, on_ready=watcher.start if watcher else lambda: None, on_failure=on_load_failure or (lambda _: None)
         )
@@ -101,7 +120,7 @@ def create_app(
     app = FastAPI(
         title="kubetune server",
         description="OpenAI-compatible serving of a base model with LoRA adapters",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -37,9 +37,22 @@ def _layers(cache) -> list:
     if layers is None:
         raise TypeError(f"unsupported KV cache {type(cache).__name__}: expected a transformers DynamicCache")
     for layer in layers:
-        if getattr(layer, "is_sliding", False):
-            raise TypeError("sliding-window attention caches cannot be merged; this model is not supported")
+        if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
+            raise TypeError(f"its cache layers ({type(layer).__name__}) cannot be merged or trimmed row by row")
     return layers
+
+
+def check_cache(cache) -> None:
+    """Raise TypeError, saying why, when `cache` is not one this module can merge, trim and roll back."""
+    _layers(cache)
+
+
+def truncate(cache, length: int) -> None:
+    """Cut every layer back to its first `length` columns (undo a forward that failed part-way)."""
+    for layer in _layers(cache):
+        if layer.keys is not None and layer.keys.shape[2] > length:
+            layer.keys = layer.keys[:, :, :length, :]
+            layer.values = layer.values[:, :, :length, :]
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -25,6 +25,8 @@ RESTART_FIELDS = (
     "merge_adapter",
     "generation",
     "ignore_base_mismatch",
+    "engine",
+    "vllm",
 )
 
 

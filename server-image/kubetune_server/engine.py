@@ -4,6 +4,13 @@ Continuous batching: queued sequences are prefilled together and merged into the
 decode steps; each step advances every row by one token with the KV cache, so rows stream as they go,
 finish on their own eos/stop/max_tokens and leave the batch, and rows of different adapters share a forward
 pass through PEFT's per-row `adapter_names`. Adapter changes are applied by the worker between steps.
+
+Each worker step stays under a token budget (`generation.maxStepTokens`): the decode rows count one token
+each, and a joining group's prompts are prefilled in chunks of what is left, so one long prompt delays the
+running streams by a chunk per step instead of its whole prefill. Admission is bounded by rows and, when
+`generation.kvCacheTokens` is set, by the KV cache the batch can grow to. A failed decode step rolls the cache
+back and sheds the newest row (the one that most likely tipped it over, e.g. out of memory) instead of failing
+the whole batch.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from dataclasses import dataclass, field
 import torch
 from kubetune.api import ServeConfig
 from kubetune.api.runtime import resolve_pvc_path
+from kubetune.api.serving import ReplicaAdapter, ReplicaAdapters
 
 from . import batch as batching
 from .adapters import BASE_ROW, AdapterSet, AdapterSource, merge_single_adapter
 from .detokenize import TextProgress
-from .errors import AdapterLoadError, ModelNotFound, NotReady
+from .errors import AdapterLoadError, ModelNotFound, NotReady, UnsupportedModel
+from .kv_budget import gpu_kv_budget
 from .loader import (
     BaseModelLocation,
     check_adapter_base,
@@ -32,6 +41,7 @@ from .loader import (
     load_tokenizer,
     locate_base_model,
     pick_device,
+    through_model_cache,
 )
 from .requests import Chunk, SequenceHandle
 from .sampling import SamplingParams, choose_next_tokens, make_generator
@@ -68,11 +78,30 @@ class EngineStats:
     waiting: int = 0
     running: int = 0
     steps: int = 0
+    prefill_chunks: int = 0
+
+
+@dataclass
+class _Prefill:
+    """A group of admitted sequences whose left-padded prompts enter the cache a chunk of columns per step."""
+
+    handles: list[SequenceHandle]
+    ids: torch.Tensor  # [rows, width]
+    mask: torch.Tensor  # [rows, width]
+    positions: torch.Tensor  # [rows, width]
+    cache: object
+    done: int = 0  # columns already in the cache
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
 
 
 def adapter_sources(config: ServeConfig, root: str | None = None) -> list[AdapterSource]:
     """The adapters of a ServeConfig with their folders resolved under the claim mount root."""
-    return [AdapterSource(adapter.name, resolve_pvc_path(adapter.pvc, root)) for adapter in config.adapters]
+    return [
+        AdapterSource(adapter.name, resolve_pvc_path(adapter.pvc, root), adapter.pvc) for adapter in config.adapters
+    ]
 
 
 def cache_argument(model) -> str:
@@ -89,12 +118,14 @@ class Engine:
         config: ServeConfig,
         pvc_root: str | None = None,
         device: str | None = None,
-        on_step: Callable[[int, int], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+        on_occupancy: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
         self.pvc_root = pvc_root
         self.device = device or pick_device()
-        self.on_step = on_step
+        self.on_step = on_step  # rows of each forward pass
+        self.on_occupancy = on_occupancy  # (running, waiting) whenever they may have changed
         self.tokenizer = None
         self.base_location: BaseModelLocation = locate_base_model(config.base_model, pvc_root)
         self.stats = EngineStats()
@@ -107,9 +138,13 @@ class Engine:
         self._ops: deque[tuple[list[AdapterSource], Future]] = deque()
         self._rows: list[_Row] = []
         self._state: batching.BatchState | None = None
+        self._prefilling: _Prefill | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.failed_adapters: dict[str, str] = {}
+        self.failed_adapters: dict[str, str] = {}  # name -> why it was refused
+        self._refused_folders: dict[str, str] = {}  # name -> the folder that was refused
+        self._wanted: list[AdapterSource] = adapter_sources(config, pvc_root)  # the serve.json last asked for
+        self.kv_budget: int | None = None  # kvCacheTokens, else what the GPU's free memory holds after loading
 
     # ----- lifecycle -----
     @property
@@ -117,27 +152,38 @@ class Engine:
         return self._ready.is_set() and not self._stopping
 
     def load(self) -> None:
-        """Load tokenizer, base model and the configured adapters; raises AdapterLoadError on a refused adapter."""
+        """Load tokenizer, base model and the configured adapters. A refused adapter (another base model, no
+        adapter_config.json) is reported (GET /adapters, a 404 naming the reason) while the base and the other
+        adapters serve, as when it is hot-added later: a replica started after the refusal (a scale-up, a restart)
+        must not crash-loop where the running ones serve. With mergeAdapter the one adapter is the model, so its
+        refusal raises AdapterLoadError."""
         started = time.monotonic()
-        self.tokenizer = load_tokenizer(self.base_location)
-        model = load_base_model(self.base_location, self.config.quantization, self.device)
         sources = adapter_sources(self.config, self.pvc_root)
-        for source in sources:
-            check_adapter_base(
-                source.name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
-            )
         if self.config.merge_adapter:
             if len(sources) != 1:
                 raise AdapterLoadError(f"mergeAdapter needs exactly one adapter, got {len(sources)}")
+            self._check_base(sources[0])  # before the base loads: fail fast
+        self.base_location = through_model_cache(self.base_location)
+        self.tokenizer = load_tokenizer(self.base_location)
+        model = load_base_model(self.base_location, self.config.quantization, self.device)
+        if self.config.merge_adapter:
             model = merge_single_adapter(model, sources[0])
             self._merged_name = sources[0].name
             self._adapters = AdapterSet(model, merged=True)
         else:
             self._adapters = AdapterSet(model)
             for source in sources:
-                self._adapters.add(source)
+                try:
+                    self._check_base(source)
+                    self._adapters.add(source)
+                except AdapterLoadError as exc:
+                    self._refuse(source, exc)
         self._eos_ids = self._find_eos_ids(model)
         self._cache_arg = cache_argument(model)
+        self._check_batchable()
+        self.kv_budget = self.config.generation.kv_cache_tokens or gpu_kv_budget(model, self.device)
+        if self.kv_budget is not None:
+            log.info("admission: at most %d KV-cache tokens in the batch", self.kv_budget)
         self._ready.set()
         log.info("model ready in %.1f s: %s", time.monotonic() - started, ", ".join(self.model_names()))
 
@@ -155,7 +201,8 @@ class Engine:
             if self._thread.is_alive():
                 log.warning("engine did not drain within %.0f s; cancelling what is left", timeout)
                 with self._cond:
-                    for handle in [*self._waiting, *(row.handle for row in self._rows)]:
+                    prefilling = self._prefilling.handles if self._prefilling else []
+                    for handle in [*self._waiting, *prefilling, *(row.handle for row in self._rows)]:
                         handle.cancel()
                 self._thread.join(5)
 
@@ -188,6 +235,26 @@ class Engine:
             return {}
         return self._adapters.names()
 
+    def adapter_report(self) -> ReplicaAdapters:
+        """Each adapter of the serve.json last asked for, as this replica serves it (GET /adapters): loaded from
+        that folder, still queued or loading, or refused with the reason."""
+        folders = self.adapter_folders()
+        states = []
+        for source in self._wanted:
+            if source.pvc is None:
+                continue
+            state, message = "Loading", None
+            if self._merged_name is not None and self.ready:
+                merged = source.name == self._merged_name
+                state = "Loaded" if merged else "Refused"
+                message = None if merged else "mergeAdapter is set: adapters change only with a restart"
+            elif folders.get(source.name) == source.path:
+                state = "Loaded"
+            elif self._refused_folders.get(source.name) == source.path:
+                state, message = "Refused", self.failed_adapters.get(source.name)
+            states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
+        return ReplicaAdapters(adapters=states)
+
     def _row_key(self, model: str) -> str:
         assert self._adapters is not None
         if self._merged_name:
@@ -215,6 +282,8 @@ class Engine:
             handle = SequenceHandle(prompt_ids, model, self._row_key(model), params, stream)
             self._waiting.append(handle)
             self.stats.waiting = len(self._waiting)
+            if self.on_occupancy:
+                self.on_occupancy(self.stats.running, self.stats.waiting)
             self._cond.notify_all()
         return handle
 
@@ -222,6 +291,7 @@ class Engine:
         """Serve exactly `sources` from now on (added, replaced or removed between steps); resolves to a SyncReport."""
         future: Future = Future()
         with self._cond:
+            self._wanted = list(sources)
             self._ops.append((sources, future))
             self._cond.notify_all()
         if self._thread is None or not self._thread.is_alive():
@@ -233,38 +303,69 @@ class Engine:
         while True:
             self._apply_ops()  # before admitting, so a version in use by a row about to join is never collected
             with self._cond:
-                idle = not self._waiting and self._state is None
+                idle = not self._waiting and self._state is None and self._prefilling is None
                 if idle and self._stopping:
                     break
                 if idle:
+                    self._publish_occupancy()
                     if not self._ops:
                         self._cond.wait(timeout=0.5)
                     continue
-                admitted = self._admit()
+                admitted = self._admit() if self._prefilling is None else []
             if admitted:
                 try:
-                    self._prefill(admitted)
+                    self._start_prefill(admitted)
                 except Exception as exc:  # fails only the joining rows; the running batch is untouched
                     log.exception("prefill failed")
                     self._fail(admitted, f"generation failed: {type(exc).__name__}")
+            if self._prefilling is not None:
+                group = self._prefilling
+                try:
+                    self._prefill_chunk(self.step_budget - len(self._rows))
+                except Exception as exc:
+                    log.exception("prefill failed")
+                    self._prefilling = None
+                    self._fail(group.handles, f"generation failed: {type(exc).__name__}")
             if self._state is not None:
                 try:
                     self._decode()
-                except Exception as exc:  # a failed forward fails its rows, never the worker
-                    log.exception("decode step failed")
-                    self._fail([row.handle for row in self._rows], f"generation failed: {type(exc).__name__}")
-                    self._rows, self._state, self.stats.running = [], None, 0
+                except Exception as exc:  # a failed forward fails its newest row, never the worker
+                    log.exception("decode step failed with %d rows", len(self._rows))
+                    self._shed_newest(f"generation failed: {type(exc).__name__}")
+            self._publish_occupancy()
         self._apply_ops()
+
+    @property
+    def step_budget(self) -> int:
+        """Most tokens one worker step feeds the model (decode rows + a prefill chunk)."""
+        return self.config.generation.max_step_tokens
+
+    def _publish_occupancy(self) -> None:
+        self.stats.running = len(self._rows) + (len(self._prefilling.handles) if self._prefilling else 0)
+        self.stats.waiting = len(self._waiting)
+        if self.on_occupancy:
+            self.on_occupancy(self.stats.running, self.stats.waiting)
+
+    def _kv_need(self, handles: list[SequenceHandle]) -> int:
+        """Worst-case KV tokens of a left-padded batch of `handles`: rows x the longest prompt + max_tokens."""
+        if not handles:
+            return 0
+        return len(handles) * max(h.prompt_tokens + h.params.max_tokens for h in handles)
 
     def _admit(self) -> list[SequenceHandle]:
         room = self.config.generation.max_batch_size - len(self._rows)
-        admitted = []
+        budget = self.kv_budget
+        members = [row.handle for row in self._rows]
+        admitted: list[SequenceHandle] = []
         while self._waiting and room > 0:
-            handle = self._waiting.popleft()
+            handle = self._waiting[0]
             if handle.cancelled:
+                self._waiting.popleft()
                 handle.push(Chunk("", 0, "cancelled"))
                 continue
-            admitted.append(handle)
+            if budget is not None and (members or admitted) and self._kv_need([*members, *admitted, handle]) > budget:
+                break  # waits until finished rows free their cache
+            admitted.append(self._waiting.popleft())
             room -= 1
         self.stats.waiting = len(self._waiting)
         return admitted
@@ -278,6 +379,8 @@ class Engine:
         if self._adapters is not None:
             with self._cond:
                 in_use = {row.handle.row_key for row in self._rows} | {h.row_key for h in self._waiting}
+                if self._prefilling is not None:
+                    in_use |= {h.row_key for h in self._prefilling.handles}
             self._adapters.collect(in_use)
 
     def _sync(self, sources: list[AdapterSource]) -> SyncReport:
@@ -294,24 +397,34 @@ class Engine:
         wanted = {s.name: s for s in sources}
         for name in sorted(set(current) - set(wanted)):
             self._adapters.remove(name)
-            self.failed_adapters.pop(name, None)
             report.removed.append(name)
+        for name in set(self.failed_adapters) - set(wanted):
+            self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
         for name, source in wanted.items():
             if current.get(name) == source.path:
                 continue
             try:
-                check_adapter_base(
-                    name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
-                )
+                self._check_base(source)
                 self._adapters.add(source)
             except AdapterLoadError as exc:
-                log.error("adapter %r refused: %s", name, exc)
+                self._refuse(source, exc)
                 report.failed[name] = str(exc)
-                self.failed_adapters[name] = str(exc)
                 continue
             self.failed_adapters.pop(name, None)
+            self._refused_folders.pop(name, None)
             report.added.append(name)
         return report
+
+    def _check_base(self, source: AdapterSource) -> None:
+        check_adapter_base(
+            source.name, source.path, self.base_location, self.config.ignore_base_mismatch, self.pvc_root
+        )
+
+    def _refuse(self, source: AdapterSource, exc: AdapterLoadError) -> None:
+        log.error("adapter %r refused: %s", source.name, exc)
+        self.failed_adapters[source.name] = str(exc)
+        self._refused_folders[source.name] = source.path
 
     def _forward(self, row_keys: list[str], **inputs) -> torch.Tensor:
         assert self._adapters is not None
@@ -321,45 +434,89 @@ class Engine:
             output = self._adapters.model(**inputs, use_cache=True, logits_to_keep=1)
         return output.logits[:, -1, :]
 
-    def _prefill(self, handles: list[SequenceHandle]) -> None:
+    def _new_cache(self):
+        """A cache of plain full-length layers, also for sliding-window models (Mistral, Gemma 2/3).
+
+        transformers' sliding-window layers keep only the last `window` columns and cannot be merged or trimmed
+        row by row; full layers can, and the model still masks each layer to its window (from the columns, which
+        stay contiguous per row), so answers are those of a sliding-window cache at the cost of keeping the
+        older keys.
+        """
         from transformers import DynamicCache
 
+        return DynamicCache()
+
+    def _check_batchable(self) -> None:
+        """Refuse at load, with the reason, a model whose cache the batching cannot merge and trim."""
+        assert self._adapters is not None and self.tokenizer is not None
+        cache = self._new_cache()
+        ids = torch.tensor([[self.tokenizer.pad_token_id or 0] * 2], dtype=torch.long, device=self.device)
+        try:
+            with torch.inference_mode():
+                self._adapters.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+            batching.check_cache(cache)
+        except TypeError as exc:
+            architecture = type(self._adapters.model).__name__
+            raise UnsupportedModel(
+                f"{architecture} cannot be served by the transformers engine: {exc}; serve it with engine: vllm"
+            ) from exc
+
+    def _start_prefill(self, handles: list[SequenceHandle]) -> None:
         ids, mask = batching.left_pad([h.prompt_ids for h in handles], self.tokenizer.pad_token_id, self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self._adapters.model.config)
+        self._prefilling = _Prefill(handles, ids, mask, positions, self._new_cache())
+
+    def _prefill_chunk(self, budget: int) -> None:
+        """Feed the joining group its next columns (at least one, at most `budget` tokens over all its rows);
+        after the last, sample its first tokens and merge it into the running batch."""
+        group = self._prefilling
+        assert group is not None
+        rows = len(group.handles)
+        end = min(group.width, group.done + max(1, budget // rows))
         logits = self._forward(
-            [h.row_key for h in handles],
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            **{self._cache_arg: cache},
+            [h.row_key for h in group.handles],
+            input_ids=group.ids[:, group.done : end],
+            attention_mask=group.mask[:, :end],
+            position_ids=group.positions[:, group.done : end],
+            **{self._cache_arg: group.cache},
         )
-        rows = [_Row(h, make_generator(h.params), TextProgress(h.params.stop)) for h in handles]
-        tokens = choose_next_tokens(logits, [h.params for h in handles], [r.generator for r in rows])
+        group.done = end
+        self.stats.prefill_chunks += 1
+        if end < group.width:
+            return
+        self._prefilling = None
+        handles = group.handles
+        rows_ = [_Row(h, make_generator(h.params), TextProgress(h.params.stop)) for h in handles]
+        tokens = choose_next_tokens(logits, [h.params for h in handles], [r.generator for r in rows_])
         joining = batching.BatchState(
-            cache=cache,
-            attention_mask=mask,
-            next_positions=positions[:, -1] + 1,
+            cache=group.cache,
+            attention_mask=group.mask,
+            next_positions=group.positions[:, -1] + 1,
             next_tokens=torch.tensor(tokens, dtype=torch.long, device=self.device),
         )
         self._state = batching.merge(self._state, joining)
-        self._rows.extend(rows)
+        self._rows.extend(rows_)
         self._after_step(tokens)
 
     def _decode(self) -> None:
         state = self._state
         assert state is not None
         mask = torch.nn.functional.pad(state.attention_mask, (0, 1), value=1)
-        logits = self._forward(
-            [row.handle.row_key for row in self._rows],
-            input_ids=state.next_tokens[:, None],
-            attention_mask=mask,
-            position_ids=state.next_positions[:, None],
-            **{self._cache_arg: state.cache},
-        )
-        tokens = choose_next_tokens(
-            logits, [row.handle.params for row in self._rows], [r.generator for r in self._rows]
-        )
+        length = state.length
+        try:
+            logits = self._forward(
+                [row.handle.row_key for row in self._rows],
+                input_ids=state.next_tokens[:, None],
+                attention_mask=mask,
+                position_ids=state.next_positions[:, None],
+                **{self._cache_arg: state.cache},
+            )
+            tokens = choose_next_tokens(
+                logits, [row.handle.params for row in self._rows], [r.generator for r in self._rows]
+            )
+        except Exception:
+            batching.truncate(state.cache, length)  # layers that already took this step's column give it back
+            raise
         state.attention_mask = mask
         state.next_positions = state.next_positions + 1
         state.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
@@ -369,7 +526,7 @@ class Engine:
         """Hand the rows that just got a token (the last `len(tokens)`) its text; drop finished or cancelled rows."""
         self.stats.steps += 1
         if self.on_step:
-            self.on_step(len(self._rows), len(self._waiting))
+            self.on_step(len(tokens))
         offset = len(self._rows) - len(tokens)
         keep = list(range(offset))
         for index in range(offset, len(self._rows)):
@@ -381,7 +538,7 @@ class Engine:
         if len(keep) != len(self._rows):
             self._rows = [self._rows[i] for i in keep]
             self._state = batching.keep_rows(self._state, keep)
-        self.stats.running = len(self._rows)
+        self._publish_occupancy()
 
     def _advance(self, row: _Row, token: int) -> bool:
         """Add `token` to `row`; True while the row goes on."""
@@ -403,6 +560,18 @@ class Engine:
             row.handle.push(Chunk(row.unsent, counted, finish))
             row.unsent = ""
         return finish is None
+
+    def _shed_newest(self, message: str) -> None:
+        """After a failed decode step (cache rolled back): fail the newest row only; the others retry next step.
+
+        The newest row grew the batch last, so it is the likeliest cause of an out-of-memory step; a failure
+        that every row would meet ends one row per step, so the loop still ends.
+        """
+        newest = self._rows[-1]
+        self._fail([newest.handle], message)
+        self._rows = self._rows[:-1]
+        self._state = batching.keep_rows(self._state, list(range(len(self._rows))))
+        self._publish_occupancy()
 
     def _fail(self, handles: list[SequenceHandle], message: str) -> None:
         """Tell the handles' clients about a failure; cancelling also drops them if they already joined the batch."""

@@ -48,6 +48,10 @@ class EngineFailure(ApiError):
     code = "generation_failed"
 
 
+class UnsupportedModel(Exception):
+    """The base model cannot be served by this engine (said at load, with the reason and the alternative)."""
+
+
 class AdapterLoadError(Exception):
     """An adapter cannot be served (missing files, or trained on another base model)."""
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from kubetune.api import ModelSource, QuantizationSpec
 from kubetune.api.runtime import ENV_HF_TOKEN, PVC_ROOT, pvc_root, resolve_pvc_path
+from kubetune.model_cache import cache_root, ensure_cached
 from kubetune.quantization import bitsandbytes_config
 
 from .errors import AdapterLoadError
@@ -31,6 +32,20 @@ class BaseModelLocation:
     identities: frozenset[str]
     revision: str | None = None
     trust_remote_code: bool = False
+    local_only: bool = False
+    """The files are complete in the shared model cache: load them without contacting the Hub."""
+
+
+def through_model_cache(location: BaseModelLocation) -> BaseModelLocation:
+    """A Hub model fetched once into the namespace's shared model cache (when the pod mounts one) and from then on
+    loaded from it, pinned to the cached commit; anything else unchanged."""
+    root = cache_root()
+    if root is None or location.local_only or Path(location.load_from).is_absolute():
+        return location
+    token = os.environ.get(ENV_HF_TOKEN) or None
+    commit = ensure_cached(root, location.load_from, location.revision, token, location.trust_remote_code)
+    log.info("base model %s@%s is in the model cache %s", location.load_from, commit, root)
+    return replace(location, revision=commit, local_only=True)
 
 
 def _claim_relative(path: str, roots: tuple[str, ...]) -> str | None:
@@ -132,6 +147,7 @@ def load_tokenizer(location: BaseModelLocation):
         revision=location.revision,
         token=os.environ.get(ENV_HF_TOKEN) or None,
         trust_remote_code=location.trust_remote_code,
+        local_files_only=location.local_only,
     )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -147,6 +163,7 @@ def load_base_model(location: BaseModelLocation, quantization: QuantizationSpec 
         "token": os.environ.get(ENV_HF_TOKEN) or None,
         "trust_remote_code": location.trust_remote_code,
         "dtype": _dtype_for(device),
+        "local_files_only": location.local_only,
     }
     if quantization is not None:
         kwargs["quantization_config"] = _quantization_config(quantization)

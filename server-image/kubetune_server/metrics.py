@@ -13,6 +13,7 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.extra_registries: list[CollectorRegistry] = []
         self.requests = Counter(
             "kubetune_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
         )
@@ -35,10 +36,14 @@ class ServerMetrics:
             "kubetune_batch_size", "Rows per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
         )
 
-    def observe_step(self, rows: int, waiting: int) -> None:
-        """Engine callback after every forward pass (worker thread)."""
+    def observe_step(self, rows: int) -> None:
+        """Engine callback after every decode or final prefill pass (worker thread): rows that got a token."""
         self.batch_size.observe(rows)
-        self.running.set(rows)
+
+    def observe_occupancy(self, running: int, waiting: int) -> None:
+        """Engine callback whenever rows joined or left: after finished rows are gone, and once idle, so an
+        autoscaler sees 0 running when nothing runs."""
+        self.running.set(running)
         self.queue_depth.set(waiting)
 
     def count_tokens(self, model: str, prompt: int, completion: int) -> None:
@@ -46,4 +51,4 @@ class ServerMetrics:
         self.completion_tokens.labels(model).inc(completion)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return b"".join(generate_latest(registry) for registry in [self.registry, *self.extra_registries])

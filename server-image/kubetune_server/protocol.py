@@ -20,9 +20,14 @@ StopStrings = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class Strict(BaseModel):
-    """Requests reject unknown fields, as the OpenAI API does, so a misspelt parameter is not silently ignored."""
+    """Request bodies: unknown fields are accepted and ignored.
 
-    model_config = ConfigDict(extra="forbid")
+    Clients send parameters of newer API versions or other servers (`logprobs`, `response_format`, vendor
+    extensions); refusing them broke those clients, which is why vLLM reversed the same choice. Known fields keep
+    their bounds.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class StreamOptions(Strict):

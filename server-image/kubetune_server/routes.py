@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kubetune.api.serving import ADAPTERS_PATH, ReplicaAdapters
 
 from .errors import ApiError, ModelNotFound, Unauthorized
 from .metrics import ServerMetrics
@@ -131,6 +132,16 @@ def probes_router(serving: Serving, metrics: ServerMetrics) -> APIRouter:
             error.status_code, error.error_type, error.code = 503, "service_unavailable", "not_ready"
             return JSONResponse(error.envelope(), status_code=503)
         return {"status": "ready", "models": engine.model_names()}
+
+    @router.get(
+        ADAPTERS_PATH, response_model=ReplicaAdapters, response_model_exclude_none=True, response_model_by_alias=True
+    )
+    async def adapters() -> ReplicaAdapters:
+        """Each adapter of the current serve.json as this replica serves it (loaded, loading, or refused and why).
+
+        The operator reads it from every ready replica into the ModelServe's status. No API key, as /ready: it
+        names adapters, their volumes and refusal reasons, never weights or prompts."""
+        return serving.engine.adapter_report()
 
     @router.get("/metrics")
     async def prometheus() -> Response:

@@ -7,11 +7,12 @@ lets every limit be checked in one place with a message naming the parameter and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubetune.api import GenerationSpec
 
@@ -42,6 +43,27 @@ GENERATE_PROMPT = "### Instruction:\n{question}\n\n### Response:\n"
 """/generate's prompt: the trainer's default alpaca layout without input, so adapters see what they learned."""
 
 _OFF_LOOP_CHARS = 20_000
+
+
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids a tokenizer adds before a text with add_special_tokens (e.g. [BOS]); trailing ones (EOS) never."""
+    cached = getattr(tokenizer, "_kubetune_leading_ids", None)
+    if cached is not None:
+        return cached
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    prefix = next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), [])
+    with contextlib.suppress(AttributeError):  # a tokenizer that refuses attributes: computed each time
+        tokenizer._kubetune_leading_ids = prefix
+    return prefix
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The parameters of choice `index` of an n > 1 request: with a seed, each choice draws from seed + index
+    (as vLLM does), so the n choices differ and each repeats on its own."""
+    if params.seed is None or index == 0:
+        return params
+    return replace(params, seed=params.seed + index)
 
 
 @dataclass
@@ -99,11 +121,19 @@ class Serving:
             seed=seed,
         )
 
-    async def _encode(self, text: str) -> list[int]:
+    async def _encode(self, text: str, leading_specials: bool = False) -> list[int]:
+        """Token ids of `text`; with `leading_specials`, after the tokens the tokenizer puts before a text (BOS for
+        Llama, Mistral and Gemma tokenizers), as training tokenised its text formats. Chat prompts come from the
+        chat template, which writes its own BOS, so they go without."""
         tokenizer = self.engine.tokenizer
         if len(text) > _OFF_LOOP_CHARS:
-            return await asyncio.to_thread(lambda: tokenizer(text, add_special_tokens=False)["input_ids"])
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = await asyncio.to_thread(lambda: tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not leading_specials:
+            return ids
+        prefix = leading_special_ids(tokenizer)
+        return ids if ids[: len(prefix)] == prefix else prefix + ids
 
     def _check_prompt(self, ids: list[int], params: SamplingParams, param: str) -> None:
         if not ids:
@@ -121,16 +151,23 @@ class Serving:
                 f"context length of {context} tokens",
                 param="max_tokens",
             )
+        kv_budget = getattr(self.engine, "kv_budget", None)
+        if kv_budget is not None and len(ids) + params.max_tokens > kv_budget:
+            raise InvalidRequest(
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs more KV cache than this "
+                f"server has ({kv_budget} tokens: kvCacheTokens, or what the GPU's memory holds)",
+                param="max_tokens",
+            )
         vocabulary = len(self.engine.tokenizer)
         if max(ids) >= vocabulary:
             raise InvalidRequest(f"token id {max(ids)} is outside the vocabulary (0..{vocabulary - 1})", param=param)
 
     async def _prompt_ids(self, prompt: str | list) -> list[list[int]]:
         if isinstance(prompt, str):
-            return [await self._encode(prompt)]
+            return [await self._encode(prompt, leading_specials=True)]
         if prompt and isinstance(prompt[0], int):
-            return [list(prompt)]
-        return [await self._encode(text) for text in prompt]
+            return [list(prompt)]  # token ids are the client's, as given
+        return [await self._encode(text, leading_specials=True) for text in prompt]
 
     def _chat_prompt(self, request: ChatCompletionRequest) -> str:
         tokenizer = self.engine.tokenizer
@@ -151,8 +188,8 @@ class Serving:
         handles: list[SequenceHandle] = []
         try:
             for ids in prompts:
-                for _ in range(n):
-                    handles.append(self.engine.submit(ids, model, params, stream))
+                for index in range(n):
+                    handles.append(self.engine.submit(ids, model, choice_params(params, index), stream))
         except BaseException:
             for handle in handles:
                 handle.cancel()
@@ -318,7 +355,7 @@ class Serving:
         self._require_ready()
         model = request.model or self._default_generate_model()
         params = self._sampling(request.max_tokens, request.temperature, None, (), None)
-        ids = await self._encode(GENERATE_PROMPT.format(question=request.question))
+        ids = await self._encode(GENERATE_PROMPT.format(question=request.question), leading_specials=True)
         self._check_prompt(ids, params, "question")
         handles = self._submit([ids], model, params, 1)
         (result,) = await self._run_all(handles)

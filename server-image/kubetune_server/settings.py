@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 from kubetune.api.runtime import (
     ENV_API_KEY,
+    ENV_DRAIN_SECONDS,
     ENV_HOST,
     ENV_PORT,
     ENV_PVC_ROOT,
@@ -48,7 +49,13 @@ class ServerSettings:
             raise ValueError(f"{ENV_PORT}={port_text!r} is not a port number (1-65535)") from None
         if not 0 < port < 65536:
             raise ValueError(f"{ENV_PORT}={port} is not a port number (1-65535)")
+        drain_text = env.get(ENV_DRAIN_SECONDS) or str(cls.drain_timeout_s)
+        try:
+            drain = float(drain_text)
+        except ValueError:
+            raise ValueError(f"{ENV_DRAIN_SECONDS}={drain_text!r} is not a number of seconds") from None
         return cls(
+            drain_timeout_s=drain,
             config_path=env.get(ENV_SERVE_CONFIG) or cls.config_path,
             api_key=env.get(ENV_API_KEY) or None,
             host=env.get(ENV_HOST) or cls.host,

@@ -96,7 +96,7 @@ def test_defaults_enums_and_bounds_are_carried_over() -> None:
     }
     assert lora["r"] == {**lora["r"], "default": 16, "minimum": 1, "type": "integer"}
     assert lora["dropout"]["exclusiveMaximum"] is True and lora["dropout"]["maximum"] == 1
-    assert spec["method"]["enum"] == ["lora", "qlora"] and spec["method"]["default"] == "lora"
+    assert spec["method"]["enum"] == ["lora", "qlora", "full"] and spec["method"]["default"] == "lora"
     training = spec["training"]["properties"]
     assert training["maxSeqLength"]["minimum"] == 16 and training["maxSeqLength"]["maximum"] == 131072
     assert training["learningRate"]["default"] == 2e-4
@@ -107,7 +107,7 @@ def test_defaults_enums_and_bounds_are_carried_over() -> None:
     ("kind", "short", "columns"),
     [
         ("FineTuneJob", "ftj", ["Phase", "Model", "Method", "Progress", "Eval Loss", "Age"]),
-        ("ModelServe", "msv", ["Phase", "Adapters", "Ready", "URL", "Age"]),
+        ("ModelServe", "msv", ["Phase", "Adapters", "Loaded", "Ready", "URL", "Age"]),
     ],
 )
 def test_names_columns_and_status_subresource(kind: str, short: str, columns: list[str]) -> None:

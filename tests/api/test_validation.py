@@ -133,7 +133,7 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "org/name",
         "schema",
     ),
-    ("method-unknown", FTJ, {"method": "full"}, "method", "'lora' or 'qlora'", "schema"),
+    ("method-unknown", FTJ, {"method": "dpo"}, "method", "'lora', 'qlora' or 'full'", "schema"),
     ("qlora-without-quantization", FTJ, {"method": "qlora"}, "spec", "requires quantization", "cel"),
     ("lora-with-quantization", FTJ, {"quantization": {"bits": 4}}, "spec", "only allowed with method qlora", "cel"),
     (
@@ -357,6 +357,14 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "cel",
     ),
     (
+        "vllm-engine-without-gpus",
+        MSV,
+        {"engine": "vllm", "resources": {"gpus": 0}},
+        "spec",
+        "engine vllm needs resources.gpus >= 1",
+        "cel",
+    ),
+    (
         "toleration-exists-with-value",
         FTJ,
         {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "true"}]}},
@@ -420,6 +428,23 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "not a valid label value",
         "schema",
     ),
+    (
+        "queue-label-as-pass-through",
+        FTJ,
+        {"workloadMetadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a"}}},
+        "workloadMetadata.labels",
+        "use spec.queueName",
+        "cel",
+    ),
+    (
+        "operator-label-as-pass-through",
+        FTJ,
+        {"workloadMetadata": {"annotations": {"kubetune.dev/suspend": "false"}}},
+        "workloadMetadata.annotations",
+        "set by the operator",
+        "cel",
+    ),
+    ("queue-name-not-a-name", FTJ, {"queueName": "Team_A"}, "queueName", "not a valid Kubernetes", "schema"),
     (
         "too-many-adapters",
         MSV,

@@ -27,6 +27,7 @@ EVENTS = ("v1", "events")
 SENTIMENT_CHILDREN = (
     (CONFIGMAPS, "sentiment-spec"),
     (PVCS, "sentiment-output"),
+    (CONFIGMAPS, "sentiment-report"),
     (SERVICEACCOUNTS, "sentiment-trainer"),
     (ROLES, "sentiment-trainer"),
     (ROLEBINDINGS, "sentiment-trainer"),

@@ -146,10 +146,12 @@ class OperatorPod:
     holds: its command and env, authenticated with a token of its ServiceAccount (what the pod's mounted
     in-cluster token is). Only the ports move to free local ones (several engineers share this machine)."""
 
-    def __init__(self, cluster: InstallCluster, namespace: str = OPERATOR_NAMESPACE) -> None:
-        self.cluster, self.namespace = cluster, namespace
+    def __init__(
+        self, cluster: InstallCluster, namespace: str = OPERATOR_NAMESPACE, pod_name: str = "operator"
+    ) -> None:
+        self.cluster, self.namespace, self.pod_name = cluster, namespace, pod_name
         self.process: subprocess.Popen | None = None
-        self.root = cluster.workdir / "operator-pod"
+        self.root = cluster.workdir / ("operator-pod" if pod_name == "operator" else f"operator-pod-{pod_name}")
         self.log = self.root / "operator.log"
         self.user = ""
         self.env: dict[str, str] = {}
@@ -158,14 +160,15 @@ class OperatorPod:
         deployment = self.cluster.admin.get(DEPLOYMENTS, self.namespace, OPERATOR_DEPLOYMENT)
         return deployment["spec"]["template"]
 
-    def start(self, timeout: float = 45) -> OperatorPod:
-        """Start it and wait until it is live (its liveness endpoint answers) and watching (not paused)."""
+    def start(self, timeout: float = 45, watching: bool = True) -> OperatorPod:
+        """Start it and wait until it is live (its liveness endpoint answers) and, when `watching`, watching (not
+        paused; a leader-election follower only answers its liveness probe)."""
         template = self.template()
         account = template["spec"]["serviceAccountName"]
         self.user = service_account_user(self.namespace, account)
         token = self.cluster.plane.service_account_token(self.namespace, account)
         kubeconfig = self.cluster.plane.write_kubeconfig(self.root / "token.kubeconfig", {"token": token})
-        host = hostrun.prepare(self.cluster.admin, self.namespace, template, self.root / "pod", pod_name="operator")
+        host = hostrun.prepare(self.cluster.admin, self.namespace, template, self.root / "pod", pod_name=self.pod_name)
         host.argv[0] = _resolve_program(host.argv[0])
         liveness = f"http://127.0.0.1:{free_port()}/healthz"
         overrides = {
@@ -176,13 +179,13 @@ class OperatorPod:
         self.env = {**host.env, **overrides}
         offset = self.cluster.audit.offset()
         self.process = hostrun.start(host, overrides, self.log)
-        self._wait_ready(liveness, offset, timeout)
+        self._wait_ready(liveness, offset, timeout, OPERATOR_WATCHES if watching else set())
         return self
 
-    def _wait_ready(self, liveness: str, offset: int, timeout: float) -> None:
+    def _wait_ready(self, liveness: str, offset: int, timeout: float, watches: set[str]) -> None:
         deadline = time.monotonic() + timeout
         live, watched = False, set()
-        while not (live and watched >= OPERATOR_WATCHES):
+        while not (live and watched >= watches):
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"the operator exited with {self.process.returncode}:\n{self.log_tail()}")
@@ -195,6 +198,13 @@ class OperatorPod:
             events = self.cluster.audit.events(offset, self.user)
             watched = {e.resource for e in events if e.verb == "watch" and e.code < 400}
             time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL, as a node that dies: nothing is released (a Lease stays held until it expires)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         if self.process is None:

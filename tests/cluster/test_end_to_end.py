@@ -94,6 +94,10 @@ def test_finetune_serve_and_answer(
         ready = wait_phase(kube, ns, "facts-api", "Ready", res=MSV)
         assert ready["status"]["url"] == f"http://{deployment}.{ns}.svc.cluster.local:8000/v1"
         assert [a["name"] for a in ready["status"]["adapters"]] == ["facts-adapter"]
+        loaded = kube.wait_for(  # as the server pod reports it (GET /adapters on its pod IP), not as wished
+            MSV, ns, "facts-api", lambda m: m["status"]["adapters"][0].get("state") == "Loaded", TIMEOUT, "Loaded"
+        )
+        assert loaded["status"]["adapters"][0]["loadedReplicas"] == 1
 
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         assert {model.id for model in client.models.list().data} >= {"facts-adapter"}

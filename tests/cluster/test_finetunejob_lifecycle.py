@@ -65,7 +65,8 @@ def test_full_lora_lifecycle(operator, kube, kubelet, ns):
     kubelet.finish_job(ns, "sentiment-train", 0, json.dumps({"reason": "Completed"}))
     ftj = wait_phase(kube, ns, "sentiment", "Succeeded")
     status = ftj["status"]
-    assert status["output"]["pvc"] == {"claimName": "sentiment-output", "path": runtime.ADAPTER_DIR}
+    run = f"{runtime.RUNS_DIR}/{ftj['metadata']['uid']}"
+    assert status["output"]["pvc"] == {"claimName": "sentiment-output", "path": f"{run}/{runtime.ADAPTER_DIR}"}
     assert status["output"]["method"] == "lora"
     assert status["metrics"]["trainLoss"] == 1.25
     assert status["progress"]["percent"] == 100  # the trainer's progress is left alone
@@ -92,7 +93,9 @@ def test_job_manifest_follows_the_runtime_contract(operator, kube, ns):
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "kubetune_trainer"]
-    assert container["args"] == ["--spec", "/etc/kubetune/spec.json", "--output", "/mnt/kubetune/pvc/sentiment-output"]
+    uid = kube.get(FTJ, ns, "sentiment")["metadata"]["uid"]  # each run writes under its own folder
+    output = f"/mnt/kubetune/pvc/sentiment-output/runs/{uid}"
+    assert container["args"] == ["--spec", "/etc/kubetune/spec.json", "--output", output]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "sentiment-trainer"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -105,7 +108,10 @@ def test_job_manifest_follows_the_runtime_contract(operator, kube, ns):
     assert mounts["/etc/kubetune"]["readOnly"] is True and "/dev/shm" in mounts
     env = {e["name"]: e for e in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
-    assert env["HF_HOME"]["value"].startswith("/mnt/kubetune/pvc/sentiment-output/")
+    # The Hub model downloads into a size-limited scratch volume (no model cache configured), not the output claim.
+    assert env["HF_HOME"]["value"] == "/var/cache/kubetune/huggingface" and "/var/cache/kubetune" in mounts
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert scratch["emptyDir"]["sizeLimit"] == container["resources"]["requests"]["ephemeral-storage"] == "50Gi"
     assert env["KUBETUNE_JOB_NAME"]["value"] == "sentiment" and env["KUBETUNE_NAMESPACE"]["value"] == ns
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {64, 66}
@@ -256,17 +262,17 @@ def test_object_past_the_crd_that_the_model_refuses_fails_with_invalid_spec(oper
     assert operator_requests(control_plane, since, "create", "jobs") == []
 
 
-def test_trainer_role_names_only_its_own_finetunejob(operator, kube, ns):
+def test_trainer_role_names_only_its_own_report_configmap(operator, kube, ns):
     kube.create(FTJ, ns, finetunejob(ns, "alpha"))
     kube.create(FTJ, ns, finetunejob(ns, "beta"))
     for name in ("alpha", "beta"):
         role = kube.wait_for(ROLES, ns, f"{name}-trainer", exists)
         assert role["rules"], name
         for rule in role["rules"]:
-            assert rule["resourceNames"] == [name]
-            assert rule["apiGroups"] == ["kubetune.dev"]
+            assert rule["resourceNames"] == [f"{name}-report"]
+            assert rule["apiGroups"] == [""]
             assert set(rule["verbs"]) <= {"get", "patch"}
-        assert {r for rule in role["rules"] for r in rule["resources"]} == {"finetunejobs", "finetunejobs/status"}
+        assert {r for rule in role["rules"] for r in rule["resources"]} == {"configmaps"}
         binding = kube.wait_for(ROLEBINDINGS, ns, f"{name}-trainer", exists)
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{name}-trainer", "namespace": ns}]
         assert binding["roleRef"]["name"] == f"{name}-trainer"
@@ -275,7 +281,9 @@ def test_trainer_role_names_only_its_own_finetunejob(operator, kube, ns):
 def test_existing_output_claim_is_used_and_not_created(operator, kube, ns):
     kube.create(FTJ, ns, finetunejob(ns, output={"pvc": {"claimName": "shared", "path": "runs/a"}}))
     job = kube.wait_for(JOBS, ns, "sentiment-train", exists)
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "/mnt/kubetune/pvc/shared/runs/a"
+    uid = kube.get(FTJ, ns, "sentiment")["metadata"]["uid"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == f"/mnt/kubetune/pvc/shared/runs/a/runs/{uid}"  # the run's own folder under the given path
     assert kube.find(PVCS, ns, "sentiment-output") is None
 
 

@@ -34,12 +34,13 @@ NAMESPACE_GONE_SECONDS = 60
 
 
 def _uids(kube, ns: str) -> dict[str, str]:
-    return {res[1]: kube.get(res, ns, name)["metadata"]["uid"] for res, name in CHILDREN}
+    return {f"{res[1]}/{name}": kube.get(res, ns, name)["metadata"]["uid"] for res, name in CHILDREN}
 
 
 def _assert_one_of_each(kube, ns: str) -> None:
-    for res, _ in CHILDREN:
-        assert len(kube.list(res, ns, LABEL)) == 1, res
+    for res in {res for res, _ in CHILDREN}:
+        wanted = sorted(name for kind, name in CHILDREN if kind == res)
+        assert sorted(item["metadata"]["name"] for item in kube.list(res, ns, LABEL)) == wanted, res
 
 
 def _restart_and_wait_for_resume(operator, control_plane, ns: str) -> int:

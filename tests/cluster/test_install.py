@@ -10,6 +10,7 @@ operator refused; what it used is recorded per install mode (install_support.INS
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from kubetune.operator.settings import OperatorSettings
 
 from tests.support.envtest.controlplane import HOW_TO_GET, assets_folder
 from tests.support.envtest.kubelet import FakeKubelet
-from tests.support.kube.server import DEPLOYMENTS
+from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS
 
+from .helpers import exists, finetunejob
 from .install_support import (
     OPERATOR_DEPLOYMENT,
     OPERATOR_NAMESPACE,
@@ -37,6 +39,9 @@ from .install_support import (
 )
 
 KOPF_PEERINGS = ("kopf.dev/v1", "kopfpeerings")
+LEASES = ("coordination.k8s.io/v1", "leases")
+LEASE, LEASE_SECONDS = "kubetune-operator", 15
+TAKEOVER = 20  # retry period, kopf's start and the Job creation on a loaded box
 CLUSTER_KOPF_PEERINGS = ("kopf.dev/v1", "clusterkopfpeerings")
 PEERING = "kubetune"
 
@@ -136,6 +141,77 @@ def test_helm_install_then_upgrade(fresh, nodes, operator_pod, install_audit):
     _journey_in(fresh, nodes, "ml-team")
     operator_pod.stop()
     check_mode("helm:cluster-wide", fresh, operator_pod.user, install_audit)
+
+
+def _job_creates(cluster: InstallCluster, user: str, namespace: str, since: int) -> list[int]:
+    """Response codes of the operator identity's Job creations in `namespace` (a second active replica would
+    show as a 409)."""
+    return [
+        e.code
+        for e in cluster.audit.events(since, user)
+        if e.verb == "create" and e.resource == "jobs" and e.namespace == namespace
+    ]
+
+
+HA_INSTALLS = {
+    "kustomize": [("kubectl", "apply", "-k", "deploy/kustomize/overlays/cluster-wide-ha")],
+    "helm": [
+        (
+            "helm",
+            "install",
+            "kubetune",
+            "deploy/helm/kubetune",
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "operator.replicas=2",
+            "--set",
+            "operator.leaderElection.enabled=true",
+        ),
+        ("kubectl", "label", "namespace", OPERATOR_NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"),
+    ],
+}
+
+
+@pytest.mark.parametrize("source", sorted(HA_INSTALLS))
+def test_ha_install_one_replica_leads_and_the_other_takes_over(source, fresh, nodes, install_audit):
+    """The HA install as documented (kustomize overlay cluster-wide-ha, or Helm with operator.replicas=2): two
+    operator pods from its pod template, as its ServiceAccount, each with its own POD_NAME (downward API). One holds
+    the Lease and acts; the other only answers its liveness probe. After a SIGKILL of the leader (nothing released)
+    the other takes over once the Lease expires."""
+    for program, *args in HA_INSTALLS[source]:
+        fresh.kubectl(*args) if program == "kubectl" else fresh.helm(*args)
+    _operator_rolled_out(fresh, nodes)
+    deployment = fresh.admin.get(DEPLOYMENTS, OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT)
+    assert deployment["spec"]["replicas"] == 2
+    first = OperatorPod(fresh, pod_name="kubetune-operator-a").start()
+    second = OperatorPod(fresh, pod_name="kubetune-operator-b")
+    try:
+        second.start(watching=False)
+        assert first.env["POD_NAME"] == "kubetune-operator-a" and second.env["POD_NAME"] == "kubetune-operator-b"
+        lease = fresh.admin.get(LEASES, OPERATOR_NAMESPACE, LEASE)
+        assert lease["spec"]["holderIdentity"] == "kubetune-operator-a"
+        fresh.create_namespace("ml-team", RESTRICTED)
+        since = fresh.audit.offset()
+        fresh.admin.create(FTJ, "ml-team", finetunejob("ml-team", "before"))
+        fresh.admin.wait_for(JOBS, "ml-team", "before-train", exists, TAKEOVER, "to be created by the leader")
+        time.sleep(2)  # a second active replica would try too (and get a 409) within this time
+        assert _job_creates(fresh, first.user, "ml-team", since) == [201], "exactly one replica acts"
+
+        first.kill()
+        killed = time.monotonic()
+        fresh.admin.create(FTJ, "ml-team", finetunejob("ml-team", "after"))
+        fresh.admin.wait_for(JOBS, "ml-team", "after-train", exists, LEASE_SECONDS + TAKEOVER, "the takeover")
+        took = time.monotonic() - killed
+        lease = fresh.admin.get(LEASES, OPERATOR_NAMESPACE, LEASE)
+        assert lease["spec"]["holderIdentity"] == "kubetune-operator-b"
+        assert took >= LEASE_SECONDS - 3, f"took over after {took:.1f} s: before the Lease expired"
+        print(f"HA install ({source}): the follower created the next Job {took:.1f} s after the leader was killed")
+    finally:
+        first.stop()
+        second.stop()
+    check_mode(f"{source}:cluster-wide-ha", fresh, second.user, install_audit)
 
 
 def test_the_readme_journey_is_what_the_tests_run():

@@ -61,12 +61,20 @@ def test_waits_for_its_finetunejob_then_deploys(
     kubelet.start_job(ns, "sentiment-train")
     kubelet.finish_job(ns, "sentiment-train", 0, "{}")
     msv = wait_phase(kube, ns, "chat", "Deploying", res=MSV)
+    run = f"runs/{kube.get(FTJ, ns, 'sentiment')['metadata']['uid']}"  # each run writes under its own folder
     assert msv["status"]["adapters"] == [
-        {"name": "sentiment", "pvc": {"claimName": "sentiment-output", "path": "adapter"}, "fineTuneJob": "sentiment"}
+        {
+            "name": "sentiment",
+            "pvc": {"claimName": "sentiment-output", "path": f"{run}/adapter"},
+            "fineTuneJob": "sentiment",
+            "state": "Pending",
+            "loadedReplicas": 0,
+            "message": "no server replica is ready yet",
+        }
     ]
     config = serve_config(kube, ns)
     assert config["baseModel"]["name"] == "Qwen/Qwen2.5-0.5B-Instruct"  # from the job: the spec named none
-    assert config["adapters"][0]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+    assert config["adapters"][0]["pvc"] == {"claimName": "sentiment-output", "path": f"{run}/adapter"}
 
     pod = template(kube, ns)["spec"]
     container = pod["containers"][0]
@@ -78,6 +86,12 @@ def test_waits_for_its_finetunejob_then_deploys(
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert env["OMP_NUM_THREADS"]["value"] == "2"  # the pod's 2-CPU limit, not the node's cores
+    assert env["KUBETUNE_DRAIN_SECONDS"]["value"] == "30"
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] == 50  # preStop 5 + drain 30 + 15 to exit: beyond the default 30
+    assert "vllm" not in container["image"]
+    assert config["engine"] == "transformers"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/mnt/kubetune/pvc/sentiment-output"]["readOnly"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -108,7 +122,8 @@ def test_quantities_the_server_normalises_are_not_drift(
     assert deployment is not None
     stored = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert stored["limits"] == {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1"}
-    assert stored["requests"] == {"cpu": "500m", "memory": "2Gi"}
+    # plus the scratch volume's size limit for the Hub download (no model cache configured)
+    assert stored["requests"] == {"cpu": "500m", "memory": "2Gi", "ephemeral-storage": "50Gi"}
     kube.wait_for(SERVICES, ns, "plain", exists, TIMEOUT)  # created last
     since = control_plane.audit.offset()
     kubelet.deployment_ready(ns, "plain")  # each Deployment status change is a reconcile
@@ -191,7 +206,8 @@ def test_deleted_or_edited_children_are_repaired(
 def test_spec_changes_patch_the_deployment_and_hot_reload_adapters(
     operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
 ):
-    train(kube, kubelet, ns)
+    # ReadWriteMany: two replicas later mount it on any node (a ReadWriteOnce claim would be refused for them)
+    train(kube, kubelet, ns, output={"accessMode": "ReadWriteMany"})
     train(kube, kubelet, ns, "other", output={"pvc": {"claimName": "sentiment-output", "path": "other"}})
     kube.create(MSV, ns, modelserve(ns))
     kube.wait_for(DEPLOYMENTS, ns, "chat", exists, TIMEOUT)
@@ -206,7 +222,7 @@ def test_spec_changes_patch_the_deployment_and_hot_reload_adapters(
         {"name": "other", "fineTuneJobRef": {"name": "other"}},
     ]
     kube.patch(MSV, ns, "chat", {"spec": {"adapters": adapters}})
-    kube.wait_for(CONFIGMAPS, ns, "chat-config", lambda cm: "other/adapter" in cm["data"]["serve.json"], TIMEOUT)
+    kube.wait_for(CONFIGMAPS, ns, "chat-config", lambda cm: "other/runs/" in cm["data"]["serve.json"], TIMEOUT)
     kube.wait_for(MSV, ns, "chat", lambda m: m["status"].get("observedGeneration") == 2, TIMEOUT)
     after = kube.get(DEPLOYMENTS, ns, "chat")
     assert after["spec"]["template"] == before

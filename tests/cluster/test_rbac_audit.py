@@ -32,9 +32,19 @@ EVIDENCE = {
     "test_end_to_end.py",
     "test_install.py",
     "test_leader_election.py",
+    "test_kueue.py",
+    "test_runtimes.py",
 }
+RUNTIME_READER = {"kustomize": "kubetune-operator-runtimes", "helm": "kubetune-operator-runtimes"}
 INSTALL_MODES = ("kustomize:cluster-wide", "kustomize:namespaced", "helm:cluster-wide")
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "nodes", "persistentvolumes"}
+CLUSTER_SCOPED = {
+    "customresourcedefinitions",
+    "namespaces",
+    "clusterkopfpeerings",
+    "nodes",
+    "persistentvolumes",
+    "finetuneruntimes",
+}
 # Granted but never a request, each for a reason the API server enforces:
 ADMISSION_CHECKED = {
     # OwnerReferencesPermissionEnforcement: a child may name its owner with blockOwnerDeletion only if its creator
@@ -149,8 +159,11 @@ def test_namespaced_rbac_is_what_the_operator_uses(source: str, evidence: Eviden
     else:
         manifests = render.helm_template(NAMESPACED_VALUES)
     cluster_roles = rbac.roles(manifests, "ClusterRole")
-    assert not evidence.cluster_scoped_when_namespaced(), "a namespaced install made cluster-scoped calls"
-    assert not cluster_roles and not render.by_kind(manifests, "ClusterRoleBinding")
+    # The one cluster-wide right of a namespaced install: reading FineTuneRuntimes (cluster-scoped, admin-owned).
+    assert [name for _, name in cluster_roles] == [RUNTIME_READER[source]]
+    assert len(render.by_kind(manifests, "ClusterRoleBinding")) == 1
+    granted = set().union(*cluster_roles.values())
+    assert_exactly(granted, evidence.cluster_scoped_when_namespaced(), f"{source} namespaced ClusterRole")
     roles = rbac.roles(manifests, "Role")
     assert sorted(ns for ns, _ in roles) == NAMESPACED_VALUES["watch"]["namespaces"]
     for (namespace, _), granted in roles.items():

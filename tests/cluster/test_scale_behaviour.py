@@ -11,23 +11,23 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.envtest.fixtures import RealCluster, RealOperatorControl
 from tests.support.envtest.kubelet import FakeKubelet
-from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, KubeTestClient, resource_path
+from tests.support.kube.server import CONFIGMAPS, DEPLOYMENTS, FTJ, JOBS, MSV, KubeTestClient, resource_path
 
 from .helpers import exists, finetunejob, modelserve, operator_requests, wait_phase
 
 TIMEOUT = 30
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "operator_scale.py"
 HPAS = ("autoscaling/v2", "horizontalpodautoscalers")
+CACHED_ONLY = ("configmaps", "persistentvolumeclaims", "serviceaccounts", "roles", "rolebindings")
 
 
 def test_child_watches_are_filtered_by_the_api_server(control_plane: RealCluster, operator: RealOperatorControl):
     """kopf's `labels=` handler filter is client-side: without a selector in the request the server would send every
     Job, Deployment and Service of the namespace. The audit log shows what the operator really asked for."""
     selectors: dict[str, set[str]] = {}
-    for event in operator_requests(control_plane, operator.since, "watch", "jobs") + [
-        e
-        for resource in ("deployments", "services", "finetunejobs")
-        for e in operator_requests(control_plane, operator.since, "watch", resource)
+    watched = ("jobs", "deployments", "services", "finetunejobs", *CACHED_ONLY)
+    for event in [
+        e for resource in watched for e in operator_requests(control_plane, operator.since, "watch", resource)
     ]:
         query = parse_qs(urlsplit(event.uri).query)
         selectors.setdefault(event.resource, set()).update(query.get("labelSelector", [""]))
@@ -36,7 +36,39 @@ def test_child_watches_are_filtered_by_the_api_server(control_plane: RealCluster
         "deployments": {"kubetune.dev/modelserve"},
         "services": {"kubetune.dev/modelserve"},
         "finetunejobs": {""},
+        "configmaps": {"app.kubernetes.io/managed-by=kubetune-operator"},
+        "persistentvolumeclaims": {"kubetune.dev/finetunejob"},
+        "serviceaccounts": {"kubetune.dev/finetunejob"},
+        "roles": {"kubetune.dev/finetunejob"},
+        "rolebindings": {"kubetune.dev/finetunejob"},
     }, "children are watched by our labels only; the custom resources are watched whole"
+
+
+def test_children_are_read_from_the_watches_and_a_deleted_one_returns_at_once(
+    control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """The children a reconcile checks come from kopf's indices of the watches: a whole lifecycle GETs none of
+    them (it GOT each of the five twice before). A spec ConfigMap deleted under a running job is re-created on its
+    DELETED event (before: at the next Job event or the resync pass), after one GET that confirms it is gone."""
+    since = control_plane.audit.offset()
+    ftj = kube.create(FTJ, ns, finetunejob(ns))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists, TIMEOUT)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    deleted = kube.get(CONFIGMAPS, ns, "sentiment-spec")["metadata"]["uid"]
+    kube.delete(CONFIGMAPS, ns, "sentiment-spec")
+    uid = ftj["metadata"]["uid"]
+    again = kube.wait_for(CONFIGMAPS, ns, "sentiment-spec", lambda cm: cm and cm["metadata"]["uid"] != deleted, 10)
+    assert again["metadata"]["ownerReferences"][0]["uid"] == uid
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    wait_phase(kube, ns, "sentiment", "Succeeded")
+    reads = [
+        (e.resource, e.name, e.code)
+        for resource in CACHED_ONLY
+        for e in operator_requests(control_plane, since, "get", resource)
+        if e.namespace == ns
+    ]
+    assert reads == [("configmaps", "sentiment-spec", 404)], reads
 
 
 def _train(kube: KubeTestClient, kubelet: FakeKubelet, ns: str) -> None:

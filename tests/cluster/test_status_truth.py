@@ -17,6 +17,7 @@ from .helpers import condition, exists, finetunejob, modelserve, wait_event, wai
 TIMEOUT = 30  # generous for a loaded 2-core box; every wait returns as soon as its condition holds
 JOB = "sentiment-train"
 QUOTAS = ("v1", "resourcequotas")
+EVENTS = ("v1", "events")
 GPU_MESSAGE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
 
 
@@ -98,6 +99,42 @@ def test_a_pod_the_api_server_refuses_shows_the_jobs_failed_create(operator, kub
     assert kube.list(PODS, ns) == []
 
 
+def test_a_volume_that_cannot_be_mounted_shows_at_once(operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):
+    """The kubelet reports a volume it cannot mount only as a FailedMount Event on the pod (the pod itself just
+    stays ContainerCreating): the operator watches those Events (events.k8s.io, filtered by the API server) and
+    shows it on the FineTuneJob at once; the test operator runs no resync pass, so nothing else would."""
+    kube.create(FTJ, ns, finetunejob(ns))
+    pod = _trainer_pod(kube, ns)
+    kubelet.bind(pod)
+    name = pod["metadata"]["name"]
+    _waiting(kube, ns, name, "ContainerCreating", "")
+    wait_event(kube, ns, "sentiment", "JobCreated")
+    stuck = 'MountVolume.SetUp failed for volume "output" : rpc error: code = Internal desc = mount failed: exit 32'
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{name}.failedmount"},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": name,
+            "namespace": ns,
+            "uid": pod["metadata"]["uid"],
+        },
+        "reason": "FailedMount",
+        "message": stuck,
+        "type": "Warning",
+        "source": {"component": "kubelet", "host": "envtest-node"},
+        "count": 1,
+        "firstTimestamp": "2026-01-01T00:00:00Z",
+        "lastTimestamp": "2026-01-01T00:00:00Z",
+    }
+    kube.create(EVENTS, ns, event)  # what the kubelet posts
+    ftj = kube.wait_for(FTJ, ns, "sentiment", _message_has(stuck), TIMEOUT, "the kubelet's FailedMount")
+    assert ftj["status"]["phase"] == "Pending"
+    assert (condition(ftj, "Running") or {}).get("reason") == "FailedMount"
+
+
 def test_a_failed_finetunejob_says_succeeded_false(operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):
     """`kubectl wait --for=condition=Succeeded=false` and Argo CD read this condition."""
     kube.create(FTJ, ns, finetunejob(ns, backoffLimit=0))
@@ -170,7 +207,8 @@ def test_trainer_pod_is_burstable_pushes_with_its_own_token_and_names_no_uid(ope
     pod = _trainer_pod(kube, ns)
     assert pod["status"]["qosClass"] == "Burstable"  # not BestEffort: not the first evicted under node pressure
     [container] = pod["spec"]["containers"]
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}
+    # the Hub model's scratch volume is requested as ephemeral storage (no model cache configured)
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "50Gi"}
     assert "runAsUser" not in pod["spec"]["securityContext"] and "fsGroup" not in pod["spec"]["securityContext"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item}

@@ -1,6 +1,5 @@
-"""What the trainer writes into `.status` while it trains and when it ends, as the real API server stores it and as
-`kubectl get ftj` shows it: the trainer's own status client and progress callback, with the token of the trainer
-account the operator renders (patch on its own finetunejobs/status only).
+"""What the trainer reports while it trains and when it ends, once in `.status`, as the real API server stores it
+and as `kubectl get ftj` shows it: the trainer's own progress callback (throttled reports).
 
 A field the CRD schema does not declare is pruned by the server without an error, so the row counts and the
 generation-metrics method are read back from the stored object; the EVAL LOSS column is read from the server's
@@ -9,19 +8,13 @@ Table rendering (what kubectl prints), during training and at the end.
 
 from __future__ import annotations
 
-import ssl
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from kubetune.api import Progress, TrainingMetrics
-from kubetune.operator.manifests.meta import Owner
-from kubetune.operator.manifests.trainer import trainer_rbac
 from kubetune_trainer.generation_eval import METHOD
-from kubetune_trainer.kube_status import KubeStatusClient
-from kubetune_trainer.reporting import KubeStatusSink, ProgressCallback
+from kubetune_trainer.reporting import ProgressCallback
 
-from tests.support.envtest.fixtures import RealCluster
 from tests.support.kube.server import FTJ, KubeTestClient, resource_path
 
 from .helpers import finetunejob
@@ -50,28 +43,26 @@ def _columns(kube: KubeTestClient, ns: str, name: str) -> dict[str, Any]:
     return dict(zip((column["name"] for column in table["columnDefinitions"]), row["cells"], strict=True))
 
 
-def _trainer_client(cluster: RealCluster, ns: str, owner_body: dict[str, Any], tmp_path: Path) -> KubeStatusClient:
-    """The trainer's status client, authenticated as the trainer account with the operator's Role."""
-    owner = Owner.of(owner_body)
-    for manifest in trainer_rbac(owner):
-        api_version, kind = manifest["apiVersion"], manifest["kind"]
-        plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}[kind]
-        cluster.admin.create((api_version, plural), ns, manifest)
-    account = trainer_rbac(owner)[0]["metadata"]["name"]
-    token_file = tmp_path / "token"
-    token_file.write_text(cluster.plane.service_account_token(ns, account))
-    assert cluster.plane.pki is not None
-    context = ssl.create_default_context(cafile=str(cluster.plane.pki.ca))
-    return KubeStatusClient(cluster.plane.url, ns, owner.name, token_file, context)
+class StatusAsTheOperatorCopiesIt:
+    """The trainer writes progress and metrics into its report ConfigMap; the operator copies them into `.status`
+    as they are (reconcile/report.py). This sink writes them there directly, as that copy does."""
+
+    def __init__(self, kube: KubeTestClient, ns: str, name: str) -> None:
+        self.kube, self.ns, self.name = kube, ns, name
+
+    def report(self, progress: Progress) -> None:
+        self.kube.patch(FTJ, self.ns, self.name, {"status": {"progress": progress.to_wire()}}, "status")
+
+    def finish(self, progress: Progress, metrics: TrainingMetrics) -> None:
+        body = {"status": {"progress": progress.to_wire(), "metrics": metrics.to_wire()}}
+        self.kube.patch(FTJ, self.ns, self.name, body, "status")
 
 
-def test_eval_loss_column_fills_while_training_and_row_counts_reach_the_status(
-    control_plane: RealCluster, kube: KubeTestClient, ns: str, tmp_path: Path
-):
-    body = kube.create(FTJ, ns, finetunejob(ns))
-    client = _trainer_client(control_plane, ns, body, tmp_path)
+def test_eval_loss_column_fills_while_training_and_row_counts_reach_the_status(kube: KubeTestClient, ns: str):
+    kube.create(FTJ, ns, finetunejob(ns))
+    sink = StatusAsTheOperatorCopiesIt(kube, ns, "sentiment")
     clock = Clock()
-    callback = ProgressCallback(KubeStatusSink(client), min_interval=30.0, clock=clock)
+    callback = ProgressCallback(sink, min_interval=30.0, clock=clock)
     callback.on_train_begin(None, _state(0), None)
     assert _columns(kube, ns, "sentiment")["Eval Loss"] is None, "no evaluation yet"
 
@@ -99,7 +90,7 @@ def test_eval_loss_column_fills_while_training_and_row_counts_reach_the_status(
         skipped_rows=2,
     )
     final = Progress(step=20, total_steps=20, percent=100, eval_loss=metrics.eval_loss)
-    KubeStatusSink(client).finish(final, metrics)
+    sink.finish(final, metrics)
     stored = kube.get(FTJ, ns, "sentiment")["status"]["metrics"]
     assert stored == metrics.to_wire(), "no field pruned by the CRD schema"
     assert (stored["truncatedRows"], stored["droppedRows"], stored["skippedRows"]) == (3, 1, 2)

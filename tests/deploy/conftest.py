@@ -40,7 +40,9 @@ CUSTOM_VALUES = {
     "trainer": {
         "image": {"repository": "registry.example.com/kubetune/trainer", "tag": "1.2.3-cuda"},
         "defaultResources": {"cpu": "8", "memory": "64Gi"},
+        "defaultRequests": {"cpu": "", "memory": "8Gi"},
     },
+    "workloadFsGroup": 1000,
     "server": {
         "image": {"repository": "registry.example.com/kubetune/server", "tag": ""},
         "defaultResources": {"cpu": "4", "memory": ""},

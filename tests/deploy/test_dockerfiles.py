@@ -11,7 +11,7 @@ from tests.support.binaries import REPO_ROOT, hadolint
 
 from . import render
 
-SKIPPED_DIRS = {".git", ".venv", ".tools", "node_modules", "build", "dist"}
+SKIPPED_DIRS = {".git", ".venv", ".venv-vllm", ".tools", "node_modules", "build", "dist"}
 
 
 def dockerfiles() -> list:
@@ -58,3 +58,28 @@ def test_operator_image_runs_what_the_deployment_runs(cluster_wide):
     assert (
         int(user) == render.one(cluster_wide, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     )
+
+
+def test_one_torch_pin_for_the_tests_and_the_images():
+    """requirements/torch.txt is the only place torch's version is written: `make setup` installs the venv's torch
+    from it and the trainer and server images install theirs from it (tests/images checks the built image's)."""
+    import importlib.metadata
+
+    pin = (REPO_ROOT / "requirements" / "torch.txt").read_text()
+    [version] = [line.removeprefix("torch==") for line in pin.splitlines() if line.startswith("torch==")]
+    assert importlib.metadata.version("torch").split("+")[0] == version, "the venv's torch is the pinned one"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "TORCH_PIN := requirements/torch.txt" in makefile and "TORCH     ?= -r $(TORCH_PIN)" in makefile
+    for dockerfile in ("trainer-image/Dockerfile", "server-image/Dockerfile"):
+        assert "pip install --no-compile -r requirements/torch.txt" in (REPO_ROOT / dockerfile).read_text()
+    written = [path for path in dockerfiles() if f"torch=={version}" in path.read_text()]
+    assert written == [], "a Dockerfile names torch's version itself"
+
+
+def test_the_operator_image_user_has_a_name():
+    """kopf names its peering identity after the user (getpass.getuser()); a bare uid makes the operator crash at
+    startup. tests/images and tests/cluster/test_operator_image.py run the image for real."""
+    text = (REPO_ROOT / "deploy" / "operator.Dockerfile").read_text()
+    user = _instruction(REPO_ROOT / "deploy" / "operator.Dockerfile", "USER").split(":")[0]
+    assert f"useradd --uid {user} " in text
+    assert "USER=kubetune" in text, "an arbitrary UID (OpenShift) has no passwd entry: getpass reads $USER first"

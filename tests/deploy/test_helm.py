@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from kubetune.operator.settings import OperatorSettings
 
 from tests.support.binaries import REPO_ROOT
 
@@ -50,7 +51,7 @@ def test_default_install_is_cluster_wide_with_kept_crds(helm_default):
     kubetune_crds = [
         m for m in render.by_kind(helm_default, "CustomResourceDefinition") if m["spec"]["group"] == "kubetune.dev"
     ]
-    assert len(kubetune_crds) == 2
+    assert len(kubetune_crds) == 3  # FineTuneJob, ModelServe, FineTuneRuntime
     for crd in kubetune_crds:
         assert crd["metadata"]["annotations"] == {
             "helm.sh/resource-policy": "keep",
@@ -91,18 +92,33 @@ def test_custom_values_reach_the_deployment(helm_custom):
     assert _env(container) == {
         "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cuda",
         "KUBETUNE_SERVER_IMAGE": f"registry.example.com/kubetune/server:{APP_VERSION}",
+        "KUBETUNE_SERVER_VLLM_IMAGE": f"ghcr.io/kubetune/kubetune-server-vllm:{APP_VERSION}",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+        "KUBETUNE_DEFAULT_RUNTIME": "default",
         "KUBETUNE_PEERING": "kubetune-prod",
         "KUBETUNE_LIVENESS_ENDPOINT": "http://0.0.0.0:8181/healthz",
         "KUBETUNE_METRICS_PORT": "0",
         "KUBETUNE_WATCH_NAMESPACES": "ml-prod",
         "KUBETUNE_TRAINER_CPU": "8",
         "KUBETUNE_TRAINER_MEMORY": "64Gi",
+        "KUBETUNE_TRAINER_CPU_REQUEST": "",
+        "KUBETUNE_TRAINER_MEMORY_REQUEST": "8Gi",
+        "KUBETUNE_POD_FS_GROUP": "1000",
         "KUBETUNE_SERVER_CPU": "4",
         "KUBETUNE_CLUSTER_DOMAIN": "corp.example",
         "KUBETUNE_WORKERS": "4",
         "EXTRA_SETTING": "1",
     }
+
+
+def test_the_operator_reads_the_rendered_settings(helm_default, helm_custom):
+    """The newer settings reach the operator as the chart renders them: by default none is rendered (the operator's
+    own defaults apply: 1 CPU / 4Gi trainer requests, no fsGroup); set, "" means no request."""
+    defaults = OperatorSettings.from_env(_env(_container(helm_default)))
+    assert (defaults.trainer_cpu_request, defaults.trainer_memory_request, defaults.pod_fs_group) == ("1", "4Gi", None)
+    assert not defaults.leader_election
+    custom = OperatorSettings.from_env(_env(_container(helm_custom)))
+    assert (custom.trainer_cpu_request, custom.trainer_memory_request, custom.pod_fs_group) == (None, "8Gi", 1000)
 
 
 def test_custom_values_reach_the_other_objects(helm_custom):
@@ -142,7 +158,10 @@ def test_switches_turn_objects_off():
 def test_release_name_changes_the_object_names():
     manifests = render.helm_template({"fullnameOverride": "tuning"})
     assert render.one(manifests, "Deployment")["metadata"]["name"] == "tuning-operator"
-    assert render.one(manifests, "ClusterRoleBinding")["roleRef"]["name"] == "tuning-operator"
+    assert render.one(manifests, "ClusterRoleBinding", "tuning-operator")["roleRef"]["name"] == "tuning-operator"
+    assert render.one(manifests, "ClusterRoleBinding", "tuning-operator-runtimes")["roleRef"]["name"] == (
+        "tuning-operator-runtimes"
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,6 +175,8 @@ def test_release_name_changes_the_object_names():
         ({"operator": {"imageTag": "1.0"}}, "imageTag"),
         ({"trainer": {"image": {"repository": ""}}}, "/trainer/image/repository"),
         ({"operator": {"metrics": {"port": 70000}}}, "/operator/metrics/port"),
+        ({"workloadFsGroup": 0}, "/workloadFsGroup"),
+        ({"trainer": {"defaultRequests": {"cpu": "one"}}}, "/trainer/defaultRequests/cpu"),
     ],
 )
 def test_schema_rejects_bad_values(values, message):

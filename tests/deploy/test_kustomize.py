@@ -23,9 +23,12 @@ def test_overlays_are_found():
 
 def test_cluster_wide_installs_everything(cluster_wide):
     kinds = sorted(m["kind"] for m in cluster_wide)
-    assert kinds.count("CustomResourceDefinition") == 4  # FineTuneJob, ModelServe and kopf's two peering kinds
-    for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"):
+    assert kinds.count("CustomResourceDefinition") == 5  # FineTuneJob, ModelServe, FineTuneRuntime, kopf's two
+    for kind in ("Namespace", "ServiceAccount", "Deployment", "Service"):
         render.one(cluster_wide, kind)
+    for name in ("kubetune-operator", "kubetune-operator-runtimes"):
+        render.one(cluster_wide, "ClusterRole", name)
+        render.one(cluster_wide, "ClusterRoleBinding", name)
     assert not render.by_kind(cluster_wide, "Role")
     env = _env(render.one(cluster_wide, "Deployment"))
     assert "KUBETUNE_WATCH_NAMESPACES" not in env and env["KUBETUNE_PEERING"] == "kubetune"
@@ -91,7 +94,11 @@ def test_namespaced_overlay_watches_only_its_namespaces(namespaced):
     role_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "Role"))
     binding_namespaces = sorted(m["metadata"]["namespace"] for m in render.by_kind(namespaced, "RoleBinding"))
     assert role_namespaces == binding_namespaces == watched
-    assert not render.by_kind(namespaced, "ClusterRole") and not render.by_kind(namespaced, "ClusterRoleBinding")
+    # Nothing cluster-wide but reading FineTuneRuntimes (cluster-scoped, admin-owned).
+    assert [m["metadata"]["name"] for m in render.by_kind(namespaced, "ClusterRole")] == ["kubetune-operator-runtimes"]
+    assert [m["metadata"]["name"] for m in render.by_kind(namespaced, "ClusterRoleBinding")] == [
+        "kubetune-operator-runtimes"
+    ]
     for binding in render.by_kind(namespaced, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": "kubetune"}]
         assert binding["roleRef"]["kind"] == "Role"
@@ -136,3 +143,18 @@ def test_the_install_docs_overlay_example_builds(tmp_path):
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.example.com/")
     assert env["KUBETUNE_TRAINER_IMAGE"].startswith("registry.example.com/kubetune/trainer:")
     assert env["KUBETUNE_SERVER_IMAGE"].startswith("registry.example.com/kubetune/server:")
+
+
+def test_the_install_docs_settings_overlay_reaches_the_operator(tmp_path):
+    """docs/install.md's overlay that adds the newer settings builds, and the operator reads what it says."""
+    from kubetune.operator.settings import OperatorSettings
+
+    text = (render.REPO_ROOT / "docs" / "install.md").read_text()
+    marker = "# my-overlay/kustomization.yaml (docs example: tests/deploy/test_kustomize.py renders it)\n"
+    block = text.split(marker, 1)[1].split("```", 1)[0]
+    (tmp_path / "deploy").symlink_to(render.DEPLOY)
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block)
+    settings = OperatorSettings.from_env(_env(render.one(render.kustomize(overlay), "Deployment")))
+    assert (settings.trainer_cpu_request, settings.trainer_memory_request, settings.pod_fs_group) == ("1", "16Gi", 1000)

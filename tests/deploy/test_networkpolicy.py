@@ -21,9 +21,15 @@ def test_server_policy_selects_server_pods_only():
     selector = policy["spec"]["podSelector"]["matchLabels"]
     assert selector.items() <= server_labels(OWNER).items()
     assert not selector.items() <= trainer_labels(OWNER).items()
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["ports"] == [{"protocol": "TCP", "port": runtime.SERVER_PORT}]
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubetune.dev/model-access": "true"}}}]
+    clients, operator = policy["spec"]["ingress"]
+    assert clients["ports"] == operator["ports"] == [{"protocol": "TCP", "port": runtime.SERVER_PORT}]
+    assert clients["from"] == [{"namespaceSelector": {"matchLabels": {"kubetune.dev/model-access": "true"}}}]
+    # The operator asks each server which adapters it loaded (GET /adapters): its own pods, in its namespace.
+    (source,) = operator["from"]
+    assert source["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kubetune"}
+    operator_pods = render.kustomize(render.DEPLOY / "kustomize" / "base")
+    deployment = next(m for m in operator_pods if m["kind"] == "Deployment")
+    assert source["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_trainer_policy_allows_only_dns_and_https():

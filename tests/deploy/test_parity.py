@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from . import rbac
+from . import rbac, render
 from .conftest import NAMESPACED_VALUES
 
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version")
@@ -27,11 +27,16 @@ def _normalized(manifest: dict) -> dict:
     return manifest
 
 
+def _hook(manifest: dict) -> bool:
+    """Helm applies hooks after the release (the default FineTuneRuntime); kustomize ships it apart."""
+    return "helm.sh/hook" in (manifest["metadata"].get("annotations") or {})
+
+
 def _index(manifests: list[dict]) -> dict[tuple[str, str, str], dict]:
     return {
         (m["kind"], m["metadata"].get("namespace", ""), m["metadata"]["name"]): _normalized(m)
         for m in manifests
-        if m["kind"] != "Namespace"
+        if m["kind"] != "Namespace" and not _hook(m)
     }
 
 
@@ -62,9 +67,20 @@ def test_comparison_notices_a_difference(cluster_wide, helm_default):
         _compare(cluster_wide, changed)
 
 
+def test_the_default_runtime_is_the_same_in_both(helm_default):
+    """Helm's post-install hook creates what `kubectl apply -k deploy/kustomize/runtimes/default` does."""
+    kustomized = render.kustomize(render.KUSTOMIZE / "runtimes" / "default")
+    helmed = [m for m in helm_default if _hook(m)]
+    for manifest in helmed:
+        manifest["metadata"].pop("annotations")
+    assert _index(kustomized) == _index(helmed)
+    assert [m["kind"] for m in helmed] == ["FineTuneRuntime"]
+
+
 def test_namespaced_role_is_the_cluster_role_with_namespaced_peering(cluster_wide, namespaced):
     """The per-namespace Role repeats the cluster-wide rules by hand in kustomize: they must not drift apart."""
-    cluster = set().union(*rbac.roles(cluster_wide, "ClusterRole").values())
+    roles = rbac.roles(cluster_wide, "ClusterRole")
+    cluster = set().union(*(perms for (_, name), perms in roles.items() if name != "kubetune-operator-runtimes"))
     as_namespaced = {
         (verb, group, "kopfpeerings" if res == "clusterkopfpeerings" else res) for verb, group, res in cluster
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from kubetune.operator.manifests.meta import Owner
+from kubetune.operator.manifests.trainer import trainer_rbac
 
 from . import rbac, render
 from .conftest import CUSTOM_VALUES, NAMESPACED_VALUES
@@ -26,7 +28,7 @@ ALLOWED_UPDATES = {
     ("update", "kubetune.dev", "finetunejobs/finalizers"),
     ("update", "kubetune.dev", "modelserves/finalizers"),
 }
-CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "finetuneruntimes"}
 
 CASES = {
     "kustomize:cluster-wide": lambda: render.kustomize(render.OVERLAYS / "cluster-wide"),
@@ -77,14 +79,21 @@ def test_namespaced_mode_keeps_the_cluster_role_to_cluster_scoped_reads(case):
     manifests = CASES[case]()
     cluster = set().union(*rbac.roles(manifests, "ClusterRole").values())
     assert {resource for _, _, resource in cluster} <= CLUSTER_SCOPED_RESOURCES
-    assert {verb for verb, _, _ in cluster} <= {"list", "watch"}
+    reads = {verb for verb, _, resource in cluster if resource != "finetuneruntimes"}
+    assert reads <= {"list", "watch"}
+    assert {(verb, group) for verb, group, resource in cluster if resource == "finetuneruntimes"} == {
+        ("get", "kubetune.dev")
+    }, "FineTuneRuntimes are only read, one by name"
 
 
 def test_per_job_role_can_be_delegated_without_escalate(cluster_wide):
-    """RBAC lets a subject create a Role only with permissions it holds: the trainer's get/patch on
-    finetunejobs/status must therefore be in the operator's own rules (docs/install.md explains it)."""
+    """RBAC lets a subject create a Role only with permissions it holds: the trainer's get/patch on its report
+    ConfigMap must therefore be in the operator's own rules (docs/install.md explains it)."""
     granted = rbac.granted_in_namespace(cluster_wide, "any-namespace")
-    assert {("get", "kubetune.dev", "finetunejobs/status"), ("patch", "kubetune.dev", "finetunejobs/status")} <= granted
+    owner = Owner("kubetune.dev/v1alpha1", "FineTuneJob", "probe", "any-namespace", "uid")
+    role = next(item for item in trainer_rbac(owner) if item["kind"] == "Role")
+    assert rbac.rule_permissions(role["rules"]) <= granted
+    assert ("get", "", "configmaps") in granted and ("patch", "", "configmaps") in granted
     assert ("create", "rbac.authorization.k8s.io", "roles") in granted
     assert ("create", "rbac.authorization.k8s.io", "rolebindings") in granted
 

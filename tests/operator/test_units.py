@@ -7,11 +7,12 @@ import json
 import pytest
 from kubetune.api.conditions import Condition
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
-from kubetune.api.modelserve import ModelServeStatus
+from kubetune.api.modelserve import ModelServeStatus, ResolvedAdapter
 from kubetune.api.resources import FineTuneJob, ModelServe
 from kubetune.api.runtime import TrainerExit
-from kubetune.api.sources import SecretKeyRef, Toleration
-from kubetune.operator import naming, services
+from kubetune.api.serving import ReplicaAdapter
+from kubetune.api.sources import PvcPath, SecretKeyRef, Toleration
+from kubetune.operator import naming, server_adapters, services
 from kubetune.operator.manifests import pod
 from kubetune.operator.manifests.meta import Owner, labels
 from kubetune.operator.manifests.server import restart_hash
@@ -23,6 +24,7 @@ from kubetune.operator.reconcile import modelserve as msv_logic
 from kubetune.operator.reconcile.conditions import set_condition
 from kubetune.operator.reconcile.drift import contains, drifted, repair_patch
 from kubetune.operator.reconcile.report import parse_termination_message, report_from_pods
+from kubetune.operator.reconcile.served_adapters import ReplicaReport, loaded_condition, needs_recheck, served_adapters
 from kubetune.operator.settings import OperatorSettings, SettingsError
 
 from tests.cluster.helpers import finetunejob, modelserve
@@ -134,12 +136,16 @@ def test_pod_failure_policy_keys_on_trainer_exit_codes():
     rules = pod_failure_policy()["rules"]
     assert rules[0]["onExitCodes"]["values"] == [TrainerExit.INVALID_INPUT, TrainerExit.OUT_OF_MEMORY]
     assert rules[1]["action"] == "Ignore"
+    assert rules[2] == {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [TrainerExit.PREEMPTED]},
+    }
 
 
 def test_children_order_and_configmap_dataset_mount():
     ftj = _ftj()
     kinds = [c["kind"] for c in trainer_children(ftj_logic.owner_of(ftj), ftj.spec, SETTINGS)]
-    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job"]
     job = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, SETTINGS)[-1]
     mounts = {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert "/mnt/kubetune/configmap/facts" in mounts
@@ -206,7 +212,7 @@ def test_a_vanished_job_whose_trainer_reported_final_metrics_is_not_rerun():
     status = FineTuneJobStatus(phase="Running", job_name="sentiment-train", metrics={"trainLoss": 0.5})
     plan = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": status}), None, None, SETTINGS, NOW)
     assert plan.create == [] and plan.phase == "Succeeded"
-    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "adapter"}
+    assert plan.status["output"]["pvc"] == {"claimName": "sentiment-output", "path": "runs/uid-1/adapter"}
     running = FineTuneJobStatus(phase="Running", job_name="sentiment-train")
     again = ftj_logic.plan_finetunejob(_ftj().model_copy(update={"status": running}), None, None, SETTINGS, NOW)
     assert again.create and [e.reason for e in again.events] == ["JobRecreated"]
@@ -358,6 +364,15 @@ def test_modelserve_base_model_mismatch_is_an_error():
     spec = {"baseModel": {"name": "org/other"}}
     plan = msv_logic.plan_modelserve(_msv(**spec), ModelServeStatus(), {"sentiment": _succeeded()}, {}, SETTINGS, NOW)
     assert plan.phase == "Failed" and "was trained on Qwen/Qwen2.5-0.5B-Instruct" in plan.status["message"]
+
+
+def test_a_fully_fine_tuned_model_is_refused_as_an_adapter_with_how_to_serve_it():
+    job = _succeeded()
+    job["status"]["output"]["method"] = "full"
+    plan = msv_logic.plan_modelserve(_msv(), ModelServeStatus(), {"sentiment": job}, {}, SETTINGS, NOW)
+    assert plan.phase == "Failed" and plan.create == []
+    assert "used method full and wrote a whole model" in plan.status["message"]
+    assert "baseModel: {pvc: {claimName: sentiment-output, path: adapter}}" in plan.status["message"]
 
 
 def test_restart_hash_ignores_the_adapter_list():
@@ -537,7 +552,8 @@ def test_trainer_pods_request_cpu_and_memory_and_push_with_their_own_token():
     spec = {"resources": {"gpus": 1}, "output": {"hub": {"repo": "acme/a", "tokenSecretRef": {"name": "push"}}}}
     children = trainer_children(Owner("v", "FineTuneJob", "x", "ns", "u"), _ftj(**spec).spec, OperatorSettings())
     container = children[-1]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi"}  # never BestEffort
+    # never BestEffort; the Hub model downloads into a scratch volume whose size limit is also requested
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "50Gi"}
     assert "cpu" not in container["resources"]["limits"]  # a request alone: no limit guessed
     env = {item["name"]: item for item in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # the base model's read token
@@ -545,3 +561,121 @@ def test_trainer_pods_request_cpu_and_memory_and_push_with_their_own_token():
     context = children[-1]["spec"]["template"]["spec"]["securityContext"]
     assert context == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}  # no fixed UID/fsGroup
     assert pod.pod_security_context(2000)["fsGroup"] == 2000
+
+
+def _replica(name: str, **states: tuple) -> ReplicaReport:
+    """A replica's report: adapter name -> (state, folder[, message])."""
+    adapters = {
+        adapter: ReplicaAdapter(name=adapter, pvc=PvcPath(claim_name="c", path=spec[1]), state=spec[0], message=None)
+        for adapter, spec in states.items()
+    }
+    return ReplicaReport(name, adapters)
+
+
+def test_adapter_state_comes_from_what_each_ready_replica_reports():
+    resolved = [ResolvedAdapter(name=n, pvc=PvcPath(claim_name="c", path=n)) for n in ("a", "b")]
+    states = lambda reports: [(s.name, s.state, s.loaded_replicas) for s in served_adapters(resolved, reports)]  # noqa: E731
+    assert states([]) == [("a", "Pending", 0), ("b", "Pending", 0)]
+    both = [_replica("p1", a=("Loaded", "a"), b=("Loaded", "b")), _replica("p2", a=("Loaded", "a"))]
+    assert states(both) == [("a", "Loaded", 2), ("b", "Pending", 1)]
+    old_version = [_replica("p1", a=("Loaded", "a"), b=("Loaded", "old-b"))]  # not yet the replacement's folder
+    assert states(old_version) == [("a", "Loaded", 1), ("b", "Pending", 0)]
+    refused = _replica("p1", a=("Loaded", "a"), b=("Refused", "b"))
+    refused.adapters["b"].message = "trained on org/other"
+    served = served_adapters(resolved, [refused])
+    assert served[1].state == "Refused" and served[1].message == "trained on org/other"
+    assert loaded_condition(served)[:2] == ("False", "AdapterRefused") and "'b'" in loaded_condition(served)[2]
+    silent = [ReplicaReport("p1", None, "timed out")]
+    assert states(silent)[0][1] == "Unknown" and loaded_condition(served_adapters(resolved, silent))[0] == "Unknown"
+    assert needs_recheck(served_adapters(resolved, both), both) and not needs_recheck(served, [refused])
+    assert not needs_recheck(served_adapters(resolved, []), [])  # no replica ready: the Deployment's events follow
+    everything = [_replica("p1", a=("Loaded", "a"), b=("Loaded", "b"))]
+    assert loaded_condition(served_adapters(resolved, everything))[:2] == ("True", "Loaded")
+
+
+def test_modelserve_status_reports_the_servers_adapter_state():
+    observed = {"ConfigMap": None, "Deployment": None, "Service": None}
+    plan = msv_logic.plan_modelserve(
+        _msv(), ModelServeStatus(), {"sentiment": _succeeded()}, observed, SETTINGS, NOW, [_replica("p1")]
+    )
+    (adapter,) = plan.status["adapters"]
+    assert (adapter["name"], adapter["state"], adapter["loadedReplicas"]) == ("sentiment", "Pending", 0)
+    loaded = next(c for c in plan.status["conditions"] if c["type"] == "AdaptersLoaded")
+    assert (loaded["status"], loaded["reason"]) == ("False", "Loading") and plan.recheck
+    assert not [e for e in plan.events if e.reason == "AdapterRefused"]
+    refused = _replica("p1", sentiment=("Refused", "adapter"))
+    refused.adapters["sentiment"].pvc = PvcPath(claim_name="sentiment-output", path="adapter")
+    refused.adapters["sentiment"].message = "trained on org/other"
+    args = (_msv(), ModelServeStatus(), {"sentiment": _succeeded()}, observed, SETTINGS, NOW, [refused])
+    first = msv_logic.plan_modelserve(*args)
+    (event,) = [e for e in first.events if e.reason == "AdapterRefused"]
+    assert event.type == "Warning" and "trained on org/other" in event.message
+    after = ModelServeStatus.model_validate(first.status)
+    again = msv_logic.plan_modelserve(*args[:1], after, *args[2:])
+    assert not [e for e in again.events if e.reason == "AdapterRefused"], "one Event per new refusal"
+
+
+def _server_pod(name: str, owner: str, ready: bool = True, ip: str | None = "10.0.0.5", **meta) -> dict:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"pod-template-hash": "abc"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": owner, "controller": True}],
+            **meta,
+        },
+        "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": 8123}]}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_only_ready_pods_of_our_own_deployment_are_asked():
+    deployment = {"metadata": {"name": "srv"}}
+    pods = [
+        _server_pod("ours", "srv-abc"),
+        _server_pod("lookalike", "other-abc"),  # same labels, another owner: never asked
+        _server_pod("starting", "srv-abc", ready=False),
+        _server_pod("no-ip", "srv-abc", ip=None),
+        _server_pod("leaving", "srv-abc", deletionTimestamp="2026-01-01T00:00:00Z"),
+    ]
+    assert [pod["metadata"]["name"] for pod in server_adapters.server_pods(deployment, pods)] == ["ours"]
+
+
+def test_asking_a_replica_parses_its_report_and_never_raises():
+    import http.server
+    import threading
+
+    body = {"adapters": [{"name": "a", "pvc": {"claimName": "c", "path": "a"}, "state": "Loaded"}]}
+
+    class Replica(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = json.dumps(body if self.path == "/adapters" else {"adapters": "nonsense"}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replica)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pod = _server_pod("p", "srv-abc", ip="127.0.0.1")
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"] = server.server_address[1]
+        report = server_adapters.ask(pod)
+        assert report.error is None and report.adapters["a"].state == "Loaded"
+    finally:
+        server.shutdown()
+        server.server_close()
+    gone = server_adapters.ask(pod, timeout=0.5)  # nothing listens any more
+    assert gone.adapters is None and "failed" in gone.error
+
+
+def test_trainer_pods_take_tracking_settings_from_secrets_by_reference_only():
+    owner = Owner("v", "FineTuneJob", "x", "ns", "u")
+    plain = trainer_children(owner, _ftj().spec, OperatorSettings())[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in plain  # the default (TensorBoard files) needs no Secret
+    tracking = {"mlflow": {"secretName": "ml"}, "wandb": {"secretName": "wb", "project": "chat"}}
+    job = trainer_children(owner, _ftj(tracking=tracking).spec, OperatorSettings())[-1]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "ml"}}, {"secretRef": {"name": "wb"}}]
+    assert not any(item["name"].startswith(("MLFLOW_", "WANDB_")) for item in container["env"])  # the trainer's job

@@ -148,3 +148,28 @@ def test_a_mismatched_adapter_added_later_is_refused_and_named(pvc_root, tmp_pat
         write_serve_config(config_path, {"baseModel": "not an object"})
         assert not app.state.watcher.check()  # an invalid file is logged and ignored
         assert _models(url) == {"base", "facts-a"}
+
+
+def _reported(url: str) -> dict[str, tuple[str, str, str | None]]:
+    body = httpx.get(f"{url}/adapters").json()
+    return {a["name"]: (a["state"], a["pvc"]["path"], a.get("message")) for a in body["adapters"]}
+
+
+def test_adapters_endpoint_reports_what_this_replica_serves(pvc_root, tmp_path):
+    """GET /adapters (what the operator aggregates into ModelServe status): loaded, refused with the reason, and a
+    replacement counts only once its new folder is loaded; no API key needed, as for /ready."""
+    config_path = write_serve_config(tmp_path / "serve.json", serve_config({"facts-a": "facts-a"}))
+    with live_server(config_path, pvc_root, api_key="secret") as (url, app):
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert _reported(url) == {"facts-a": ("Loaded", "facts-a", None)}
+        write_serve_config(config_path, serve_config({"facts-a": "facts-b", "alien": "foreign"}))
+        _wait_for(
+            lambda: "Loading" not in {state for state, _, _ in _reported(url).values()} and app.state.watcher.applied
+        )
+        reported = _reported(url)
+        assert reported["facts-a"] == ("Loaded", "facts-b", None)
+        state, path, message = reported["alien"]
+        assert (state, path) == ("Refused", "foreign")
+        assert "other-org/other-model" in message
+        write_serve_config(config_path, serve_config({"facts-a": "facts-b"}))
+        _wait_for(lambda: _reported(url) == {"facts-a": ("Loaded", "facts-b", None)})

@@ -26,13 +26,26 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _refusals(engine: Engine) -> dict[str, str]:
+    return {a.name: a.message for a in engine.adapter_report().adapters if a.state == "Refused"}
+
+
 def test_an_adapter_trained_on_another_base_is_refused(pvc_root):
-    config = ServeConfig.model_validate(serve_config({"alien": "foreign"}))
+    """Refused with the reason, while the base and the other adapters serve (a replica started after a hot-add
+    refusal must not crash-loop where the running ones serve)."""
+    config = ServeConfig.model_validate(serve_config({"alien": "foreign", "facts-a": "facts-a"}))
     engine = Engine(config, pvc_root=str(pvc_root), device="cpu")
-    with pytest.raises(AdapterLoadError) as caught:
-        engine.load()
-    message = str(caught.value)
+    engine.load()
+    assert engine.ready and engine.model_names() == ["base", "facts-a"]
+    message = _refusals(engine)["alien"]
     assert "'alien'" in message and "other-org/other-model" in message and "ignoreBaseMismatch" in message
+
+
+def test_a_merged_adapter_that_is_refused_stops_the_load(pvc_root):
+    config = ServeConfig.model_validate(serve_config({"alien": "foreign"}, mergeAdapter=True))
+    engine = Engine(config, pvc_root=str(pvc_root), device="cpu")
+    with pytest.raises(AdapterLoadError, match="other-org/other-model"):
+        engine.load()
     assert not engine.ready
 
 
@@ -45,8 +58,9 @@ def test_ignore_base_mismatch_loads_it_anyway(pvc_root):
 
 def test_an_adapter_folder_without_config_is_refused(pvc_root, tmp_path):
     config = ServeConfig.model_validate(serve_config({"empty": "does-not-exist"}))
-    with pytest.raises(AdapterLoadError, match=r"adapter_config\.json is missing"):
-        Engine(config, pvc_root=str(pvc_root), device="cpu").load()
+    engine = Engine(config, pvc_root=str(pvc_root), device="cpu")
+    engine.load()
+    assert "adapter_config.json is missing" in _refusals(engine)["empty"]
 
 
 class GatedEngine(Engine):
@@ -170,8 +184,9 @@ def test_python_m_serves_and_drains_on_sigterm(pvc_root, tmp_path):
             process.wait()
 
 
-def test_python_m_exits_with_the_reason_when_an_adapter_is_refused(pvc_root, tmp_path):
-    config_path = write_serve_config(tmp_path / "serve.json", serve_config({"alien": "foreign"}))
+def test_python_m_exits_with_the_reason_when_a_merged_adapter_is_refused(pvc_root, tmp_path):
+    body = serve_config({"alien": "foreign"}, mergeAdapter=True)
+    config_path = write_serve_config(tmp_path / "serve.json", body)
     process = _start(config_path, pvc_root, free_port())
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1

@@ -89,6 +89,19 @@ def test_seeded_sampling_repeats(client):
     assert len(texts) == 1
 
 
+def test_n_choices_with_a_seed_each_draw_from_seed_plus_index(client):
+    def sample(seed: int, n: int) -> list[str]:
+        result = client.completions.create(
+            model="base", prompt="The quick", max_tokens=12, temperature=1.5, seed=seed, n=n
+        )
+        return [choice.text for choice in sorted(result.choices, key=lambda c: c.index)]
+
+    choices = sample(7, 3)
+    assert len(set(choices)) == 3  # not n copies of one draw
+    assert choices == [sample(7 + index, 1)[0] for index in range(3)]  # choice i repeats as seed + i alone
+    assert sample(7, 3) == choices
+
+
 def test_chat_completion_uses_the_chat_template(client):
     result = client.chat.completions.create(
         model="facts-a",
@@ -163,3 +176,14 @@ def test_metrics_count_requests_and_tokens(server, client):
     assert 'kubetune_completion_tokens_total{model="base"}' in text
     assert "kubetune_batch_size_bucket" in text
     assert "kubetune_queue_depth" in text
+
+
+def test_running_sequences_is_zero_when_idle(server, client):
+    """An autoscaler reading kubetune_running_sequences must see 0 once the last request has finished."""
+    url, app = server
+    ask(client, "facts-a", "Where does the amber fox live?")
+    engine = app.state.serving.engine
+    assert engine.stats.running == 0 and engine.stats.waiting == 0
+    text = httpx.get(f"{url}/metrics").text
+    assert "kubetune_running_sequences 0.0" in text
+    assert "kubetune_queue_depth 0.0" in text

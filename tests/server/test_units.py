@@ -142,3 +142,33 @@ def test_the_lean_lora_forward_gives_exactly_what_peft_gives(pvc_root):
         with reference.disable_adapter():
             bare = reference(input_ids=ids).logits
         assert not torch.equal(served.model(input_ids=ids).logits, bare)  # the adapter really contributes
+
+
+def test_engine_auto_falls_back_to_transformers_without_cuda_or_vllm(pvc_root):
+    from kubetune.api import ServeConfig
+    from kubetune_server.engine import Engine
+    from kubetune_server.engine_choice import make_engine
+
+    from tests.server.conftest import serve_config
+
+    engine = make_engine(ServeConfig.model_validate(serve_config({}, engine="auto")), pvc_root=str(pvc_root))
+    assert type(engine) is Engine
+
+
+def test_settings_read_the_drain_time():
+    from kubetune_server.settings import ServerSettings
+
+    assert ServerSettings.from_env({"KUBETUNE_DRAIN_SECONDS": "45"}).drain_timeout_s == 45
+    with pytest.raises(ValueError, match="KUBETUNE_DRAIN_SECONDS"):
+        ServerSettings.from_env({"KUBETUNE_DRAIN_SECONDS": "soon"})
+
+
+def test_kv_budget_from_the_model_shape_and_free_memory():
+    from kubetune_server.kv_budget import gpu_kv_budget, kv_bytes_per_token, tokens_for_memory
+
+    llama_7b = {"num_attention_heads": 32, "num_key_value_heads": 32, "hidden_size": 4096, "num_hidden_layers": 32}
+    assert kv_bytes_per_token(llama_7b, torch.float16) == 512 * 1024  # the well-known 0.5 MiB per token
+    gqa = {**llama_7b, "num_key_value_heads": 8, "head_dim": 128}
+    assert kv_bytes_per_token(gqa, torch.bfloat16) == 128 * 1024
+    assert tokens_for_memory(10 * 2**30, 512 * 1024) == 16384  # 80% of 10 GiB at 0.5 MiB a token
+    assert gpu_kv_budget(torch.nn.Linear(1, 1), "cpu") is None  # CPU memory is not measured

@@ -140,6 +140,15 @@ def build_tiny_model(target: Path, seed: int = 0, architecture: str = "llama", *
         model = LlamaForCausalLM(LlamaConfig(**shape))
     elif architecture == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    elif architecture == "mistral":  # sliding-window attention on every layer
+        from transformers import MistralConfig, MistralForCausalLM
+
+        model = MistralForCausalLM(MistralConfig(**{"sliding_window": 8, **shape}))
+    elif architecture == "gemma3":  # sliding-window and full-attention layers interleaved
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        gemma = {"sliding_window": 8, "head_dim": 32, "layer_types": ["sliding_attention", "full_attention"]}
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**{**gemma, **shape}))
     else:
         raise ValueError(f"unknown architecture {architecture!r}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id

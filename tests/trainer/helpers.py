@@ -178,3 +178,10 @@ def load_adapted(model_dir: Path, adapter: Path, quantized: bool = False):
 
     model = PeftModel.from_pretrained(load_base(model_dir, quantized), str(adapter))
     return model, AutoTokenizer.from_pretrained(adapter)
+
+
+def allow_loopback(address):
+    """An address policy for tests with a local https server: loopback too, otherwise what the trainer allows."""
+    from kubetune_trainer.safe_fetch import public_only
+
+    return None if address.is_loopback else public_only(address)

@@ -96,7 +96,7 @@ def mapped():
         ("save_steps", 13),
         ("save_total_limit", 4),
         ("logging_steps", 2),
-        ("report_to", []),
+        ("report_to", ["tensorboard"]),
         ("use_cpu", True),
         ("bf16", False),
         ("fp16", False),

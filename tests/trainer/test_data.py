@@ -15,6 +15,7 @@ import pytest
 from datasets import Dataset
 from kubetune.api import DatasetSpec
 from kubetune.api.runtime import ENV_CONFIGMAP_ROOT, ENV_PVC_ROOT
+from kubetune_trainer import data_sources
 from kubetune_trainer.data import prepare_data
 from kubetune_trainer.data_formats import (
     ALPACA_TEMPLATE,
@@ -29,6 +30,8 @@ from kubetune_trainer.data_formats import (
 )
 from kubetune_trainer.data_sources import load_raw_data
 from kubetune_trainer.errors import InvalidInputError, TrainerFailure
+
+from tests.trainer.helpers import allow_loopback
 
 ALPACA = [
     {"instruction": "Classify", "input": "great film", "output": "positive"},
@@ -313,6 +316,7 @@ def https_server(tmp_path: Path, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    monkeypatch.setattr(data_sources, "ADDRESS_POLICY", allow_loopback)  # this server is on 127.0.0.1
     yield f"https://localhost:{server.server_address[1]}"
     server.shutdown()
 

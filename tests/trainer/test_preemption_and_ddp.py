@@ -1,5 +1,6 @@
-"""Real processes: a trainer SIGKILLed after its first checkpoint resumes from it and finishes the same run;
-a 2-process torchrun (gloo, CPU) shards the data and writes one adapter."""
+"""Real processes: a trainer SIGKILLed after its first checkpoint resumes from it and finishes the same run; one
+sent SIGTERM checkpoints the step it reached, exits 69 (Preempted) and resumes there; a 2-process torchrun (gloo,
+CPU) shards the data and writes one adapter."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from kubetune.api.runtime import ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE, PROGRESS_FILE
+from kubetune.api.runtime import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    ENV_TERMINATION_LOG,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    TrainerExit,
+)
 from kubetune_trainer.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
 
 from tests.trainer.helpers import (
@@ -97,3 +105,40 @@ def test_two_process_torchrun_on_cpu(pvc_root: Path, tmp_path: Path):
     assert metrics["steps"] == 15
     assert json.loads((output / PROGRESS_FILE).read_text())["progress"]["totalSteps"] == 15
     assert (output / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_69_then_resumes(
+    pvc_root: Path, tiny_model_dir: Path, tmp_path: Path
+):
+    """No periodic checkpoint (saveSteps 1000): all that survives SIGTERM is the checkpoint written on it, at the
+    step the trainer had reached; nothing before it is lost, and the next run resumes there."""
+    spec = base_spec(training={"maxSteps": 200, "saveSteps": 1000, "loggingSteps": 1})
+    spec_path, output = write_spec(tmp_path, spec), tmp_path / "output"
+    termination = tmp_path / "termination-log"
+    first = start_subprocess(
+        spec_path, output, pvc_root, PYTHONUNBUFFERED="1", **{ENV_TERMINATION_LOG: str(termination)}
+    )
+    logged, lines = 0, []
+    for line in first.stdout:  # the Trainer prints one {'loss': ...} line per finished optimizer step
+        lines.append(line)
+        logged += line.startswith("{'loss'")
+        if logged == 20:
+            first.send_signal(signal.SIGTERM)
+            break
+    rest, _ = first.communicate(timeout=120)
+    log = "".join(lines) + rest
+    assert first.returncode == TrainerExit.PREEMPTED, log[-3000:]
+    summary = json.loads(termination.read_text())
+    assert summary["exitReason"] == "Preempted"
+    saved = newest_complete_checkpoint(output / CHECKPOINTS_DIR)
+    assert saved is not None, "SIGTERM wrote a checkpoint"
+    step = int(saved.name.split("-")[1])
+    assert 20 <= step < 200, f"every step finished before SIGTERM is in the checkpoint (saved at {step})"
+    assert f"stopped by SIGTERM at step {step}" in summary["message"]
+    assert not (output / ADAPTER_DIR).exists(), "a preempted run publishes nothing"
+
+    second = start_subprocess(spec_path, output, pvc_root)
+    log, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, log[-3000:]
+    assert f"resuming from {saved}" in log
+    assert json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())["steps"] == 200

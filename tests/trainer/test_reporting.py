@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from kubetune.api import Progress, TrainingMetrics
-from kubetune.api.runtime import ENV_JOB_NAME, ENV_NAMESPACE, ENV_TERMINATION_LOG, PROGRESS_FILE
+from kubetune.api.runtime import ENV_JOB_NAME, ENV_NAMESPACE, ENV_REPORT_CONFIGMAP, ENV_TERMINATION_LOG, PROGRESS_FILE
 from kubetune_trainer.kube_status import KubeStatusClient
 from kubetune_trainer.reporting import FileSink, KubeStatusSink, ProgressCallback
 from kubetune_trainer.termination import MAX_TERMINATION_BYTES, encode_summary, write_termination_message
@@ -63,16 +63,22 @@ def token_file(tmp_path: Path) -> Path:
     return path
 
 
+def reported(request: dict) -> dict:
+    """What one report patch said: each data value of the ConfigMap is a JSON document."""
+    assert set(request["body"]) == {"data"}
+    return {key: json.loads(value) for key, value in request["body"]["data"].items()}
+
+
 def client_for(server: FakeApiServer, token_file: Path) -> KubeStatusClient:
-    return KubeStatusClient(server.url, "team-a", "sentiment-v1", token_file)
+    return KubeStatusClient(server.url, "team-a", "sentiment-v1-report", token_file)
 
 
 def test_status_patch_path_body_and_headers(token_file: Path):
     with FakeApiServer() as server:
         assert client_for(server, token_file).patch_status({"progress": {"step": 3, "totalSteps": 10}})
     [request] = server.requests
-    assert request["path"] == "/apis/kubetune.dev/v1alpha1/namespaces/team-a/finetunejobs/sentiment-v1/status"
-    assert request["body"] == {"status": {"progress": {"step": 3, "totalSteps": 10}}}
+    assert request["path"] == "/api/v1/namespaces/team-a/configmaps/sentiment-v1-report"
+    assert request["body"] == {"data": {"progress": '{"step": 3, "totalSteps": 10}'}}
     assert request["headers"]["Authorization"] == f"Bearer {TOKEN}"
     assert request["headers"]["Content-Type"] == "application/merge-patch+json"
 
@@ -106,13 +112,18 @@ def test_client_from_the_pod_environment(tmp_path: Path):
     account.mkdir()
     (account / "token").write_text(TOKEN)
     (account / "namespace").write_text("team-b\n")
-    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "6443", ENV_JOB_NAME: "job-1"}
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "KUBERNETES_SERVICE_PORT": "6443",
+        ENV_REPORT_CONFIGMAP: "job-1-report",
+    }
     client = KubeStatusClient.from_environment(env, account)
     assert client is not None and client.base_url == "https://10.0.0.1:6443"
-    assert (client.namespace, client.name) == ("team-b", "job-1")
+    assert (client.namespace, client.name) == ("team-b", "job-1-report")
     explicit = KubeStatusClient.from_environment({**env, ENV_NAMESPACE: "team-c"}, account)
     assert explicit.namespace == "team-c"
-    assert KubeStatusClient.from_environment({ENV_JOB_NAME: "job-1"}, account) is None, "not in a pod"
+    assert KubeStatusClient.from_environment({ENV_REPORT_CONFIGMAP: "job-1-report"}, account) is None, "not in a pod"
+    assert KubeStatusClient.from_environment({**env, ENV_REPORT_CONFIGMAP: ""}, account) is None, "no report object"
     assert KubeStatusClient.from_environment(env, tmp_path / "none") is None, "no token"
 
 
@@ -140,17 +151,16 @@ def test_reports_are_throttled_and_carry_loss_eta_and_percent(token_file: Path):
         clock.now += 1.0  # 5.5 s after the first report
         callback.on_log(None, state(11, epoch=0.22), None, logs={"eval_loss": 0.75})
         callback.on_train_end(None, state(11, epoch=0.22), None)
-    bodies = [request["body"]["status"]["progress"] for request in server.requests]
+    bodies = [reported(request)["progress"] for request in server.requests]
     assert [body["step"] for body in bodies] == [0, 11, 11], "start, first after 5 s, forced at the end"
     last = bodies[1]
     assert last["totalSteps"] == 100 and last["percent"] == 11 and last["epoch"] == 0.22
     assert last["loss"] == pytest.approx(1.0) and last["evalLoss"] == 0.75
     assert abs(last["etaSeconds"] - 5.5 / 11 * 89) <= 1, "elapsed / steps done x steps left"
     assert Progress.model_validate(last).step == 11, "the body is the API's Progress in wire form"
-    assert all(
-        set(request["body"]) == {"status"} and set(request["body"]["status"]) == {"progress"}
-        for request in server.requests
-    ), "the trainer writes only status.progress while training"
+    assert all(set(reported(request)) == {"progress"} for request in server.requests), (
+        "the trainer writes only progress while training"
+    )
 
 
 def test_by_default_a_trainer_writes_its_status_at_most_every_30_seconds(token_file: Path):
@@ -165,7 +175,7 @@ def test_by_default_a_trainer_writes_its_status_at_most_every_30_seconds(token_f
             callback.on_log(None, state(step), None, logs={"loss": 1.0})
             callback.on_step_end(None, state(step), None)
         callback.on_train_end(None, state(90), None)
-    steps = [request["body"]["status"]["progress"]["step"] for request in server.requests]
+    steps = [reported(request)["progress"]["step"] for request in server.requests]
     assert steps == [0, 30, 60, 90, 90], "start, every 30 s (not at 29 s), forced at the end"
 
 
@@ -180,7 +190,7 @@ def test_final_metrics_go_with_the_last_progress(token_file: Path):
         KubeStatusSink(client_for(server, token_file)).finish(
             Progress(step=5, total_steps=5, percent=100), TrainingMetrics(eval_loss=0.5, steps=5)
         )
-    status = server.requests[0]["body"]["status"]
+    status = reported(server.requests[0])
     assert status["metrics"] == {"evalLoss": 0.5, "steps": 5}
     assert status["progress"]["percent"] == 100
 
@@ -231,18 +241,17 @@ def test_a_run_in_a_pod_reports_to_the_api_server_over_tls(pvc_root: Path, tmp_p
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(server.server.server_address[1]),
             ENV_JOB_NAME: "facts-job",
+            ENV_REPORT_CONFIGMAP: "facts-job-report",
         }
         spec = base_spec(training={"maxSteps": 3, "loggingSteps": 1})
         assert run_in_process(write_spec(tmp_path, spec), tmp_path / "output", pvc_root, **env) == 0
-    assert server.requests, "the trainer patched the status"
-    assert {r["path"] for r in server.requests} == {
-        "/apis/kubetune.dev/v1alpha1/namespaces/team-a/finetunejobs/facts-job/status"
-    }
+    assert server.requests, "the trainer patched its report ConfigMap"
+    assert {r["path"] for r in server.requests} == {"/api/v1/namespaces/team-a/configmaps/facts-job-report"}
     assert all(r["headers"]["Authorization"] == f"Bearer {TOKEN}" for r in server.requests)
-    final = server.requests[-1]["body"]["status"]
+    final = reported(server.requests[-1])
     assert final["progress"]["step"] == 3 and final["progress"]["percent"] == 100
     assert final["metrics"]["steps"] == 3 and "evalLoss" in final["metrics"]
     assert (final["metrics"]["truncatedRows"], final["metrics"]["droppedRows"]) == (0, 0), "counted in .status"
     assert final["metrics"]["skippedRows"] == 0
-    assert not (tmp_path / "output" / PROGRESS_FILE).exists(), "in a pod, progress goes to the status only"
+    assert not (tmp_path / "output" / PROGRESS_FILE).exists(), "in a pod, progress goes to the report ConfigMap only"
     assert (tmp_path / "output" / ADAPTER_DIR / "adapter_config.json").is_file()

@@ -14,6 +14,7 @@ from kubetune_trainer.checkpoints import (
     COMPLETE_MARKER,
     mark_complete,
     newest_complete_checkpoint,
+    remove_foreign_checkpoints,
     remove_incomplete_checkpoints,
 )
 from kubetune_trainer.errors import OutputLockedError, exit_code_for
@@ -58,13 +59,26 @@ def test_cli_exits_67_when_the_output_is_locked(pvc_root: Path, tmp_path: Path):
     assert summary["exitReason"] == "OutputLocked" and summary["exitCode"] == 67
 
 
-def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
+def make_checkpoint(folder: Path, step: int, complete: bool, identity: dict[str, str] | None = None) -> Path:
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / "adapter_model.safetensors").write_bytes(b"weights")
     if complete:
-        mark_complete(path)
+        mark_complete(path, identity)
     return path
+
+
+def test_a_checkpoint_of_another_spec_or_other_data_is_never_resumed(tmp_path: Path):
+    mine = {"specHash": "sha256:new", "datasetFingerprint": "data-1"}
+    own = make_checkpoint(tmp_path, 10, complete=True, identity=mine)
+    other_spec = make_checkpoint(tmp_path, 20, complete=True, identity={**mine, "specHash": "sha256:old"})
+    other_data = make_checkpoint(tmp_path, 30, complete=True, identity={**mine, "datasetFingerprint": "data-0"})
+    legacy = tmp_path / "checkpoint-40"  # marked by a trainer that recorded no identity
+    legacy.mkdir()
+    (legacy / COMPLETE_MARKER).write_text("complete\n")
+    assert newest_complete_checkpoint(tmp_path, mine) == own
+    assert remove_foreign_checkpoints(tmp_path, mine) == [other_spec, other_data, legacy]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
 
 
 def test_only_complete_checkpoints_are_resumed_and_partial_ones_removed(tmp_path: Path):
@@ -139,3 +153,24 @@ def test_failures_exit_with_their_code_and_say_why(pvc_root, tmp_path, spec_chan
     summary = json.loads((tmp_path / "termination-log").read_text())
     assert summary["exitCode"] == code and message in summary["message"]
     assert not (tmp_path / "output" / ADAPTER_DIR).exists()
+
+
+def test_the_adapter_store_gets_a_whole_copy_once(tmp_path: Path, monkeypatch):
+    from kubetune.api.runtime import ENV_ADAPTER_STORE
+    from kubetune_trainer.outputs import publish_to_store
+
+    adapter = tmp_path / "run" / ADAPTER_DIR
+    adapter.mkdir(parents=True)
+    for name, text in (("adapter_config.json", "{}"), (MANIFEST_FILE, '{"specHash": "a"}')):
+        (adapter / name).write_text(text)
+    assert publish_to_store(adapter) is None  # no store configured: nothing copied
+    store = tmp_path / "store" / "adapters" / "job" / "uid-1"
+    monkeypatch.setenv(ENV_ADAPTER_STORE, str(store))
+    stale = store.with_name(f".{store.name}.partial")  # a copy cut short by a killed pod
+    stale.mkdir(parents=True)
+    assert publish_to_store(adapter) == store
+    assert sorted(p.name for p in store.iterdir()) == ["adapter_config.json", MANIFEST_FILE]
+    assert not stale.exists()
+    (store / "adapter_config.json").write_text('{"kept": true}')
+    publish_to_store(adapter)  # the same adapter again (a retried pod): the copy there is kept as it is
+    assert (store / "adapter_config.json").read_text() == '{"kept": true}'

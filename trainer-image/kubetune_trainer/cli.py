@@ -24,7 +24,8 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 64 bad spec/data, 65 model load, 66 out of memory, 67 output locked, 1 anything else."""
+    """Exit codes: 0 ok, 64 bad spec/data, 65 model load, 66 out of memory, 67 output locked, 68 network error after
+    retries, 69 preempted (SIGTERM, checkpoint saved), 1 anything else."""
     configure_logging()
     # Tokenizer threads fork badly with data loader workers; the trainer parallelises elsewhere.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

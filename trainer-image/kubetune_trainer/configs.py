@@ -19,16 +19,18 @@ from trl import SFTConfig
 
 from .device import DeviceInfo, ResolvedPrecision, resolve_precision
 from .errors import InvalidInputError
+from .tracking import run_name
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainerConfigs:
-    """What `build_configs` returns: the trainer, adapter and (QLoRA only) quantization configs."""
+    """What `build_configs` returns: the trainer, adapter (None for method full) and (QLoRA only) quantization
+    configs."""
 
     sft: SFTConfig
-    lora: LoraConfig
+    lora: LoraConfig | None
     quantization: BitsAndBytesConfig | None
     precision: ResolvedPrecision
     gradient_checkpointing: bool
@@ -53,8 +55,8 @@ def check_device_features(spec: FineTuneJobSpec, device: DeviceInfo) -> None:
         )
     if importlib.util.find_spec("liger_kernel") is None:
         raise InvalidInputError(
-            "training.ligerKernel: this trainer image lacks the liger-kernel package (the kubetune image installs "
-            "it with the gpu extra: pip install 'kubetune[trainer,gpu]'); set it false or use that image"
+            "training.ligerKernel: this trainer image lacks the liger-kernel package (pip install 'kubetune[gpu]' "
+            "adds it); set it false or use an image that has it"
         )
 
 
@@ -106,7 +108,8 @@ def build_configs(
         logging_strategy="steps",
         logging_steps=training.logging_steps,
         logging_first_step=True,
-        report_to="none",
+        report_to=spec.tracking.report_to() or "none",
+        run_name=run_name(),
         disable_tqdm=True,
         dataloader_pin_memory=device.is_cuda,
         ddp_find_unused_parameters=False,
@@ -116,7 +119,18 @@ def build_configs(
         use_liger_kernel=training.liger_kernel,
         neftune_noise_alpha=training.neftune_noise_alpha,
     )
-    lora = LoraConfig(
+    lora = None if spec.method == "full" else build_lora_config(spec)
+    quantization = None
+    if spec.method == "qlora":
+        assert spec.quantization is not None  # the API enforces it for qlora
+        quantization = build_quantization_config(spec.quantization, device)
+    return TrainerConfigs(
+        sft=sft, lora=lora, quantization=quantization, precision=precision, gradient_checkpointing=checkpointing
+    )
+
+
+def build_lora_config(spec: FineTuneJobSpec) -> LoraConfig:
+    return LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
@@ -126,13 +140,6 @@ def build_configs(
         use_rslora=spec.lora.rslora,
         use_dora=spec.lora.dora,
         task_type=TaskType.CAUSAL_LM,
-    )
-    quantization = None
-    if spec.method == "qlora":
-        assert spec.quantization is not None  # the API enforces it for qlora
-        quantization = build_quantization_config(spec.quantization, device)
-    return TrainerConfigs(
-        sft=sft, lora=lora, quantization=quantization, precision=precision, gradient_checkpointing=checkpointing
     )
 
 

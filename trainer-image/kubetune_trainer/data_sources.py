@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,16 @@ from datasets import Dataset
 from kubetune.api import DatasetSpec
 from kubetune.api.runtime import ENV_HF_TOKEN, configmap_file_path, resolve_pvc_path
 
-from .errors import InvalidInputError, TrainerFailure
+from .errors import InvalidInputError, NetworkError, TrainerFailure
+from .retries import with_retries
+from .safe_fetch import AddressPolicy, UnsafeUrlError, open_public_https, public_only
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 URL_TIMEOUT_SECONDS = 60
 TEXT_BUILDERS = {"json", "csv"}
 UTF8_CHECK_CHUNK = 1 << 20
+ADDRESS_POLICY: AddressPolicy = public_only
+"""The addresses a dataset URL may reach: public ones (tests with a loopback https server widen it)."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,13 @@ def _load_hub(spec: DatasetSpec) -> RawData:
     token = os.environ.get(ENV_HF_TOKEN) or None
 
     def split(name: str) -> Dataset:
-        try:
+        def load() -> Dataset:
             return load_dataset(spec.hf.name, spec.hf.config, split=name, revision=spec.hf.revision, token=token)  # type: ignore[return-value]
+
+        try:
+            return with_retries(f"dataset.hf: loading {spec.hf.name!r} split {name!r}", load)
+        except NetworkError:
+            raise
         except Exception as error:  # datasets raises many types (FileNotFoundError, ValueError, HfHubHTTPError)
             raise InvalidInputError(
                 f"dataset.hf: cannot load {spec.hf.name!r} (config {spec.hf.config!r}, split {name!r}): "
@@ -173,20 +181,30 @@ def locate_json_error(files: list[Path]) -> str | None:
     return None
 
 
-def download(url: str, target_dir: Path) -> Path:
-    """Fetch an https dataset file (system CA bundle, honouring SSL_CERT_FILE) into `target_dir`."""
+def download(url: str, target_dir: Path, policy: AddressPolicy | None = None) -> Path:
+    """Fetch an https dataset file (system CA bundle, honouring SSL_CERT_FILE) into `target_dir`: https at every
+    redirect, public addresses only (safe_fetch.py; `policy` defaults to ADDRESS_POLICY)."""
     name = Path(url.split("?", 1)[0].rstrip("/")).name or "dataset.jsonl"
     if Path(name).suffix.lower() not in BUILDERS:
         raise InvalidInputError(f"dataset.url: {url!r} must end in one of {', '.join(BUILDERS)} to tell its type")
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / name
-    try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response, target.open("wb") as out:
+
+    def fetch() -> None:
+        response = open_public_https(url, URL_TIMEOUT_SECONDS, policy or ADDRESS_POLICY)
+        with response, target.open("wb") as out:
             shutil.copyfileobj(response, out)
+
+    try:
+        with_retries(f"dataset.url: downloading {url}", fetch)
+    except NetworkError:
+        raise
+    except UnsafeUrlError as error:
+        raise UnsafeUrlError(f"dataset.url: {error}") from None
     except urllib.error.HTTPError as error:
+        # 429 and 5xx were retried above and ended as NetworkError; any other status will not fix itself.
         message = f"dataset.url: cannot download {url}: HTTP {error.code} {error.reason}"
-        # 4xx will not fix itself (wrong address, no access); 5xx may, so it is retried as a plain failure.
-        raise (InvalidInputError if 400 <= error.code < 500 else TrainerFailure)(message) from error
+        raise InvalidInputError(message) from error
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise TrainerFailure(f"dataset.url: cannot download {url}: {reason}") from error

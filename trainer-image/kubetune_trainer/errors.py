@@ -33,6 +33,18 @@ class OutputLockedError(TrainerFailure):
     exit_code = TrainerExit.OUTPUT_LOCKED
 
 
+class NetworkError(TrainerFailure):
+    """The Hub or a download kept failing with a transient error after bounded retries: a later pod may succeed."""
+
+    exit_code = TrainerExit.NETWORK
+
+
+class PreemptedError(TrainerFailure):
+    """SIGTERM arrived: the last optimizer step is checkpointed (when training had started) and the pod ends."""
+
+    exit_code = TrainerExit.PREEMPTED
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for accelerator or host out-of-memory errors, however torch happens to spell them."""
     if isinstance(error, MemoryError):

@@ -17,15 +17,21 @@ from kubetune.api import FineTuneJobSpec, TrainingMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR
 from transformers import set_seed
 
-from .checkpoints import CheckpointMarker, newest_complete_checkpoint, remove_incomplete_checkpoints
+from .checkpoints import (
+    CheckpointMarker,
+    newest_complete_checkpoint,
+    remove_foreign_checkpoints,
+    remove_incomplete_checkpoints,
+)
 from .configs import build_configs
 from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
+from .full_memory import check_full_training_memory
 from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
 from .hub_push import push_adapter
-from .manifest import build_manifest, spec_hash
+from .manifest import build_manifest, run_identity, spec_hash
 from .model_card import render_model_card
 from .model_loading import load_model, load_tokenizer, locate_model
 from .output_lock import OutputLock
@@ -35,11 +41,14 @@ from .outputs import (
     finished_manifest,
     partial_adapter_dir,
     publish_adapter,
+    publish_to_store,
     write_adapter_extras,
 )
+from .preemption import PreemptionCallback, PreemptionWatch
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, build_trainer, check_prompts_fit
+from .tracking import prepare_tracking
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +69,18 @@ def run(args: TrainerArgs) -> dict[str, Any]:
     spec = load_spec(args.spec_path)
     me = process_info()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    lock = OutputLock(args.output_dir).acquire() if me.is_main else None
+    watch = PreemptionWatch().install()
+    lock = None
     try:
-        return _train(spec, args.output_dir, me)
+        lock = OutputLock(args.output_dir).acquire() if me.is_main else None
+        return _train(spec, args.output_dir, me, watch)
     finally:
         if lock is not None:
             lock.release()
+        watch.restore()
 
 
-def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str, Any]:
+def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: PreemptionWatch) -> dict[str, Any]:
     device = detect_device()
     if not device.is_cuda:
         configure_cpu_threads(processes=me.local_world_size)
@@ -86,26 +98,39 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
         return _summary_of_finished(output_dir, spec)
 
     checkpoints = output_dir / CHECKPOINTS_DIR
+    identity = run_identity(spec, data)
     if me.is_main:
         remove_incomplete_checkpoints(checkpoints)
+        remove_foreign_checkpoints(checkpoints, identity)
         clear_partial_adapter(output_dir)
-    resume_from = newest_complete_checkpoint(checkpoints)
+    # Every process picks the same checkpoint: only complete ones of this identity, which nobody removes.
+    resume_from = newest_complete_checkpoint(checkpoints, identity)
 
     configs = build_configs(spec, checkpoints_dir=checkpoints, device=device, has_eval=data.eval is not None)
+    prepare_tracking(spec.tracking, output_dir)
     location = locate_model(spec.base_model)
     tokenizer = load_tokenizer(location)
     for split, rows in (("train", data.train), ("eval", data.eval)):
         check_prompts_fit(split, rows, tokenizer, spec.training.max_seq_length)
-    model = load_model(location, configs.precision, device, configs.quantization, configs.gradient_checkpointing)
+    if spec.method == "full":
+        check_full_training_memory(spec, location, device)
+    # Full fine-tuning keeps fp32 master weights (bf16/fp16 only in autocast): 16-bit weights would lose small updates.
+    weights = "fp32" if spec.method == "full" else configs.precision
+    model = load_model(location, weights, device, configs.quantization, configs.gradient_checkpointing)
 
     progress = ProgressCallback(choose_sink(output_dir))
-    trainer = build_trainer(
-        model, tokenizer, configs, data.train, data.eval, [CheckpointMarker(), progress], spec.training.max_seq_length
-    )
+    callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]
+    trainer = build_trainer(model, tokenizer, configs, data.train, data.eval, callbacks, spec.training.max_seq_length)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    watch.training = True
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        watch.training = False
+    if watch.requested:
+        raise watch.stopped(trainer.state.global_step)
     wall = time.monotonic() - started
     metrics = _final_metrics(trainer, result, spec, data, resumed=resume_from is not None, wall=wall, me=me)
 
@@ -130,6 +155,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo) -> dict[str
             manifest,
         )
         final = publish_adapter(output_dir)
+        publish_to_store(final)
         hub_repo = push_adapter(final, spec.output)
         last = progress.last_progress.model_copy(
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
@@ -230,6 +256,8 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     from kubetune.api.runtime import METRICS_FILE
 
     final = adapter_dir(output_dir)
+    if process_info().is_main:
+        publish_to_store(final)
     stored = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
     metrics = TrainingMetrics.model_validate({key: value for key, value in stored.items() if key in METRIC_FIELDS})
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None

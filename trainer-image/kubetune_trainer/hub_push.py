@@ -9,7 +9,8 @@ from pathlib import Path
 from kubetune.api import OutputSpec
 from kubetune.api.runtime import ENV_HF_PUSH_TOKEN
 
-from .errors import TrainerFailure
+from .errors import NetworkError, TrainerFailure
+from .retries import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,21 @@ def push_adapter(adapter_dir: Path, output: OutputSpec) -> str | None:
     if not token:
         raise TrainerFailure(f"output.hub: no Hub token in {ENV_HF_PUSH_TOKEN} (from output.hub.tokenSecretRef)")
     api = HfApi(token=token)
-    try:
-        api.create_repo(output.hub.repo, private=output.hub.private, exist_ok=True)
+    hub = output.hub
+
+    def push() -> None:
+        api.create_repo(hub.repo, private=hub.private, exist_ok=True)
         api.upload_folder(
             folder_path=str(adapter_dir),
-            repo_id=output.hub.repo,
+            repo_id=hub.repo,
             commit_message="kubetune adapter",
             ignore_patterns=["training_args.bin"],  # a pickle (runs code when loaded) that older runs left here
         )
+
+    try:
+        with_retries(f"output.hub: pushing to {hub.repo!r}", push)
+    except NetworkError:
+        raise
     except Exception as error:  # hub errors come in many types; the token is never part of their message
         raise TrainerFailure(
             f"output.hub: pushing to {output.hub.repo!r} failed: {type(error).__name__}: {error}"

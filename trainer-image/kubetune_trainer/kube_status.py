@@ -1,8 +1,9 @@
-"""Patch the FineTuneJob's status from inside the pod with the standard library only.
+"""Report progress and final metrics from inside the pod, with the standard library only.
 
-The pod's service account may patch only `finetunejobs/status` of its own object (the operator's Role
-restricts it by resourceNames). The trainer writes `progress` and, at the end, `metrics`; the operator owns
-phase and conditions. A failed patch never fails training, and the token never appears in logs.
+The pod's service account may patch only its own report ConfigMap (the operator's Role restricts it by
+resourceNames); it cannot write the FineTuneJob or its status. The trainer writes `data.progress` and, at the
+end, `data.metrics` (JSON); the operator validates them and copies them into the FineTuneJob's status, and owns
+everything else there. A failed patch never fails training, and the token never appears in logs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import API_GROUP, API_VERSION
-from kubetune.api.resources import FineTuneJob
-from kubetune.api.runtime import ENV_JOB_NAME, ENV_NAMESPACE
+from kubetune.api.runtime import ENV_NAMESPACE, ENV_REPORT_CONFIGMAP
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ PATCH_TIMEOUT_SECONDS = 5.0
 
 
 class KubeStatusClient:
-    """Merge-patches `/apis/kubetune.dev/v1alpha1/namespaces/<ns>/finetunejobs/<name>/status`."""
+    """Merge-patches the report ConfigMap `/api/v1/namespaces/<ns>/configmaps/<name>` (`name`: ENV_REPORT_CONFIGMAP)."""
 
     def __init__(
         self,
@@ -47,18 +46,18 @@ class KubeStatusClient:
         self.timeout = timeout
 
     @property
-    def status_path(self) -> str:
-        return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{self.namespace}/{FineTuneJob.PLURAL}/{self.name}/status"
+    def report_path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/configmaps/{self.name}"
 
     @classmethod
     def from_environment(
         cls, environ: Mapping[str, str] | None = None, account_dir: Path | None = None
     ) -> KubeStatusClient | None:
-        """A client when running in a pod with a token and the job's name, else None (report to a file)."""
+        """A client when running in a pod with a token and a report ConfigMap, else None (report to a file)."""
         environ = os.environ if environ is None else environ
         account_dir = account_dir or SERVICE_ACCOUNT_DIR
         host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
-        name, namespace = environ.get(ENV_JOB_NAME), environ.get(ENV_NAMESPACE)
+        name, namespace = environ.get(ENV_REPORT_CONFIGMAP), environ.get(ENV_NAMESPACE)
         token_file = account_dir / "token"
         if not (host and name and token_file.is_file()):
             return None
@@ -72,13 +71,15 @@ class KubeStatusClient:
         return cls(f"https://{netloc}", namespace, name, token_file, context)
 
     def patch_status(self, status: dict[str, Any]) -> bool:
-        """Send `{"status": status}` as a merge patch; True on success, a warning (no token) on failure."""
-        body = json.dumps({"status": status}).encode()
+        """Send each top-level field of `status` (progress, metrics) as one JSON value of the ConfigMap's data, as a
+        merge patch; True on success, a warning (no token) on failure."""
+        data = {key: json.dumps(value, sort_keys=True) for key, value in status.items()}
+        body = json.dumps({"data": data}).encode()
         try:
             # Re-read each time: projected service account tokens are rotated by the kubelet.
             token = self.token_file.read_text().strip()
             request = urllib.request.Request(
-                self.base_url + self.status_path,
+                self.base_url + self.report_path,
                 data=body,
                 method="PATCH",
                 headers={
@@ -91,8 +92,8 @@ class KubeStatusClient:
                 response.read()
             return True
         except urllib.error.HTTPError as error:
-            log.warning("status patch of finetunejob %s/%s failed: HTTP %s", self.namespace, self.name, error.code)
+            log.warning("report patch of configmap %s/%s failed: HTTP %s", self.namespace, self.name, error.code)
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", None) or type(error).__name__
-            log.warning("status patch of finetunejob %s/%s failed: %s", self.namespace, self.name, reason)
+            log.warning("report patch of configmap %s/%s failed: %s", self.namespace, self.name, reason)
         return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from importlib import metadata
 from typing import Any
 
@@ -17,6 +19,20 @@ LIBRARIES = ("kubetune", "torch", "transformers", "trl", "peft", "accelerate", "
 def spec_hash(spec: FineTuneJobSpec) -> str:
     """Stable hash of the full spec (defaults included); the local runner compares it too."""
     return spec.fingerprint()
+
+
+def checkpoint_spec_hash(spec: FineTuneJobSpec) -> str:
+    """Hash of what shapes the training run: the whole spec except `suspend`, the one field that may change
+    while the run goes on (suspending and resuming must find its checkpoints again)."""
+    wire = spec.model_dump(mode="json", by_alias=True)
+    wire.pop("suspend", None)
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def run_identity(spec: FineTuneJobSpec, data: PreparedData) -> dict[str, str]:
+    """What a checkpoint must have been written by to be resumed: this spec and this data."""
+    return {"specHash": checkpoint_spec_hash(spec), "datasetFingerprint": data.fingerprint}
 
 
 def library_versions() -> dict[str, str]:

@@ -11,7 +11,7 @@ from .data import PreparedData
 from .generation_eval import METHOD as GENERATION_METHOD
 from .sft_trainer import SPLIT_NAMES, LengthReport
 
-METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA"}
+METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "Fully fine-tuned"}
 
 
 def _example_prompt(data: PreparedData) -> str:
@@ -35,6 +35,11 @@ def _length_line(lengths: Mapping[str, LengthReport], max_seq_length: int) -> st
         for split, report in lengths.items()
     ]
     return f"Rows longer than maxSeqLength {max_seq_length}: {'; '.join(parts) or 'none counted'}."
+
+
+def _lora_settings(spec: FineTuneJobSpec) -> str:
+    lora = spec.lora
+    return f"r={lora.r}, alpha={lora.alpha:g}, dropout={lora.dropout:g}, modules: {_lora_modules(spec)}"
 
 
 def _lora_modules(spec: FineTuneJobSpec) -> str:
@@ -82,8 +87,11 @@ def render_model_card(
         )
     load_base = repr(spec.base_model.name) if spec.base_model.name else '"/path/to/base-model"'
     front_matter_base = f"base_model: {spec.base_model.name}\n" if spec.base_model.name else ""
+    full = spec.method == "full"
+    artifact, library = ("model", "transformers") if full else ("adapter", "peft")
+    lora_row = "" if full else f"| LoRA | {_lora_settings(spec)} |\n"
     return f"""---
-library_name: peft
+library_name: {library}
 {front_matter_base}tags:
 - kubetune
 - {spec.method}
@@ -91,9 +99,9 @@ library_name: peft
 - trl
 ---
 
-# {METHOD_NAMES[spec.method]} adapter for {base}
+# {METHOD_NAMES[spec.method]} {artifact} for {base}
 
-A {METHOD_NAMES[spec.method]} adapter trained by kubetune with trl's SFTTrainer on `{data.source}`
+A {METHOD_NAMES[spec.method]} {artifact} trained by kubetune with trl's SFTTrainer on `{data.source}`
 ({data.format} format, {train_rows} training rows, {eval_rows} evaluation rows, {data.skipped_rows} invalid rows
 skipped). {_length_line(lengths, training.max_seq_length)}
 
@@ -103,8 +111,7 @@ skipped). {_length_line(lengths, training.max_seq_length)}
 |---|---|
 | Base model | {base} (revision {manifest.get("baseModelRevision") or "default"}) |
 | Method | {spec.method} |
-| LoRA | r={spec.lora.r}, alpha={spec.lora.alpha:g}, dropout={spec.lora.dropout:g}, modules: {_lora_modules(spec)} |
-{quantization}| Epochs / max steps | {epochs} / {training.max_steps or "-"} |
+{lora_row}{quantization}| Epochs / max steps | {epochs} / {training.max_steps or "-"} |
 | Learning rate | {training.learning_rate:g} ({training.scheduler}, warmup ratio {training.warmup_ratio:g}) |
 | Batch | {training.batch_size} x {training.gradient_accumulation_steps} accumulation per device |
 | Max sequence length | {training.max_seq_length} |

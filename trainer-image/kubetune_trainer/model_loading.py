@@ -11,11 +11,13 @@ from typing import Any
 import torch
 from kubetune.api import ModelSource
 from kubetune.api.runtime import ENV_HF_TOKEN, resolve_pvc_path
+from kubetune.model_cache import cache_root, ensure_cached
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from .device import DeviceInfo, ResolvedPrecision
-from .errors import ModelLoadError
+from .errors import ModelLoadError, NetworkError
 from .quantized_cpu import keep_4bit_training_layout
+from .retries import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,15 @@ class ModelLocation:
     path: str
     revision: str | None
     trust_remote_code: bool
+    local_only: bool = False
+    """The files are complete in the shared model cache: load them without contacting the Hub."""
 
     def kwargs(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         if self.revision:
             arguments["revision"] = self.revision
+        if self.local_only:
+            arguments["local_files_only"] = True
         token = os.environ.get(ENV_HF_TOKEN)
         if token:
             arguments["token"] = token
@@ -49,9 +55,25 @@ class ModelLocation:
 
 
 def locate_model(source: ModelSource) -> ModelLocation:
-    """A Hub id, or the mounted folder of a PVC reference (which must exist)."""
+    """A Hub id (fetched once into the shared model cache when the pod has one), or the mounted folder of a PVC
+    reference (which must exist)."""
     if source.name is not None:
-        return ModelLocation(source.name, source.revision, source.trust_remote_code)
+        root = cache_root()
+        if root is None:
+            return ModelLocation(source.name, source.revision, source.trust_remote_code)
+        name, token = source.name, os.environ.get(ENV_HF_TOKEN) or None
+        try:
+            commit = with_retries(
+                f"fetching {name!r} into the model cache",
+                lambda: ensure_cached(root, name, source.revision, token, source.trust_remote_code),
+            )
+        except NetworkError:
+            raise
+        except Exception as error:
+            raise ModelLoadError(
+                f"baseModel.name: cannot fetch {name!r} into the model cache {root}: {type(error).__name__}: {error}"
+            ) from error
+        return ModelLocation(name, commit, source.trust_remote_code, local_only=True)
     assert source.pvc is not None
     path = resolve_pvc_path(source.pvc)
     if not Path(path, "config.json").is_file():
@@ -71,7 +93,12 @@ def _load_error(what: str, location: ModelLocation, error: Exception) -> ModelLo
 def load_tokenizer(location: ModelLocation) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token and a chat template guaranteed."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location.path, **location.kwargs())
+        tokenizer = with_retries(
+            f"loading the tokenizer from {location.path!r}",
+            lambda: AutoTokenizer.from_pretrained(location.path, **location.kwargs()),
+        )
+    except NetworkError:
+        raise
     except Exception as error:
         raise _load_error("tokenizer", location, error) from error
     if tokenizer.pad_token is None:
@@ -96,7 +123,12 @@ def load_model(
         # A quantized model is placed at load time; each DDP process takes its own GPU.
         arguments["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if device.is_cuda else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(location.path, **arguments)
+        model = with_retries(
+            f"loading the base model from {location.path!r}",
+            lambda: AutoModelForCausalLM.from_pretrained(location.path, **arguments),
+        )
+    except NetworkError:
+        raise
     except Exception as error:
         raise _load_error("base model", location, error) from error
     if quantization is not None:

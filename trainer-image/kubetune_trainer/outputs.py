@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.runtime import ADAPTER_DIR, MANIFEST_FILE, METRICS_FILE
+from kubetune.api.runtime import ADAPTER_DIR, ENV_ADAPTER_STORE, MANIFEST_FILE, METRICS_FILE
 
 from .reporting import write_json_atomically
 
@@ -45,8 +46,11 @@ def write_adapter_extras(folder: Path, readme: str, metrics: dict[str, Any], man
 def publish_adapter(output_dir: Path) -> Path:
     """Rename the temporary folder to `adapter/`, replacing an older adapter only once the new one is whole."""
     partial, final = partial_adapter_dir(output_dir), adapter_dir(output_dir)
-    if not (partial / "adapter_config.json").is_file() or not (partial / MANIFEST_FILE).is_file():
-        raise RuntimeError(f"refusing to publish {partial}: adapter_config.json or {MANIFEST_FILE} is missing")
+    weights_config = partial / "adapter_config.json", partial / "config.json"  # an adapter, or a full model
+    if not any(path.is_file() for path in weights_config) or not (partial / MANIFEST_FILE).is_file():
+        raise RuntimeError(
+            f"refusing to publish {partial}: adapter_config.json (or config.json) or {MANIFEST_FILE} is missing"
+        )
     retired = output_dir / f".{ADAPTER_DIR}.old"
     shutil.rmtree(retired, ignore_errors=True)
     if final.exists():
@@ -64,3 +68,25 @@ def finished_manifest(output_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def publish_to_store(adapter: Path) -> Path | None:
+    """Copy the finished adapter to the namespace's adapter store (KUBETUNE_ADAPTER_STORE, when the operator set
+    one), whole or not at all: servers load it from there, independent of this run's output volume and of the
+    FineTuneJob's lifetime. A copy of this very adapter already there (a retried pod) is kept."""
+    target = os.environ.get(ENV_ADAPTER_STORE)
+    if not target:
+        return None
+    store = Path(target)
+    if (store / MANIFEST_FILE).is_file() and (store / MANIFEST_FILE).read_bytes() == (
+        adapter / MANIFEST_FILE
+    ).read_bytes():
+        return store
+    partial = store.with_name(f".{store.name}{PARTIAL_SUFFIX}")
+    shutil.rmtree(partial, ignore_errors=True)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(adapter, partial)
+    shutil.rmtree(store, ignore_errors=True)
+    partial.rename(store)
+    log.info("adapter published to the adapter store at %s", store)
+    return store

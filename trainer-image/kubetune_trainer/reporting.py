@@ -1,4 +1,4 @@
-"""Progress reporting: a trainer callback that sends `Progress` to the FineTuneJob status or a file.
+"""Progress reporting: a trainer callback that sends `Progress` to the trainer's report ConfigMap or a file.
 
 Reports are throttled (default: at most one every 30 s) so that a fast loop, or hundreds of trainers at once,
 cannot flood the API server (every report is a status write and a watch event to every watcher of FineTuneJobs);
@@ -48,7 +48,7 @@ class ProgressSink(Protocol):
 
 
 class KubeStatusSink:
-    """Progress and final metrics into `.status` of the FineTuneJob."""
+    """Progress and final metrics into the trainer's report ConfigMap (the operator copies them into the status)."""
 
     def __init__(self, client: KubeStatusClient) -> None:
         self.client = client
@@ -74,10 +74,10 @@ class FileSink:
 
 
 def choose_sink(output_dir: Path) -> ProgressSink:
-    """The FineTuneJob status when the pod has a service account token and the job's name, else the file."""
+    """The report ConfigMap when the pod has a service account token and the ConfigMap's name, else the file."""
     client = KubeStatusClient.from_environment()
     if client is not None:
-        log.info("reporting progress to finetunejob %s/%s", client.namespace, client.name)
+        log.info("reporting progress to configmap %s/%s", client.namespace, client.name)
         return KubeStatusSink(client)
     return FileSink(output_dir)
 

@@ -16,6 +16,7 @@ from .base import API_GROUP, API_VERSION
 from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from .modelserve import ModelServeSpec, ModelServeStatus
 from .resources import FineTuneJob, ModelServe
+from .runtime_policy import FineTuneRuntime, FineTuneRuntimeSpec
 
 CATEGORY = "kubetune"
 MUTABLE_FINETUNEJOB_FIELDS = frozenset({"suspend"})
@@ -132,7 +133,11 @@ def immutability_rules(spec_model: type[BaseModel], mutable: frozenset[str]) -> 
     return rules
 
 
-def _object_schema(resource: type[BaseModel], spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+def _object_schema(resource: type[BaseModel], spec: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
+    if status is None:  # a kind without status (FineTuneRuntime)
+        schema = _object_schema(resource, spec, {})
+        del schema["properties"]["status"]
+        return schema
     return {
         "type": "object",
         "description": (resource.__doc__ or "").strip(),
@@ -153,9 +158,10 @@ def _crd(
     short_name: str,
     schema: dict[str, Any],
     columns: list[dict[str, Any]],
+    scope: str = "Namespaced",
 ) -> dict[str, Any]:
     kind = resource.__name__
-    return {
+    crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
@@ -172,7 +178,7 @@ def _crd(
                 "shortNames": [short_name],
                 "categories": [CATEGORY],
             },
-            "scope": "Namespaced",
+            "scope": scope,
             "versions": [
                 {
                     "name": API_VERSION,
@@ -185,6 +191,9 @@ def _crd(
             ],
         },
     }
+    if "status" not in schema["properties"]:
+        del crd["spec"]["versions"][0]["subresources"]
+    return crd
 
 
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -222,6 +231,12 @@ def modelserve_crd() -> dict[str, Any]:
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Adapters", "type": "string", "jsonPath": ".status.adapterNames"},
+        {
+            "name": "Loaded",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="AdaptersLoaded")].status',
+            "description": "Every adapter loaded on every ready server replica, as the servers report (True).",
+        },
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
         _AGE,
@@ -230,7 +245,18 @@ def modelserve_crd() -> dict[str, Any]:
     return _crd(ModelServe, ModelServe.PLURAL, "msv", schema, columns)
 
 
+def finetuneruntime_crd() -> dict[str, Any]:
+    columns = [
+        {"name": "Trainer Image", "type": "string", "jsonPath": ".spec.trainerImage"},
+        {"name": "Max GPUs", "type": "integer", "jsonPath": ".spec.maxGpus"},
+        {"name": "Queue", "type": "string", "jsonPath": ".spec.defaultQueueName"},
+        _AGE,
+    ]
+    schema = _object_schema(FineTuneRuntime, model_schema(FineTuneRuntimeSpec), None)
+    return _crd(FineTuneRuntime, FineTuneRuntime.PLURAL, "ftr", schema, columns, scope="Cluster")
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for every kind."""
-    crds = [finetunejob_crd(), modelserve_crd()]
+    crds = [finetunejob_crd(), modelserve_crd(), finetuneruntime_crd()]
     return {f"{crd['metadata']['name']}.yaml": crd for crd in crds}

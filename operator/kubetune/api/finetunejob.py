@@ -21,14 +21,29 @@ from .base import (
     nested_default,
 )
 from .conditions import Condition
+from .queueing import WorkloadMetadata
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
+from .tracking import TrackingSpec
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALL_LINEAR = "all-linear"
 
 DatasetFormat = Literal["alpaca", "chat", "qa", "text"]
-Method = Literal["lora", "qlora"]
-FineTuneJobPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+Method = Literal["lora", "qlora", "full"]
+FineTuneJobPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+# Fields that say where, when and how observably the trainer runs, not what it trains: left out of the spec's
+# fingerprint (a checkpoint or adapter stays valid whichever queue, cache, grace period or tracker the run used).
+PLACEMENT_FIELDS = frozenset(
+    {
+        "queue_name",
+        "workload_metadata",
+        "runtime_name",
+        "tracking",
+        "model_cache",
+        "termination_grace_period_seconds",
+    }
+)
 
 
 class HfDataset(ApiModel):
@@ -292,7 +307,13 @@ class ResourceSpec(ApiModel):
     """Compute for the trainer pod and where it may run."""
 
     gpus: int = Field(default=1, ge=0, le=64)
-    """GPUs per pod, requested as `gpuResourceName`; 0 trains on CPU (tiny models only)."""
+    """GPUs per pod, requested as `gpuResourceName`, each running one trainer process (torchrun); 0 trains on CPU
+    (tiny models only)."""
+
+    nodes: int = Field(default=1, ge=1, le=64)
+    """Pods (nodes) of the run, each with `gpus` GPUs: more than 1 runs an Indexed Job whose pods meet through a
+    headless Service (torchrun rendezvous at pod 0). Needs an output volume all pods can mount (ReadWriteMany),
+    and all pods started together: use Kueue (spec.queueName), which admits the Job's pods all or none."""
 
     gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu, or a MIG profile)."""
@@ -364,7 +385,7 @@ class FineTuneJobSpec(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
-                    "message": "quantization is required with method qlora and not allowed with method lora",
+                    "message": "quantization is required with method qlora and not allowed with methods lora and full",
                 }
             ]
         }
@@ -377,10 +398,13 @@ class FineTuneJobSpec(ApiModel):
     """The training data."""
 
     method: Method = "lora"
-    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory)."""
+    """lora trains an adapter on the full-precision base; qlora on a 4/8-bit quantized base (less memory); full
+    trains every weight of a small model and writes a complete model folder (servable as a ModelServe's baseModel).
+    full needs about 16 bytes per parameter with AdamW plus activations on each GPU: the trainer estimates it before
+    loading the model and refuses (InvalidInput) when one GPU cannot hold it. Use a lower learningRate (e.g. 2e-5)."""
 
     lora: LoraSpec = nested_default(LoraSpec)
-    """Adapter shape."""
+    """Adapter shape (not used with method full)."""
 
     quantization: QuantizationSpec | None = None
     """Base-model quantization; required with method qlora, not allowed with lora."""
@@ -397,8 +421,15 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = nested_default(OutputSpec)
     """Where results go."""
 
+    tracking: TrackingSpec = nested_default(TrackingSpec)
+    """Experiment tracking: TensorBoard files on the output volume (default), MLflow, Weights & Biases."""
+
     image: ShortText | None = None
     """Trainer image override; empty uses the operator's configured trainer image."""
+
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model (and a Hub dataset) is downloaded: the namespace's shared model cache claim, or a
+    size-limited scratch volume of the trainer pod; empty follows the operator's defaults."""
 
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Pod failures retried before the job fails (each retry resumes from the newest checkpoint)."""
@@ -406,16 +437,47 @@ class FineTuneJobSpec(ApiModel):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the job when it runs longer than this."""
 
+    termination_grace_period_seconds: int = Field(default=120, ge=10, le=3600)
+    """Seconds a trainer pod gets after SIGTERM (spot preemption, eviction, node drain) before it is killed. The
+    trainer finishes the optimizer step in progress, saves a checkpoint and exits, and the retry resumes there:
+    allow the time of one optimizer step plus one checkpoint save (spot nodes may give less in total)."""
+
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the trainer Job and pods this long after it finishes; the FineTuneJob and its output stay."""
 
     suspend: bool = False
     """Stop the trainer (its pods are deleted) and keep the checkpoints; set false again to resume."""
 
+    queue_name: ObjectName | None = None
+    """Kueue LocalQueue to submit the trainer Job to (label kueue.x-k8s.io/queue-name). Kueue then decides when it
+    runs (admits it by unsuspending it) and may preempt it (suspends it; it resumes from its newest checkpoint).
+    Empty: no queue label, the Job starts at once."""
+
+    workload_metadata: WorkloadMetadata | None = None
+    """Labels and annotations for the trainer Job and its pods (cost labels, Kueue's priority class)."""
+
+    runtime_name: ObjectName | None = None
+    """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose images, GPU pool, limits and policy
+    apply; empty uses the operator's default runtime, if one is configured."""
+
     def fingerprint(self) -> str:
-        """Stable hash of the whole spec with defaults: equal fingerprints mean the same training run."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the whole spec with defaults, without placement (queue, pass-through metadata): equal
+        fingerprints mean the same training run. `resources.nodes: 1` is left out, so specs from before the field
+        existed keep their hash."""
+        wire = self.model_dump(mode="json", by_alias=True, exclude=set(PLACEMENT_FIELDS))
+        if wire["resources"].get("nodes") == 1:
+            del wire["resources"]["nodes"]
+        canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    @model_validator(mode="after")
+    def _shared_output_for_nodes(self) -> FineTuneJobSpec:
+        if self.resources.nodes > 1 and self.output.pvc is None and self.output.access_mode != "ReadWriteMany":
+            raise ValueError(
+                f"resources.nodes {self.resources.nodes} needs an output volume every pod can mount: set "
+                "output.accessMode: ReadWriteMany (or output.pvc to an existing ReadWriteMany claim)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantization_matches_method(self) -> FineTuneJobSpec:
@@ -424,8 +486,8 @@ class FineTuneJobSpec(ApiModel):
                 "method qlora requires quantization (e.g. quantization: {bits: 4, type: nf4}); "
                 "use method lora to train on the full-precision base"
             )
-        if self.method == "lora" and self.quantization is not None:
-            raise ValueError("quantization is only allowed with method qlora (got method lora)")
+        if self.method != "qlora" and self.quantization is not None:
+            raise ValueError(f"quantization is only allowed with method qlora (got method {self.method})")
         return self
 
 
@@ -511,13 +573,14 @@ class OutputStatus(ApiModel):
     """Where the finished adapter is, for ModelServe and for people."""
 
     pvc: PvcPath | None = None
-    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors)."""
+    """Claim and folder holding the adapter (adapter_config.json, adapter_model.safetensors), or with method full
+    the whole model (config.json, model.safetensors) that a ModelServe serves as its baseModel.pvc."""
 
     base_model: ModelSource | None = None
     """The base model the adapter was trained on."""
 
     method: Method | None = None
-    """lora or qlora."""
+    """lora, qlora or full."""
 
     hub_repo: HfRepoId | None = None
     """Hub repository the adapter was pushed to, if any."""
@@ -527,10 +590,11 @@ class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob, written by the operator and the trainer through the status subresource."""
 
     phase: FineTuneJobPhase = "Pending"
-    """Pending, Running, Succeeded, Failed or Suspended."""
+    """Pending, Queued (waiting in its Kueue queue, also after a preemption), Running, Succeeded, Failed or
+    Suspended."""
 
     conditions: list[Condition] = Field(default_factory=list, max_length=32)
-    """Validated, JobCreated, Running, Succeeded, Failed (and Suspended) with reasons."""
+    """Validated, JobCreated, Running, Succeeded, Failed (and Suspended; Admitted with a queue) with reasons."""
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation the status describes."""

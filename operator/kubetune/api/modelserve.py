@@ -17,8 +17,14 @@ from .base import (
     nested_default,
 )
 from .conditions import Condition
+from .engines import EngineName, VllmSpec
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
+from .storage import ModelCacheSpec
 
+VLLM_NEEDS_GPUS = (
+    "engine vllm needs resources.gpus >= 1 (the vLLM server image is built for CUDA), or an image with a CPU "
+    "build of vLLM; on CPU use engine transformers or auto"
+)
 ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
 MAX_ADAPTERS = 32
 
@@ -124,7 +130,19 @@ class GenerationSpec(ApiModel):
     """Default nucleus sampling probability mass."""
 
     max_batch_size: int = Field(default=16, ge=1, le=256)
-    """Most requests decoded together in one batch."""
+    """Most requests decoded together in one batch (vLLM: max_num_seqs; raise it for vLLM on GPUs, whose paged
+    cache holds many more sequences)."""
+
+    max_step_tokens: int = Field(default=512, ge=16, le=65536)
+    """Most tokens one engine step feeds the model: a token per decoding request plus a chunk of the prompts
+    joining the batch. Long prompts are prefilled in such chunks, so requests already streaming keep getting
+    tokens meanwhile. Transformers engine only: vLLM chunks prefills with its own scheduler budget."""
+
+    kv_cache_tokens: int | None = Field(default=None, ge=16, le=16777216)
+    """Transformers engine: most KV-cache tokens the batch may grow to (rows x the longest prompt + max_tokens,
+    as its cache is one padded block); a request that does not fit waits for rows to finish, and one that needs
+    more alone is refused. Empty: on a GPU what 80% of its memory left free after loading holds, on CPU only
+    maxBatchSize limits admission. vLLM: the size of its paged cache (empty: from gpuMemoryUtilization)."""
 
     @model_validator(mode="after")
     def _limits(self) -> GenerationSpec:
@@ -156,6 +174,10 @@ class ModelServeSpec(ApiModel):
                 {
                     "rule": "has(self.baseModel) || size(self.adapters) == 0 || has(self.adapters[0].fineTuneJobRef)",
                     "message": "baseModel is required when the first adapter comes from a pvc",
+                },
+                {
+                    "rule": "self.engine != 'vllm' || self.resources.gpus > 0 || has(self.image)",
+                    "message": VLLM_NEEDS_GPUS,
                 },
             ]
         }
@@ -189,7 +211,25 @@ class ModelServeSpec(ApiModel):
     """Secret holding the API key clients must send as 'Authorization: Bearer <key>'; empty means no auth."""
 
     image: ShortText | None = None
-    """Server image override; empty uses the operator's configured server image."""
+    """Server image override; empty uses the operator's configured server image (its vLLM image for the vLLM
+    engine)."""
+
+    engine: EngineName = "transformers"
+    """Inference engine: `transformers` (kubetune's continuous batching on transformers + PEFT; any
+    architecture, CPU or GPU), `vllm` (vLLM's engine with its multi-LoRA kernels: several times faster on
+    GPUs, for the architectures vLLM supports) or `auto` (vLLM on GPUs, falling back to transformers for an
+    architecture vLLM lacks; transformers on CPU)."""
+
+    vllm: VllmSpec = nested_default(VllmSpec)
+    """Settings of the vLLM engine."""
+
+    model_cache: ModelCacheSpec | None = None
+    """Where a Hub base model is downloaded: the namespace's shared model cache claim (filled by the first trainer
+    or server that needs the model), or a size-limited scratch volume of each replica; empty follows the operator's
+    defaults."""
+    runtime_name: ObjectName | None = None
+    """FineTuneRuntime (cluster-scoped, owned by the platform admins) whose server image, GPU pool, limits and
+    policy apply; empty uses the operator's default runtime, if one is configured."""
 
     @model_validator(mode="after")
     def _adapters(self) -> ModelServeSpec:
@@ -201,6 +241,8 @@ class ModelServeSpec(ApiModel):
             raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
         if self.merge_adapter and len(self.adapters) != 1:
             raise ValueError(f"mergeAdapter needs exactly one adapter (got {len(self.adapters)})")
+        if self.engine == "vllm" and self.resources.gpus == 0 and self.image is None:
+            raise ValueError(VLLM_NEEDS_GPUS)
         if self.base_model is None and self.adapters[0].fine_tune_job_ref is None:
             raise ValueError(
                 "baseModel is required when the first adapter comes from a pvc "
@@ -222,6 +264,24 @@ class ResolvedAdapter(ApiModel):
     """The FineTuneJob it came from, if any."""
 
 
+AdapterState = Literal["Pending", "Loaded", "Refused", "Unknown"]
+
+
+class ServedAdapter(ResolvedAdapter):
+    """A resolved adapter with its state as the ready server replicas report it (their GET /adapters)."""
+
+    state: AdapterState = "Pending"
+    """Loaded: every ready replica that answered serves it. Refused: a replica would not load it (see message).
+    Pending: not loaded yet (no replica ready, or a replica has not read the new serve.json yet). Unknown: no ready
+    replica answered the operator."""
+
+    loaded_replicas: int = Field(default=0, ge=0)
+    """Ready server replicas that serve this adapter from this volume."""
+
+    message: str | None = Field(default=None, max_length=4096)
+    """Why it is not Loaded (a replica's refusal reason, or how many replicas have it)."""
+
+
 class ModelServeStatus(ApiModel):
     """Observed state of a ModelServe."""
 
@@ -229,7 +289,7 @@ class ModelServeStatus(ApiModel):
     """Pending, WaitingForAdapters, Deploying, Ready or Failed."""
 
     conditions: list[Condition] = Field(default_factory=list, max_length=32)
-    """AdaptersReady, Available (and Ready) with reasons."""
+    """AdaptersReady (resolved), AdaptersLoaded (as the servers report), Available, Progressing and Ready."""
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation the status describes."""
@@ -243,8 +303,8 @@ class ModelServeStatus(ApiModel):
     url: str | None = Field(default=None, max_length=2048)
     """In-cluster base URL of the OpenAI-compatible API."""
 
-    adapters: list[ResolvedAdapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
-    """Adapters as resolved to volumes."""
+    adapters: list[ServedAdapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
+    """Adapters as resolved to volumes, each with its state on the server replicas."""
 
     adapter_names: str | None = Field(default=None, max_length=4096)
     """Comma-separated adapter names (for kubectl get)."""

@@ -22,13 +22,16 @@ SPEC_DIR = "/etc/kubetune"
 SPEC_FILE = "spec.json"
 SERVE_CONFIG_FILE = "serve.json"
 DEFAULT_OUTPUT = "/workspace/output"
-HF_HOME_SUBDIR = ".cache/huggingface"
 SHM_DIR = "/dev/shm"
 TERMINATION_LOG = "/dev/termination-log"
 SERVER_PORT = 8000
 
 # Layout of a trainer output folder.
+RUNS_DIR = "runs"
+"""On an output claim, each FineTuneJob writes under `runs/<its uid>`: runs never share checkpoints."""
 ADAPTER_DIR = "adapter"
+ADAPTER_STORE_DIR = "adapters"
+"""On the adapter store claim, FineTuneJob `name` with uid `uid` publishes to `adapters/<name>/<uid>`."""
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
@@ -43,14 +46,40 @@ ENV_CONFIGMAP_ROOT = "KUBETUNE_CONFIGMAP_ROOT"
 ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
 ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+ENV_REPORT_CONFIGMAP = "KUBETUNE_REPORT_CONFIGMAP"
+"""The trainer's own ConfigMap: it writes progress and final metrics there; the operator validates them and copies
+them into the FineTuneJob's status (the trainer's token cannot write that status)."""
+ENV_NODES = "KUBETUNE_NODES"
+"""Nodes (pods) of one training run; more than 1 runs an Indexed Job whose completion index is the node rank."""
+ENV_PROCS_PER_NODE = "KUBETUNE_PROCS_PER_NODE"
+"""Trainer processes per pod: one per GPU (torchrun), 1 on CPU."""
+ENV_MASTER_ADDR = "KUBETUNE_MASTER_ADDR"
+"""Host name of node 0 (its pod behind the headless rendezvous Service) for torchrun's rendezvous."""
+ENV_MASTER_PORT = "KUBETUNE_MASTER_PORT"
+ENV_NODE_RANK = "JOB_COMPLETION_INDEX"
+"""Set by the Job controller in every pod of an Indexed Job (0 .. completions-1)."""
+RENDEZVOUS_PORT = 29500
+REPORT_PROGRESS_KEY = "progress"
+REPORT_METRICS_KEY = "metrics"
 ENV_HF_TOKEN = "HF_TOKEN"
 """The base model's (and a Hub dataset's) read token: huggingface_hub reads it itself."""
 ENV_HF_PUSH_TOKEN = "HF_PUSH_TOKEN"
 """The write token of output.hub (its tokenSecretRef): only the adapter push uses it."""
+ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"
+"""Set (to HF_HOME on the mounted cache claim) only where a shared model cache is mounted: see kubetune.model_cache."""
+ENV_ADAPTER_STORE = "KUBETUNE_ADAPTER_STORE"
+"""Where the trainer also publishes the finished adapter (a folder on the namespace's adapter store claim), so
+servers never depend on the trainer's own volume."""
 ENV_SERVE_CONFIG = "KUBETUNE_SERVE_CONFIG"
 ENV_API_KEY = "KUBETUNE_API_KEY"
 ENV_HOST = "KUBETUNE_HOST"
 ENV_PORT = "KUBETUNE_PORT"
+ENV_DRAIN_SECONDS = "KUBETUNE_DRAIN_SECONDS"
+"""Seconds the server lets running requests finish after SIGTERM; the pod's grace period is set to outlast it."""
+
+
+TRAINER_LAUNCH_MODULE = "kubetune_trainer.launch"
+"""The trainer container's entry: the trainer itself, or torchrun with one trainer process per GPU and node."""
 
 
 class TrainerExit(IntEnum):
@@ -67,6 +96,12 @@ class TrainerExit(IntEnum):
     """Accelerator or host out of memory: retrying the same recipe cannot help, the Job fails at once."""
     OUTPUT_LOCKED = 67
     """Another trainer holds the output folder's lock."""
+    NETWORK = 68
+    """The Hub or a dataset server kept failing (HTTP 429/5xx, timeouts, refused connections) after the trainer's
+    own bounded retries: retried by the Job, counted against backoffLimit."""
+    PREEMPTED = 69
+    """Stopped by SIGTERM (preemption, eviction, node drain) after checkpointing the last optimizer step: the Job
+    starts a new pod that resumes there, without counting it against backoffLimit."""
 
 
 EXIT_REASONS = {
@@ -74,6 +109,8 @@ EXIT_REASONS = {
     TrainerExit.MODEL_LOAD: "ModelLoadFailed",
     TrainerExit.OUT_OF_MEMORY: "OutOfMemory",
     TrainerExit.OUTPUT_LOCKED: "OutputLocked",
+    TrainerExit.NETWORK: "NetworkError",
+    TrainerExit.PREEMPTED: "Preempted",
     TrainerExit.ERROR: "TrainerError",
 }
 

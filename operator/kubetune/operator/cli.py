@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from kubetune import __version__
+
 from .settings import OperatorSettings, SettingsError
 
 
@@ -20,6 +22,7 @@ def _operator(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
+    logging.getLogger("kubetune").info("kubetune operator %s starting", __version__)
     from .runner import LeadershipLost, run  # kopf is imported only when the operator runs
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ import kopf
 from kubetune.api.base import API_GROUP, API_VERSION
 
 from . import naming
+from .manifests.trainer import REPORT_COMPONENT
 from .reconcile.finetunejob import job_phase
 from .services import FORGOTTEN, OperatorContext
 
@@ -18,15 +20,37 @@ FTJ = (API_GROUP, API_VERSION, "finetunejobs")
 MSV = (API_GROUP, API_VERSION, "modelserves")
 OWNED_BY_FTJ = {naming.LABEL_FINETUNEJOB: kopf.PRESENT}
 OWNED_BY_MSV = {naming.LABEL_MODELSERVE: kopf.PRESENT}
+OURS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"  # every child (ConfigMaps belong to both kinds)
 # The children the operator watches, by the label its own objects carry (a server-side selector per watch).
 CHILD_WATCHES = {
     ("batch", "v1", "jobs"): naming.LABEL_FINETUNEJOB,
     ("", "v1", "pods"): naming.LABEL_FINETUNEJOB,
     ("apps", "v1", "deployments"): naming.LABEL_MODELSERVE,
     ("", "v1", "services"): naming.LABEL_MODELSERVE,
+    ("", "v1", "configmaps"): OURS,
+    ("", "v1", "persistentvolumeclaims"): naming.LABEL_FINETUNEJOB,
+    ("", "v1", "serviceaccounts"): naming.LABEL_FINETUNEJOB,
+    ("rbac.authorization.k8s.io", "v1", "roles"): naming.LABEL_FINETUNEJOB,
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): naming.LABEL_FINETUNEJOB,
 }
-# The only Events watched: a Job controller that could not create a pod (a quota, PodSecurity) changes no Job status.
+# The children read from kopf indices instead of GETs (cache.py): kind -> (resource, index id).
+CACHED_CHILDREN = {
+    "Job": (("batch", "v1", "jobs"), "cached_jobs"),
+    "Deployment": (("apps", "v1", "deployments"), "cached_deployments"),
+    "Service": (("", "v1", "services"), "cached_services"),
+    "ConfigMap": (("", "v1", "configmaps"), "cached_configmaps"),
+    "PersistentVolumeClaim": (("", "v1", "persistentvolumeclaims"), "cached_persistentvolumeclaims"),
+    "ServiceAccount": (("", "v1", "serviceaccounts"), "cached_serviceaccounts"),
+    "Role": (("rbac.authorization.k8s.io", "v1", "roles"), "cached_roles"),
+    "RoleBinding": (("rbac.authorization.k8s.io", "v1", "rolebindings"), "cached_rolebindings"),
+}
+# The only Events watched (server-side field selectors): a Job controller that could not create a pod (a quota,
+# PodSecurity) changes no Job status; a kubelet that cannot mount a pod's volume changes no pod status either. kopf
+# opens one watch per resource with one selector, and a field selector cannot OR two values: the same Events are
+# also served as events.k8s.io/v1, so the second selector watches that API.
 REFUSED_PODS = "involvedObject.kind=Job,reason=FailedCreate"
+STUCK_MOUNTS = "regarding.kind=Pod,reason=FailedMount"
+EVENTS_V1 = ("events.k8s.io", "v1", "events")
 RETRY_SECONDS = 5  # a failed reconcile (API hiccup) is retried soon, not after kopf's default minute
 RESYNC_SECONDS = 120  # event handlers are not retried by kopf: a periodic pass catches anything missed (runner.py)
 
@@ -35,14 +59,31 @@ def _ctx(memo: Any) -> OperatorContext:
     return memo.ctx
 
 
+def _by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """A child as the watch last saw it, by (namespace, name): what cache.ChildReader reads instead of a GET."""
+    return {(namespace, name): dict(body)}
+
+
+for _kind, (_resource, _index_id) in CACHED_CHILDREN.items():
+    _label = CHILD_WATCHES[_resource].split("=")[0]
+    kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_by_name)
+# A ModelServe reads the FineTuneJobs it serves from (their phase and output) from kopf's index too: a phase change
+# reaches the index before finetunejob_phase_changed wakes the ModelServe.
+CACHED_FINETUNEJOBS = "cached_finetunejobs"
+kopf.index(*FTJ, id=CACHED_FINETUNEJOBS, registry=REGISTRY)(_by_name)
+
+
 @kopf.on.startup(registry=REGISTRY)
-def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
     """kopf's bookkeeping under kubetune.dev, quiet event posting, metrics endpoint.
 
     No handler needs a finalizer (owner references and the garbage collector clean up; no kopf timers, no
     mandatory delete handler), so kopf adds none. The name is still set: kopf removes a finalizer of that name
     that no handler requires, which migrates objects an older operator finalized (`kubetune.dev/finalizer`)."""
     ctx = _ctx(memo)
+    for kind, (_, index_id) in CACHED_CHILDREN.items():  # live views, filled before any other handler runs
+        ctx.children.attach(kind, kwargs[index_id])
+    ctx.children.attach("FineTuneJob", kwargs[CACHED_FINETUNEJOBS])
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -67,6 +108,7 @@ def watch_only_our_children(settings: kopf.OperatorSettings) -> None:
     for resource, label in CHILD_WATCHES.items():
         settings.watching.label_selectors[resource] = label
     settings.watching.field_selectors[("", "v1", "events")] = REFUSED_PODS
+    settings.watching.field_selectors[EVENTS_V1] = STUCK_MOUNTS
 
 
 @kopf.on.cleanup(registry=REGISTRY)
@@ -140,10 +182,58 @@ def trainer_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
     _ctx(memo).finetunejobs.pod_changed(namespace, dict(body), event.get("type") == "DELETED")
 
 
+@kopf.on.event("", "v1", "configmaps", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def trainer_reported(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """The trainer's report ConfigMap changed (progress, final metrics): the operator copies them into the status."""
+    component = (body.get("metadata", {}).get("labels") or {}).get(naming.LABEL_COMPONENT)
+    if event.get("type") != "DELETED" and component == REPORT_COMPONENT:
+        _ctx(memo).finetunejobs.report_changed(namespace, dict(body))
+
+
 @kopf.on.event("", "v1", "events", registry=REGISTRY)
 def trainer_pod_refused(body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
     """A FailedCreate Event of a Job (server-side field selector REFUSED_PODS): show it on the FineTuneJob."""
     _ctx(memo).finetunejobs.job_refused(namespace, dict(body))
+
+
+@kopf.on.event("", "v1", "configmaps", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=REGISTRY)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=OWNED_BY_FTJ, registry=REGISTRY)
+@kopf.on.event("", "v1", "serviceaccounts", labels=OWNED_BY_FTJ, registry=REGISTRY)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=OWNED_BY_FTJ, registry=REGISTRY)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=OWNED_BY_FTJ, registry=REGISTRY)
+async def child_deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
+    """A child deleted under a running FineTuneJob, or a ModelServe's serve.json, comes back at once (the cached
+    read may still have shown it a moment ago). Deletions by the garbage collector after their owner, or of a
+    finished job's children, need nothing. Async: every other event of these kinds returns at once, in the loop
+    (no thread hop for thousands of ADDED/MODIFIED events at scale)."""
+    if event.get("type") != "DELETED":
+        return
+    ctx = _ctx(memo)
+    owner = next((ref for ref in body.get("metadata", {}).get("ownerReferences", []) if ref.get("controller")), {})
+    if not owner or ctx.is_gone(owner.get("uid", "")):
+        return
+    if owner.get("kind") == "FineTuneJob":
+        phase = ctx.seen_job_phase.get((namespace, naming.job_name(owner["name"])))
+        if phase not in ("Succeeded", "Failed", FORGOTTEN):
+            await asyncio.to_thread(ctx.finetunejobs.reconcile, namespace, owner["name"])
+    elif owner.get("kind") == "ModelServe":
+        await asyncio.to_thread(ctx.modelserves.reconcile, namespace, owner["name"])
+
+
+@kopf.index("", "v1", "pods", labels=OWNED_BY_FTJ, registry=REGISTRY)
+def trainer_pods(namespace: str, name: str, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], str]:
+    """Trainer pod -> its FineTuneJob (an Event names only the pod)."""
+    return {(namespace, name): labels[naming.LABEL_FINETUNEJOB]}
+
+
+@kopf.on.event(*EVENTS_V1, registry=REGISTRY)
+def trainer_volume_stuck(body: kopf.Body, namespace: str, memo: Any, trainer_pods: kopf.Index, **_: Any) -> None:
+    """A FailedMount Event of a trainer pod (server-side field selector STUCK_MOUNTS): show it on the FineTuneJob
+    now, not at the next resync (the pod's own status only says ContainerCreating)."""
+    regarding = body.get("regarding") or {}
+    owner = next(iter(trainer_pods.get((namespace, regarding.get("name")), [])), None)
+    if owner is not None:
+        _ctx(memo).finetunejobs.pod_event(namespace, regarding["name"], owner, body.get("reason"), body.get("note"))
 
 
 @kopf.index(*MSV, registry=REGISTRY)

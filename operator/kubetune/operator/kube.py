@@ -16,8 +16,10 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from kubetune import __version__
+
 log = logging.getLogger(__name__)
-USER_AGENT = "kubetune-operator/0.1.0"
+USER_AGENT = f"kubetune-operator/{__version__}"
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -39,6 +41,7 @@ class Resource:
 
 FINETUNEJOBS = Resource("kubetune.dev/v1alpha1", "finetunejobs", "FineTuneJob")
 MODELSERVES = Resource("kubetune.dev/v1alpha1", "modelserves", "ModelServe")
+FINETUNERUNTIMES = Resource("kubetune.dev/v1alpha1", "finetuneruntimes", "FineTuneRuntime")  # cluster-scoped
 JOBS = Resource("batch/v1", "jobs", "Job")
 PODS = Resource("v1", "pods", "Pod")
 CONFIGMAPS = Resource("v1", "configmaps", "ConfigMap")
@@ -49,6 +52,13 @@ EVENTS = Resource("v1", "events", "Event")
 DEPLOYMENTS = Resource("apps/v1", "deployments", "Deployment")
 ROLES = Resource("rbac.authorization.k8s.io/v1", "roles", "Role")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding")
+
+
+def kueue_workloads(api_version: str) -> Resource:
+    """Kueue's Workload (one per queued Job); not in BY_KIND: the operator never creates one."""
+    return Resource(api_version, "workloads", "Workload")
+
+
 BY_KIND = {
     res.kind: res
     for res in (

@@ -48,6 +48,11 @@ def spec_configmap(ftj: str) -> str:
     return fit(f"{ftj}-spec", 253)
 
 
+def report_configmap(ftj: str) -> str:
+    """The ConfigMap the trainer reports progress and final metrics to (the only object its token may write)."""
+    return fit(f"{ftj}-report", 253)
+
+
 def output_claim(ftj: str) -> str:
     return fit(f"{ftj}-output", 253)
 
@@ -55,6 +60,12 @@ def output_claim(ftj: str) -> str:
 def trainer_account(ftj: str) -> str:
     """ServiceAccount, Role and RoleBinding of one trainer share this name."""
     return fit(f"{ftj}-trainer", 253)
+
+
+def rendezvous_service(ftj: str) -> str:
+    """Headless Service of a multi-node run's pods: a DNS-1035 label, as Service names (and pod subdomains) must be."""
+    base = ftj if _DNS1035.match(ftj) else f"ftj-{ftj}".replace(".", "-")
+    return fit(f"{base}-nodes")
 
 
 def server_name(msv: str) -> str:

@@ -143,6 +143,7 @@ async def operate(
     finally:
         if resync is not None:
             resync.cancel()
+        ctx.stop_rechecks()
         ctx.kube.close()
 
 

@@ -22,19 +22,24 @@ from kubetune.api.errors import format_validation_error
 from kubetune.api.finetunejob import FineTuneJobStatus
 from kubetune.api.modelserve import ModelServeStatus
 from kubetune.api.resources import FineTuneJob, ModelServe
+from kubetune.api.runtime_policy import FineTuneRuntimeSpec
 
 from . import kube as k8s
-from . import naming
+from . import naming, policy
+from .cache import ChildReader
 from .kube import Kube, KubeApiError
 from .manifests.meta import Owner
+from .manifests.server import server_model_storage
 from .manifests.trainer import trainer_children
 from .metrics import OperatorMetrics
-from .reconcile import drift
+from .reconcile import drift, queueing
 from .reconcile import finetunejob as ftj_logic
 from .reconcile import modelserve as msv_logic
 from .reconcile.conditions import get_condition, set_condition
 from .reconcile.plan import Plan
 from .reconcile.report import report_from_pods
+from .reconcile.trainer_report import parse_report
+from .server_adapters import ask_all, server_pods
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,8 @@ FORGOTTEN = "Forgotten"  # the owner is being deleted: the Job's own deletion ne
 REFUSED = (400, 403, 422)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0
 WAIT_SECONDS = 2.0  # a predecessor's or terminating child usually goes within seconds (garbage collector)
+RECHECK_MIN, RECHECK_MAX = 5.0, 60.0  # asking servers again whether they loaded their adapters, backing off
+GONE_SECONDS = 600.0  # how long a deleted owner's uid is remembered (its children's deletions need nothing)
 CONFLICT = "ChildConflict"
 CHILD_REFUSED = "ChildRefused"
 
@@ -75,6 +82,9 @@ class OperatorContext:
         self.seen_pod_cause: dict[tuple[str, str], tuple[str, str] | None] = {}
         self.failures: dict[tuple[str, str, str], int] = {}  # consecutive refused/conflicting reconciles
         self.kopf_tuning: Any = None  # optional callable(kopf settings), applied last at startup (tests)
+        self._rechecks: dict[tuple[str, str, str], tuple[threading.Timer, int]] = {}
+        self._gone: dict[str, float] = {}  # uids of deleted custom resources -> when (their children go next)
+        self.children = ChildReader(kube)  # reads of children and FineTuneJobs from kopf indices (cache.py)
         self.finetunejobs = FineTuneJobService(self)
         self.modelserves = ModelServeService(self)
 
@@ -89,6 +99,48 @@ class OperatorContext:
         with self._guard:
             self._locks.pop((kind, namespace, name), None)
             self.failures.pop((kind, namespace, name), None)
+        self.recheck(kind, namespace, name, wanted=False)
+
+    def mark_gone(self, uid: str) -> None:
+        """Remember a deleted owner for a while: the garbage collector deletes its children after it."""
+        now = time.monotonic()
+        with self._guard:
+            self._gone = {key: when for key, when in self._gone.items() if now - when < GONE_SECONDS}
+            self._gone[uid] = now
+
+    def is_gone(self, uid: str) -> bool:
+        with self._guard:
+            return uid in self._gone
+
+    def recheck(self, kind: str, namespace: str, name: str, wanted: bool = True) -> None:
+        """Reconcile the object again later when `wanted` (nothing in Kubernetes changes when a server reads its
+        refreshed serve.json): after RECHECK_MIN seconds, doubling while it stays wanted, up to RECHECK_MAX. Not
+        wanted: cancel what is scheduled and start over next time."""
+        key = (kind, namespace, name)
+        with self._guard:
+            timer, count = self._rechecks.pop(key, (None, 0))
+            if timer is not None:
+                timer.cancel()
+            if not wanted:
+                return
+            delay = min(RECHECK_MIN * 2**count, RECHECK_MAX)
+            timer = threading.Timer(delay, self._recheck_now, key)
+            timer.daemon = True
+            self._rechecks[key] = (timer, count + 1)
+            timer.start()
+
+    def _recheck_now(self, kind: str, namespace: str, name: str) -> None:
+        service = self.modelserves if kind == self.modelserves.kind else self.finetunejobs
+        try:
+            service.reconcile(namespace, name)
+        except Exception as exc:  # kopf.TemporaryError included: the resync pass retries
+            log.warning("recheck of %s %s/%s failed: %s", kind, namespace, name, exc)
+
+    def stop_rechecks(self) -> None:
+        with self._guard:
+            for timer, _ in self._rechecks.values():
+                timer.cancel()
+            self._rechecks.clear()
 
 
 def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,6 +167,7 @@ def _stub(observed: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 class _Service:
     kind = ""
+    runtime_rules: Any = None  # (violations, effective spec) of policy.py for this kind
     resource = k8s.FINETUNEJOBS
 
     def __init__(self, ctx: OperatorContext) -> None:
@@ -129,6 +182,8 @@ class _Service:
         to write when the plan writes none (a cleared ChildConflict)."""
         kube, meta = self.ctx.kube, body["metadata"]
         created: dict[str, dict[str, Any] | None] = {}
+        for shared in plan.shared:
+            self._ensure_shared(shared)
         for child in plan.create:
             obj, was_created = self._ensure(child, body, missing=True)
             created[child["kind"]] = obj if was_created else None
@@ -151,7 +206,7 @@ class _Service:
         object is used only when its controller reference is this owner's uid (see drift.ownership)."""
         kube = self.ctx.kube
         res, meta = k8s.BY_KIND[child["kind"]], child["metadata"]
-        existing = None if missing else kube.get(res, meta.get("namespace"), meta["name"])
+        existing = None if missing else self.ctx.children.get(res, meta.get("namespace"), meta["name"])
         if existing is None:
             try:
                 created = kube.create(child)
@@ -169,6 +224,16 @@ class _Service:
         existing.setdefault("kind", child["kind"])
         self._verify(existing, child)
         return existing, False
+
+    def _ensure_shared(self, obj: dict[str, Any]) -> None:
+        """Create a shared object when missing (409: it exists, whoever made it, and is used as it is)."""
+        try:
+            self.ctx.kube.create(obj)
+        except KubeApiError as exc:
+            if exc.status in REFUSED:
+                message = f"the API server refused {drift.describe(obj)}: {exc.reason}: {exc.message}"
+                raise ChildProblem(CHILD_REFUSED, message, waiting=False) from None
+            raise
 
     @staticmethod
     def _verify(observed: dict[str, Any], desired: dict[str, Any]) -> None:
@@ -242,6 +307,44 @@ class _Service:
             self._apply(plan, body)
             return None, status, plan.phase
 
+    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
+        """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
+        names does not exist, or (only while `fresh`: no child created yet) its spec breaks the runtime's policy."""
+        name = policy.runtime_name(obj.spec.runtime_name, self.ctx.settings)
+        if name is None:
+            return obj, None
+        found = self.ctx.kube.get(k8s.FINETUNERUNTIMES, None, name)
+        if found is None:
+            if not obj.spec.runtime_name:  # the operator's default is not installed: no runtime applies
+                log.warning("the default FineTuneRuntime %s does not exist; %ss run without one", name, self.kind)
+                return obj, None
+            if not fresh:
+                return obj, None  # deleted under a running child: keep rendering as it was created
+            message = (
+                f"spec.runtimeName: FineTuneRuntime {name} does not exist (kubectl get finetuneruntimes lists them); "
+                "name an existing runtime"
+            )
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+        try:
+            runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
+        except ValidationError as exc:  # only past an older CRD: refused once, never retried
+            message = f"FineTuneRuntime {name} is invalid: {format_validation_error(exc, 'spec')}"
+            if not fresh:
+                log.warning("%s; rendering without it", message)
+                return obj, None
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+        violations, effective = self.runtime_rules
+        if fresh:
+            problems = violations(obj.spec, name, runtime)
+            if problems:
+                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION)
+        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None
+
+    def _refuse(self, body: dict[str, Any], status: Any, message: str, reason: str) -> str:
+        plan = self.logic.plan_invalid(status, message, body["metadata"].get("generation"), now_rfc3339(), reason)
+        self._apply(plan, body)
+        return plan.phase
+
     @contextmanager
     def _timed(self) -> Iterator[list[str]]:
         outcome = ["success"]
@@ -257,6 +360,7 @@ class _Service:
 
 class FineTuneJobService(_Service):
     kind = "FineTuneJob"
+    runtime_rules = (policy.finetunejob_violations, policy.effective_finetunejob)
     resource = k8s.FINETUNEJOBS
     logic = ftj_logic
     refused_condition = "JobCreated"
@@ -276,6 +380,9 @@ class FineTuneJobService(_Service):
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
                 return status.phase
+            ftj, refused = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
+            if refused is not None:
+                return refused
             try:
                 phase = self._step(ftj, status, body, job)
             except ChildProblem as problem:
@@ -294,7 +401,7 @@ class FineTuneJobService(_Service):
         job_name = naming.job_name(name)
         if job is UNKNOWN:
             fresh = status.job_name is None and not status.conditions
-            job = None if fresh else kube.get(k8s.JOBS, namespace, job_name)
+            job = None if fresh else self.ctx.children.get(k8s.JOBS, namespace, job_name)
         problem = None
         checked = job is None  # the plan creates (and so checks) every child when there is no Job
         if job is not None:
@@ -302,6 +409,8 @@ class FineTuneJobService(_Service):
             self._verify({"kind": "Job", **job}, desired[-1])
             if ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:  # a finished Job needs no children
                 problem, checked = self._ensure_each(desired[:-1], body), True
+        if job is not None and ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:
+            self._apply_workload_active(job, queueing.suspend_step(job, ftj.spec).workload_active)
         cleared = self._cleared(body, status) if checked and problem is None else status
         ftj = ftj.model_copy(update={"status": cleared})
         plan = self._plan(ftj, job)
@@ -322,6 +431,25 @@ class FineTuneJobService(_Service):
             raise problem
         return plan.phase
 
+    def _apply_workload_active(self, job: dict[str, Any], active: bool | None) -> None:
+        """Set `spec.active` of the Kueue Workloads of a queued Job (found by Kueue's job-uid label, and patched
+        only when the Job is their controller). Without Kueue's API installed there is nothing to set."""
+        if active is None:
+            return
+        kube, meta = self.ctx.kube, job["metadata"]
+        workloads_res = k8s.kueue_workloads(self.ctx.settings.kueue_api_version)
+        try:
+            workloads = kube.list(workloads_res, meta["namespace"], f"{queueing.KUEUE_JOB_UID_LABEL}={meta['uid']}")
+        except KubeApiError as exc:
+            if exc.status == 404:  # Kueue is not installed: the Job simply stays suspended
+                return
+            raise
+        for workload, patch in queueing.workload_patches(workloads, active):
+            owner = drift.controller_of(workload)
+            if owner is None or owner.get("uid") != meta["uid"]:
+                continue
+            kube.patch(workloads_res, meta["namespace"], workload["metadata"]["name"], patch)
+
     def _ensure_each(self, children: list[dict[str, Any]], body: dict[str, Any]) -> ChildProblem | None:
         """Ensure each child exists and is ours; the first problem met, or None."""
         for child in children:
@@ -340,7 +468,22 @@ class FineTuneJobService(_Service):
                 self.ctx.kube.list(k8s.PODS, job["metadata"]["namespace"], selector), naming.TRAINER_CONTAINER
             )
         pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
-        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending)
+        meta, reported = ftj.metadata, None
+        if job is not None:  # the report ConfigMap is created with the other children, before the Job
+            name = naming.report_configmap(meta.name)
+            reported = parse_report(self.ctx.children.get(k8s.CONFIGMAPS, meta.namespace or "default", name))
+        return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
+
+    def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
+        """The trainer wrote its report ConfigMap: copy what validates into the status (a reconcile). The empty one
+        the operator creates is no report: it must not cause a reconcile (and so no extra create attempt)."""
+        if not configmap.get("data"):
+            return
+        owners = [
+            ref["name"] for ref in configmap["metadata"].get("ownerReferences") or [] if ref.get("kind") == self.kind
+        ]
+        if owners and configmap["metadata"]["name"] == naming.report_configmap(owners[0]):
+            self.reconcile(namespace, owners[0])
 
     def pending_cause(self, job: dict[str, Any]) -> tuple[str, str] | None:
         """Why a Job has no running trainer: its pods' state, else the Events on the Job (FailedCreate) or its
@@ -362,8 +505,18 @@ class FineTuneJobService(_Service):
         key, owner = (namespace, meta["name"]), (meta.get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
         if deleted or not owner:
             self.ctx.seen_pod_cause.pop(key, None)
+            self.ctx.seen_pod_cause.pop((namespace, f"pod/{meta['name']}"), None)
             return
         cause = ftj_logic.pod_cause(pod)
+        if self.ctx.seen_pod_cause.get(key) == cause:
+            return
+        self.ctx.seen_pod_cause[key] = cause
+        self.reconcile(namespace, owner)
+
+    def pod_event(self, namespace: str, pod: str, owner: str, reason: Any, message: Any) -> None:
+        """A blocking Event on a trainer pod (FailedMount): reconcile its FineTuneJob once per new message (the
+        kubelet repeats it every couple of minutes, with a growing count)."""
+        key, cause = (namespace, f"pod/{pod}"), (str(reason), str(message or ""))
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause
@@ -379,7 +532,7 @@ class FineTuneJobService(_Service):
         cause = ("FailedCreate", event.get("message") or "")
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
-        job = self.ctx.kube.get(k8s.JOBS, namespace, involved["name"])
+        job = self.ctx.children.get(k8s.JOBS, namespace, involved["name"])
         owner = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
         if job is None or not owner:
             return
@@ -390,6 +543,7 @@ class FineTuneJobService(_Service):
         """After deletion: forget the object. The garbage collector deletes its Job (ownerReference) as the
         deletion's propagation policy says; an orphaning delete keeps it, as asked."""
         meta = body["metadata"]
+        self.ctx.mark_gone(meta["uid"])
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.seen_job_phase[(meta["namespace"], naming.job_name(meta["name"]))] = FORGOTTEN
         self.ctx.seen_pod_cause.pop((meta["namespace"], f"job/{naming.job_name(meta['name'])}"), None)
@@ -398,6 +552,7 @@ class FineTuneJobService(_Service):
 
 class ModelServeService(_Service):
     kind = "ModelServe"
+    runtime_rules = (policy.modelserve_violations, policy.effective_modelserve)
     resource = k8s.MODELSERVES
     logic = msv_logic
     refused_condition = "Ready"
@@ -411,6 +566,9 @@ class ModelServeService(_Service):
             msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
             if msv is None:
                 return invalid_phase
+            msv, refused = self._with_runtime(msv, status, body, fresh=status.deployment_name is None)
+            if refused is not None:
+                return refused
             try:
                 phase = self._step(msv, status, body)
             except ChildProblem as problem:
@@ -420,28 +578,52 @@ class ModelServeService(_Service):
 
     def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any]) -> str:
         """Resolve adapters, read the children (refusing any that is not ours), plan and apply."""
-        kube, namespace, name = self.ctx.kube, body["metadata"]["namespace"], body["metadata"]["name"]
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
-        jobs = {ref: kube.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
-        resolution = msv_logic.resolve_adapters(msv, jobs)
+        jobs = {ref: self.ctx.children.get(k8s.FINETUNEJOBS, namespace, ref) for ref in refs}
+        resolution = msv_logic.resolve_adapters(msv, jobs, cleared, self.ctx.settings.adapter_store_claim)
         observed: dict[str, dict[str, Any] | None] = {}
+        access_modes: dict[str, list[str]] = {}
+        if not resolution.failed and not resolution.waiting and msv.spec.replicas > 1:
+            config = msv_logic.serve_config(msv, resolution)
+            models = server_model_storage(msv.spec, config, self.ctx.settings)
+            for claim in msv_logic.mounted_claims(config, models):
+                found = self.ctx.kube.get(k8s.CLAIMS, namespace, claim)
+                if found is not None:
+                    access_modes[claim] = list((found.get("spec") or {}).get("accessModes") or [])
         if not resolution.failed and not resolution.waiting:
             server = naming.server_name(name)
+            read = self.ctx.children.get
             observed = {
-                "ConfigMap": kube.get(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
-                "Deployment": kube.get(k8s.DEPLOYMENTS, namespace, server),
-                "Service": kube.get(k8s.SERVICES, namespace, server),
+                "ConfigMap": read(k8s.CONFIGMAPS, namespace, naming.server_configmap(name)),
+                "Deployment": read(k8s.DEPLOYMENTS, namespace, server),
+                "Service": read(k8s.SERVICES, namespace, server),
             }
             for kind, child in observed.items():
                 if child is not None:
                     child.setdefault("kind", kind)
                     self._verify(child, _stub(child, body))
-        plan = msv_logic.plan_modelserve(msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339())
+        reports = self._ask_servers(namespace, observed.get("Deployment"))
+        plan = msv_logic.plan_modelserve(
+            msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports, access_modes
+        )
         self._apply(plan, body, pending=cleared if cleared is not status else None)
+        if plan.recheck:
+            self.ctx.recheck(self.kind, namespace, name)
+        elif reports:
+            self.ctx.recheck(self.kind, namespace, name, wanted=False)
         return plan.phase
+
+    def _ask_servers(self, namespace: str, deployment: dict[str, Any] | None) -> list:
+        """The adapter reports of the Deployment's ready server pods (none while no replica is ready)."""
+        if deployment is None or not int((deployment.get("status") or {}).get("readyReplicas") or 0):
+            return []
+        selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
+        return ask_all(server_pods(deployment, self.ctx.kube.list(k8s.PODS, namespace, selector)))
 
     def forget(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
+        self.ctx.mark_gone(meta["uid"])
         self.ctx.metrics.set_phase(self.kind, meta["uid"], None)
         self.ctx.forget(self.kind, meta["namespace"], meta["name"])

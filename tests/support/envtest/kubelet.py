@@ -10,14 +10,21 @@ delete once the containers stopped), so suspend, garbage collection and namespac
 from __future__ import annotations
 
 import datetime
+import random
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from ..kube.kubelet import JOB_NAME_LABELS, Kubelet
+from kubetune.api import runtime
+
+from ..kube import hostrun
+from ..kube.kubelet import JOB_NAME_LABELS, Kubelet, ServerProcess
 from ..kube.server import DEPLOYMENTS, JOBS, PODS, KubeError, KubeTestClient
 
 NODE_NAME = "envtest-node"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # annotation of an Indexed Job's pods
 NODES = ("v1", "nodes")
 NODE_CAPACITY = {"cpu": "64", "memory": "512Gi", "pods": "250", "ephemeral-storage": "1Ti", "nvidia.com/gpu": "8"}
 REPLICASETS = ("apps/v1", "replicasets")
@@ -141,11 +148,12 @@ class FakeKubelet(Kubelet):
         }
         self.client.create_subresource(PODS, meta["namespace"], meta["name"], "binding", body)
 
-    def run_pod(self, pod: dict[str, Any], ready: bool = True) -> dict[str, Any]:
-        """Bind a pending pod and report its containers running (and ready)."""
+    def run_pod(self, pod: dict[str, Any], ready: bool = True, pod_ip: str | None = None) -> dict[str, Any]:
+        """Bind a pending pod and report its containers running (and ready), on `pod_ip` when given."""
         if not pod["spec"].get("nodeName"):
             self.bind(pod)
         status = {
+            **({"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]} if pod_ip else {}),
             "phase": "Running",
             "startTime": _now(),
             "conditions": _pod_conditions(ready),
@@ -208,6 +216,53 @@ class FakeKubelet(Kubelet):
                 raise AssertionError(f"Job {namespace}/{name} not {what} after {self.timeout} s: {job.get('status')}")
             time.sleep(0.05)
 
+    def run_indexed_job(
+        self,
+        namespace: str,
+        name: str,
+        root: Path,
+        claims_root: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 600,
+    ) -> list[hostrun.HostRun]:
+        """Run every pod of an Indexed Job at once, each its real container command on the host (as the nodes of
+        a multi-node run), then finish each pod with its outcome; results in completion-index order. `env`
+        overrides container variables the host cannot honour (a pod's DNS name: 127.0.0.1)."""
+        job = self.client.get(JOBS, namespace, name)
+        count = int(job["spec"].get("parallelism", 1))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            pending = [p for p in self.pods_of(namespace, name) if (p.get("status") or {}).get("phase") == "Pending"]
+            if len(pending) >= count:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Job {name}: {len(pending)} of {count} pods pending after {self.timeout} s")
+            time.sleep(0.05)
+        pods = sorted(pending, key=lambda p: int(p["metadata"]["annotations"][COMPLETION_INDEX]))
+        processes = []
+        for pod in pods:
+            index = pod["metadata"]["annotations"][COMPLETION_INDEX]
+            running = self.run_pod(pod)
+            host = hostrun.prepare(
+                self.client, namespace, running, root / f"pod-{index}", claims_root, pod_name=pod["metadata"]["name"]
+            )
+            log = root / f"pod-{index}.log"
+            processes.append((running, host, log, hostrun.start(host, env, log)))
+        results = []
+        for running, host, log, process in processes:
+            try:
+                process.wait(timeout)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            output = log.read_text() if log.exists() else ""
+            message = host.termination_log.read_text() if host.termination_log.exists() else ""
+            if not message.strip() and host.fallback_to_logs and process.returncode != 0:
+                message = "\n".join(output.splitlines()[-hostrun.LOG_TAIL_LINES :])
+            results.append(hostrun.HostRun(process.returncode, output, "", message))
+            self.terminate_pod(running, process.returncode, message)
+        return results
+
     def exceed_deadline(self, namespace: str, name: str) -> dict[str, Any]:
         raise NotImplementedError("the real Job controller enforces activeDeadlineSeconds: set a short one and wait")
 
@@ -215,7 +270,39 @@ class FakeKubelet(Kubelet):
         raise NotImplementedError("the real Job controller handles suspend; the reaper completes the pod deletions")
 
     # ---- Deployments (the real Deployment and ReplicaSet controllers do the rest) ------------------
-    def deployment_ready(self, namespace: str, name: str, ready: int | None = None) -> dict[str, Any]:
+    def serve_deployment(
+        self,
+        namespace: str,
+        name: str,
+        root: Path,
+        claims_root: Path | None = None,
+        timeout: float = 120,
+        pod_ip: str | None = None,
+    ) -> ServerProcess:
+        """Run the Deployment's server container on the host as its pod would run: on a pod IP of its own (a free
+        loopback address 127.x.y.z, reported as the pod's status.podIP) and the container's own port, so the
+        operator reaches it as in a cluster. `.refresh_config()` plays the kubelet's later ConfigMap refresh; a
+        `pod_ip` given restarts the container of a pod that runs there already."""
+        deployment = self.client.get(DEPLOYMENTS, namespace, name)
+        template = deployment["spec"]["template"]
+        host = hostrun.prepare(self.client, namespace, template, root, claims_root, pod_name=f"{name}-0")
+        container = template["spec"]["containers"][0]
+        port = _serving_port(container)
+        pod_ip = pod_ip or _free_loopback_address(port)
+        process = hostrun.start(host, {runtime.ENV_HOST: pod_ip, runtime.ENV_PORT: str(port)}, root / f"{name}.log")
+        server = ServerProcess(process, f"http://{pod_ip}:{port}", root / f"{name}.log")
+        server.refresh_config = lambda: hostrun.refresh_configmaps(self.client, namespace, template, root)
+        try:
+            server.wait_ready(container["readinessProbe"]["httpGet"]["path"], timeout)
+            self.deployment_ready(namespace, name, pod_ip=pod_ip)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def deployment_ready(
+        self, namespace: str, name: str, ready: int | None = None, pod_ip: str | None = None
+    ) -> dict[str, Any]:
         """Run and ready the pods of the Deployment's newest ReplicaSet; wait until the rollout is complete."""
         deployment = self.client.get(DEPLOYMENTS, namespace, name)
         wanted = int(deployment["spec"].get("replicas", 1)) if ready is None else ready
@@ -238,7 +325,7 @@ class FakeKubelet(Kubelet):
                     if len(ready_now) >= wanted:
                         break
                     if not _is_ready(pod):
-                        self.run_pod(pod)
+                        self.run_pod(pod, pod_ip=pod_ip)
                         ready_now.append(pod)
                 status = deployment.get("status") or {}
                 done = (
@@ -266,6 +353,33 @@ class FakeKubelet(Kubelet):
 
     def deployment_deadline_exceeded(self, namespace: str, name: str) -> dict[str, Any]:
         raise NotImplementedError("the real Deployment controller reports ProgressDeadlineExceeded: leave pods pending")
+
+
+def _serving_port(container: dict[str, Any]) -> int:
+    """The port the container serves on: its port named `http`, else its readiness probe's, else its first."""
+    ports = container.get("ports") or []
+    named = [p["containerPort"] for p in ports if p.get("name") == "http"]
+    probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("port")
+    if named:
+        return int(named[0])
+    if isinstance(probe, int):
+        return probe
+    if ports:
+        return int(ports[0]["containerPort"])
+    raise ValueError(f"container {container['name']!r} names no port to serve on")
+
+
+def _free_loopback_address(port: int) -> str:
+    """A 127.x.y.z address (all of 127/8 is this machine's loopback on Linux) where `port` is free."""
+    for _ in range(50):
+        address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                continue
+            return address
+    raise RuntimeError(f"no loopback address with port {port} free")
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:

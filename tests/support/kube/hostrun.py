@@ -60,7 +60,18 @@ def _write_items(folder: Path, data: dict[str, bytes], items: list[dict[str, Any
         if key in data:
             target = folder / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data[key])
+            staging = target.with_name(f".{target.name}.tmp")
+            staging.write_bytes(data[key])
+            staging.replace(target)  # swapped in whole, as the kubelet's symlink swap: no reader sees half a file
+
+
+def refresh_configmaps(client: KubeTestClient, namespace: str, pod: dict[str, Any], root: Path) -> None:
+    """Write the pod's ConfigMap volumes again from the API, as the kubelet does some time after a change."""
+    for volume in pod.get("spec", pod).get("volumes") or []:
+        if "configMap" in volume:
+            source = volume["configMap"]
+            data = _configmap_data(client, namespace, source["name"])
+            _write_items(root / "volumes" / volume["name"], data, source.get("items"))
 
 
 def _configmap_data(client: KubeTestClient, namespace: str, name: str) -> dict[str, bytes]:
@@ -77,9 +88,13 @@ def _secret_data(client: KubeTestClient, namespace: str, name: str) -> dict[str,
     return data
 
 
-def _field_value(namespace: str, pod_name: str, path: str) -> str:
-    """A downward-API field (env fieldRef or a downwardAPI volume item); only the pod's identity is known here."""
+def _field_value(namespace: str, pod_name: str, path: str, meta: dict[str, Any] | None = None) -> str:
+    """A downward-API field (env fieldRef or a downwardAPI volume item): the pod's identity, and one of its labels
+    or annotations (`metadata.annotations['key']`, as the Job controller's JOB_COMPLETION_INDEX of Indexed Jobs)."""
     known = {"metadata.namespace": namespace, "metadata.name": pod_name}
+    for kind in ("labels", "annotations"):
+        for key, value in ((meta or {}).get(kind) or {}).items():
+            known[f"metadata.{kind}['{key}']"] = value
     if path not in known:
         raise ValueError(f"fieldRef {path!r}: only {sorted(known)} run on the host")
     return known[path]
@@ -231,7 +246,7 @@ def prepare(
     env["HOME"] = str(root / "home")
     (root / "home").mkdir(parents=True, exist_ok=True)
     for item in chosen.get("env") or []:
-        env[item["name"]] = _env_value(client, namespace, item, pod_name, mapped)
+        env[item["name"]] = _env_value(client, namespace, item, pod_name, mapped, pod.get("metadata"))
     env[runtime.ENV_PVC_ROOT] = str(claims_root)
     env[runtime.ENV_CONFIGMAP_ROOT] = str(host.host_path(runtime.CONFIGMAP_ROOT))
     env[runtime.ENV_TERMINATION_LOG] = str(host.termination_log)
@@ -244,9 +259,11 @@ def prepare(
     return host
 
 
-def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any) -> str:
-    if "value" in item:
-        return mapped(item["value"])
+def _env_value(
+    client: KubeTestClient, namespace: str, item: dict[str, Any], pod_name: str, mapped: Any, meta: Any = None
+) -> str:
+    if "value" in item or not item.get("valueFrom"):
+        return mapped(item.get("value", ""))  # no value at all is the empty string, as the kubelet sets it
     source = item.get("valueFrom") or {}
     if "secretKeyRef" in source:
         ref = source["secretKeyRef"]
@@ -255,7 +272,7 @@ def _env_value(client: KubeTestClient, namespace: str, item: dict[str, Any], pod
         ref = source["configMapKeyRef"]
         return _configmap_data(client, namespace, ref["name"])[ref["key"]].decode()
     if "fieldRef" in source:
-        return _field_value(namespace, pod_name, source["fieldRef"]["fieldPath"])
+        return _field_value(namespace, pod_name, source["fieldRef"]["fieldPath"], meta)
     raise ValueError(f"env {item['name']!r}: unsupported valueFrom {sorted(source)}")
 
 

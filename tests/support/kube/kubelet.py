@@ -321,6 +321,7 @@ class ServerProcess:
     process: subprocess.Popen
     url: str
     log: Path
+    refresh_config: Any = None  # plays the kubelet's refresh of mounted ConfigMaps (envtest FakeKubelet)
 
     def wait_ready(self, path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

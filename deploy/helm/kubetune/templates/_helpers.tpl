@@ -44,9 +44,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
-{{/* repository:tag, the tag defaulting to the chart's appVersion. Argument: the image values. */}}
+{{/* repository:tag[@digest], the tag defaulting to the chart's appVersion. Argument: the image values. */}}
 {{- define "kubetune.image" -}}
 {{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- with .image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{/*
@@ -60,6 +61,11 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list, watch]
+# The same Events through events.k8s.io: a second watch, for a kubelet's FailedMount on a trainer pod (field
+# selector regarding.kind=Pod,reason=FailedMount; one watch can hold only one selector per API).
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [list, watch]
 # The custom resources: kopf lists and watches them and keeps its annotations on them (patch; no finalizer);
 # the operator reads one again before each step, and a ModelServe's FineTuneJobs (get).
 - apiGroups: [kubetune.dev]
@@ -71,11 +77,10 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/finalizers, modelserves/finalizers]
   verbs: [update]
-# Status is written by the operator (patch). On finetunejobs/status, get+patch is also exactly what the per-job
-# trainer Role grants: RBAC lets the operator create that Role only because it holds these verbs itself.
+# Status is written by the operator only (patch); the trainer reports to its own ConfigMap, never to the status.
 - apiGroups: [kubetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [kubetune.dev]
   resources: [modelserves/status]
   verbs: [patch]
@@ -84,6 +89,12 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
+# Kueue Workloads of queued trainer Jobs (spec.queueName only): listed by Kueue's job-uid label and deactivated
+# or activated again (patch spec.active), Kueue's documented way to stop a queued job, when a FineTuneJob is
+# suspended or resumed. The operator never creates, deletes or admits one.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 # Trainer pods are only read: for the termination message (final metrics, failure reason), and watched (by
 # label) because a pod that is Unschedulable or cannot pull its image changes no Job status the operator sees.
 - apiGroups: [""]
@@ -97,18 +108,23 @@ into one Role per watched namespace. Keep in step with deploy/kustomize (a test 
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
-# ConfigMaps: a FineTuneJob's validated spec (create) and a server's serve.json (get, create, patch to hot-add
-# adapters).
+# ConfigMaps: a FineTuneJob's validated spec (create), its trainer's report (create; read to copy
+# validated progress and metrics into the status; get+patch on it is what the per-job trainer Role grants,
+# which RBAC allows the operator to create only because it holds those verbs itself) and a server's
+# serve.json (get, create, patch to hot-add adapters). The operator's own are watched (label selector
+# app.kubernetes.io/managed-by=kubetune-operator) so that reconciles read them from memory, and one
+# deleted under its owner is re-created at once.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # A FineTuneJob's output claim and trainer ServiceAccount, and the trainer's Role and RoleBinding: created once,
-# never changed; garbage collection deletes them with their FineTuneJob. Read (get) to check an existing one's
-# controller reference (never adopting someone else's) and to re-create one deleted under a running job.
+# never changed; garbage collection deletes them with their FineTuneJob. Watched (label selector
+# kubetune.dev/finetunejob) and read from memory to check an existing one's controller reference (never adopting
+# someone else's) and to re-create one deleted under a running job; get when the watch has not delivered it yet.
 - apiGroups: [""]
   resources: [persistentvolumeclaims, serviceaccounts]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 {{- end }}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api import runtime
@@ -13,11 +12,10 @@ from kubetune.api.serving import ServeConfig
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import pod
+from . import pod, server_engine, storage
 from .meta import Owner, labels, object_meta
 
 SERVER_MODULE = "kubetune_server"
-CACHE_DIR = "/var/cache/kubetune"
 PORT_NAME = "http"
 
 
@@ -47,8 +45,26 @@ def restart_hash(config: ServeConfig) -> str:
     return hashlib.sha256(json.dumps(static, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def server_volumes(owner: Owner, config: ServeConfig) -> pod.Volumes:
-    """serve.json, every adapter and base-model claim read-only, a model cache and /dev/shm."""
+def server_model_storage(spec: ModelServeSpec, config: ServeConfig, settings: OperatorSettings) -> storage.ModelStorage:
+    """Where a replica downloads a Hub base model: the shared model cache, or its scratch volume."""
+    return storage.model_storage(spec.model_cache, config.base_model.name is not None, settings)
+
+
+def mounted_claims(config: ServeConfig, models: storage.ModelStorage) -> dict[str, bool]:
+    """Every claim a replica mounts -> whether read-only (adapters and a base model on a volume are; the model
+    cache is not: any replica may be the first to download into it)."""
+    claims = {adapter.pvc.claim_name: True for adapter in config.adapters}
+    if config.base_model.pvc is not None:
+        claims[config.base_model.pvc.claim_name] = True
+    if models.cache_claim is not None:
+        claims[models.cache_claim] = False
+    return claims
+
+
+def server_volumes(
+    owner: Owner, config: ServeConfig, models: storage.ModelStorage | None = None, shm_size: str = "1Gi"
+) -> pod.Volumes:
+    """serve.json, every adapter and base-model claim read-only, the model cache or a scratch volume, /dev/shm."""
     volumes = pod.Volumes()
     volumes.add(
         pod.configmap_volume("config", naming.server_configmap(owner.name), [runtime.SERVE_CONFIG_FILE]),
@@ -60,16 +76,16 @@ def server_volumes(owner: Owner, config: ServeConfig) -> pod.Volumes:
     for claim in claims:
         path = runtime.claim_mount_path(claim, runtime.PVC_ROOT)
         volumes.add_claim(naming.volume_name("pvc", claim), claim, path, True)
-    volumes.add({"name": "cache", "emptyDir": {}}, pod.mount("cache", CACHE_DIR))
-    volumes.add(*pod.shm_volume("1Gi"))
+    storage.add_model_storage(volumes, models or storage.ModelStorage(None, storage.SMALL_SCRATCH))
+    volumes.add(*pod.shm_volume(shm_size))
     return volumes
 
 
-def server_env(spec: ModelServeSpec, config: ServeConfig) -> list[dict[str, Any]]:
+def server_env(spec: ModelServeSpec, config: ServeConfig, models: storage.ModelStorage) -> list[dict[str, Any]]:
     env = [
         pod.env_value(runtime.ENV_SERVE_CONFIG, f"{runtime.SPEC_DIR}/{runtime.SERVE_CONFIG_FILE}"),
         pod.env_value(runtime.ENV_PORT, str(runtime.SERVER_PORT)),
-        pod.env_value("HF_HOME", str(PurePosixPath(CACHE_DIR) / "huggingface")),
+        *storage.model_storage_env(models),
     ]
     if spec.api_key_secret_ref is not None:
         env.append(pod.env_secret(runtime.ENV_API_KEY, spec.api_key_secret_ref))
@@ -90,25 +106,31 @@ def probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def server_deployment(
     owner: Owner, spec: ModelServeSpec, config: ServeConfig, settings: OperatorSettings
 ) -> dict[str, Any]:
-    volumes = server_volumes(owner, config)
+    models = server_model_storage(spec, config, settings)
+    volumes = server_volumes(owner, config, models, server_engine.shm_size(spec))
     res = spec.resources
     container = {
         "name": naming.SERVER_CONTAINER,
-        "image": spec.image or settings.server_image,
+        "image": server_engine.server_image(spec, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", SERVER_MODULE],
-        "env": server_env(spec, config),
+        "env": server_env(spec, config, models) + server_engine.engine_env(spec, settings),
         "ports": [{"name": PORT_NAME, "containerPort": runtime.SERVER_PORT, "protocol": "TCP"}],
-        "startupProbe": probe("/health", 5, 120),
+        "startupProbe": server_engine.startup_probe(spec, probe),
         "livenessProbe": probe("/health", 10, 3),
         "readinessProbe": probe("/ready", 5, 3),
-        "resources": pod.resources(
-            res.cpu, res.memory, res.gpus, res.gpu_resource_name, settings.server_cpu, settings.server_memory
+        "resources": storage.with_scratch_request(
+            pod.resources(
+                res.cpu, res.memory, res.gpus, res.gpu_resource_name, settings.server_cpu, settings.server_memory
+            ),
+            models,
         ),
         "securityContext": pod.container_security_context(),
         "volumeMounts": volumes.mounts,
+        "lifecycle": server_engine.lifecycle(),
     }
     pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": server_engine.termination_grace_seconds(),
         "securityContext": pod.pod_security_context(settings.pod_fs_group),
         "automountServiceAccountToken": False,
         "containers": [container],
@@ -126,9 +148,18 @@ def server_deployment(
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner)},
+            **rollout_strategy(spec),
             "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
+
+
+def rollout_strategy(spec: ModelServeSpec) -> dict[str, Any]:
+    """GPU servers replace pods one at a time without a surge pod: a rollout never needs a spare GPU (nor a second
+    attachment of a ReadWriteOnce volume on another node). CPU servers keep the default 25% surge."""
+    if spec.resources.gpus == 0:
+        return {}
+    return {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}
 
 
 def server_service(owner: Owner, spec: ModelServeSpec) -> dict[str, Any]:

@@ -6,28 +6,32 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api import runtime
-from kubetune.api.base import API_GROUP
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.sources import PvcPath
 
 from .. import naming
 from ..settings import OperatorSettings
-from . import pod
+from . import distributed, kueue, pod, storage
 from .meta import Owner, labels, object_meta
 
 TRAINER_MODULE = "kubetune_trainer"
 FAIL_AT_ONCE = (runtime.TrainerExit.INVALID_INPUT, runtime.TrainerExit.OUT_OF_MEMORY)
+RETRY_UNCOUNTED = (runtime.TrainerExit.PREEMPTED,)
 
 
 def trainer_labels(owner: Owner) -> dict[str, str]:
     return labels("trainer", owner.name, naming.LABEL_FINETUNEJOB)
 
 
-def output_location(name: str, spec: FineTuneJobSpec) -> PvcPath:
-    """The claim and folder the trainer writes to: the given claim, or the one the operator creates."""
+def output_location(name: str, spec: FineTuneJobSpec, run_id: str | None = None) -> PvcPath:
+    """The claim and folder the trainer writes to: the given claim, or the one the operator creates; with
+    `run_id` (the FineTuneJob's uid, always in a cluster) the run's own folder `runs/<uid>` under it, so a
+    FineTuneJob deleted and created again under the same name never meets the old one's checkpoints."""
     if spec.output.pvc is not None:
-        return PvcPath(claim_name=spec.output.pvc.claim_name, path=spec.output.pvc.path)
-    return PvcPath(claim_name=naming.output_claim(name), path="")
+        base = PvcPath(claim_name=spec.output.pvc.claim_name, path=spec.output.pvc.path)
+    else:
+        base = PvcPath(claim_name=naming.output_claim(name), path="")
+    return storage.run_folder(base, run_id) if run_id else base
 
 
 def spec_configmap(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
@@ -52,16 +56,29 @@ def output_claim(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim_spec}
 
 
+REPORT_COMPONENT = "trainer-report"
+
+
+def report_configmap(owner: Owner) -> dict[str, Any]:
+    """The trainer's own report object: it patches `data.progress` and `data.metrics` (JSON); the operator copies
+    what validates into the FineTuneJob's status. Nothing the trainer writes here can set phase, conditions or
+    output, and ModelServes read only the FineTuneJob."""
+    meta = object_meta(
+        naming.report_configmap(owner.name), owner, labels(REPORT_COMPONENT, owner.name, naming.LABEL_FINETUNEJOB)
+    )
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {}}
+
+
 def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
-    """ServiceAccount + Role + RoleBinding letting the trainer read and patch the status of this FineTuneJob only."""
+    """ServiceAccount + Role + RoleBinding letting the trainer read and patch its own report ConfigMap, nothing else
+    (no access to the FineTuneJob or its status: a trainer running user-chosen code cannot forge phase or output)."""
     name = naming.trainer_account(owner.name)
     meta = object_meta(name, owner, trainer_labels(owner))
     rules = [
-        {"apiGroups": [API_GROUP], "resources": ["finetunejobs"], "resourceNames": [owner.name], "verbs": ["get"]},
         {
-            "apiGroups": [API_GROUP],
-            "resources": ["finetunejobs/status"],
-            "resourceNames": [owner.name],
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [naming.report_configmap(owner.name)],
             "verbs": ["get", "patch"],
         },
     ]
@@ -78,8 +95,17 @@ def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
     ]
 
 
-def trainer_volumes(owner: Owner, spec: FineTuneJobSpec) -> pod.Volumes:
-    """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), /dev/shm."""
+def trainer_model_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> storage.ModelStorage:
+    """Where the trainer downloads a Hub base model or dataset: the shared model cache, or its scratch volume."""
+    needs_hub = spec.base_model.name is not None or spec.dataset.hf is not None
+    return storage.model_storage(spec.model_cache, needs_hub, settings)
+
+
+def trainer_volumes(
+    owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage | None = None, store: PvcPath | None = None
+) -> pod.Volumes:
+    """Spec file, output claim (read-write), input claims and ConfigMaps (read-only), the model cache or scratch
+    volume, the adapter store (read-write), /dev/shm."""
     volumes = pod.Volumes()
     volumes.add(
         pod.configmap_volume("spec", naming.spec_configmap(owner.name), [runtime.SPEC_FILE]),
@@ -98,20 +124,26 @@ def trainer_volumes(owner: Owner, spec: FineTuneJobSpec) -> pod.Volumes:
             pod.configmap_volume(naming.volume_name("cm", name), name),
             pod.mount(naming.volume_name("cm", name), folder, read_only=True),
         )
+    if models is not None:
+        storage.add_model_storage(volumes, models)
+    if store is not None:
+        mount_path = runtime.claim_mount_path(store.claim_name, runtime.PVC_ROOT)
+        volumes.add_claim(naming.volume_name("pvc", store.claim_name), store.claim_name, mount_path, False)
     volumes.add(*pod.shm_volume(str(spec.resources.shm_size)))
     return volumes
 
 
-def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    output = output_location(owner.name, spec)
+def trainer_env(
+    owner: Owner, spec: FineTuneJobSpec, models: storage.ModelStorage, store: PvcPath | None = None
+) -> list[dict[str, Any]]:
     env = [
         pod.env_value(runtime.ENV_JOB_NAME, owner.name),
         pod.env_value(runtime.ENV_NAMESPACE, owner.namespace),
-        pod.env_value(
-            "HF_HOME",
-            str(PurePosixPath(runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT)) / runtime.HF_HOME_SUBDIR),
-        ),
+        pod.env_value(runtime.ENV_REPORT_CONFIGMAP, naming.report_configmap(owner.name)),
+        *storage.model_storage_env(models),
     ]
+    if store is not None:
+        env.append(pod.env_value(runtime.ENV_ADAPTER_STORE, runtime.resolve_pvc_path(store, runtime.PVC_ROOT)))
     # Two tokens, each for its one use: the base model's (read) and the push target's (write, output.hub); a read
     # token is never handed to the push, nor a write token to every download.
     if spec.base_model.token_secret_ref is not None:
@@ -121,8 +153,17 @@ def trainer_env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     return env
 
 
+def tracking_env_from(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """The MLflow / W&B Secrets, referenced whole (envFrom): their keys are named like the variables the
+    libraries read, and their values stay in the Secret; the kubelet resolves them when it starts the pod."""
+    return [{"secretRef": {"name": name}} for name in spec.tracking.secret_names()]
+
+
 def pod_failure_policy() -> dict[str, Any]:
-    """Bad input and out-of-memory fail the Job at once; evictions and preemptions do not count."""
+    """Bad input and out-of-memory fail the Job at once; evictions and preemptions do not count, whether the
+    pod carries the DisruptionTarget condition or the trainer says it checkpointed and stopped on SIGTERM
+    (PREEMPTED). Everything else (network errors after the trainer's own retries included) counts against
+    backoffLimit."""
     return {
         "rules": [
             {
@@ -134,38 +175,56 @@ def pod_failure_policy() -> dict[str, Any]:
                 },
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "Ignore",
+                "onExitCodes": {
+                    "containerName": naming.TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": [int(code) for code in RETRY_UNCOUNTED],
+                },
+            },
         ]
     }
 
 
 def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
-    output = output_location(owner.name, spec)
+    output = output_location(owner.name, spec, owner.uid)
     folder = runtime.resolve_pvc_path(output, runtime.PVC_ROOT)
-    volumes = trainer_volumes(owner, spec)
+    models = trainer_model_storage(spec, settings)
+    store = storage.adapter_store_location(owner.name, owner.uid, settings)
+    volumes = trainer_volumes(owner, spec, models, store)
     res = spec.resources
+    several = distributed.is_distributed(spec)
     container = {
         "name": naming.TRAINER_CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", TRAINER_MODULE],
+        "command": ["python", "-m", runtime.TRAINER_LAUNCH_MODULE if several else TRAINER_MODULE],
         "args": ["--spec", f"{runtime.SPEC_DIR}/{runtime.SPEC_FILE}", "--output", folder],
-        "env": trainer_env(owner, spec),
-        "resources": pod.resources(
-            res.cpu,
-            res.memory,
-            res.gpus,
-            res.gpu_resource_name,
-            settings.trainer_cpu,
-            settings.trainer_memory,
-            settings.trainer_cpu_request,
-            settings.trainer_memory_request,
+        "env": trainer_env(owner, spec, models, store) + (distributed.launch_env(owner, spec) if several else []),
+        "resources": storage.with_scratch_request(
+            pod.resources(
+                res.cpu,
+                res.memory,
+                res.gpus,
+                res.gpu_resource_name,
+                settings.trainer_cpu,
+                settings.trainer_memory,
+                settings.trainer_cpu_request,
+                settings.trainer_memory_request,
+            ),
+            models,
         ),
         "securityContext": pod.container_security_context(),
         "volumeMounts": volumes.mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    env_from = tracking_env_from(spec)
+    if env_from:
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "serviceAccountName": naming.trainer_account(owner.name),
         "securityContext": pod.pod_security_context(settings.pod_fs_group),
         "containers": [container],
@@ -178,16 +237,19 @@ def trainer_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings)
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": trainer_labels(owner)}, "spec": pod_spec},
     }
+    if res.nodes > 1:
+        job_spec = distributed.as_indexed(job_spec, owner, res.nodes)
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": object_meta(naming.job_name(owner.name), owner, trainer_labels(owner)),
         "spec": job_spec,
     }
+    return kueue.with_queueing(job, spec)
 
 
 def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -195,6 +257,9 @@ def trainer_children(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSett
     children = [spec_configmap(owner, spec)]
     if spec.output.pvc is None:
         children.append(output_claim(owner, spec))
+    children.append(report_configmap(owner))
+    if spec.resources.nodes > 1:
+        children.append(distributed.rendezvous_service(owner, trainer_labels(owner)))
     children.extend(trainer_rbac(owner))
     children.append(trainer_job(owner, spec, settings))
     return children

@@ -7,20 +7,26 @@ from typing import Any
 from kubetune.api.base import GROUP_VERSION
 from kubetune.api.finetunejob import FineTuneJobStatus, OutputStatus
 from kubetune.api.resources import FineTuneJob
-from kubetune.api.runtime import adapter_path
+from kubetune.api.runtime import TrainerExit, adapter_path
 
 from ..manifests.meta import Owner
-from ..manifests.trainer import output_location, trainer_children
+from ..manifests.storage import adapter_store_location, cache_claim, output_of_job, store_claim, store_of_job
+from ..manifests.trainer import output_location, trainer_children, trainer_model_storage
 from ..settings import OperatorSettings
-from .conditions import is_true, raw_condition, set_condition
+from . import queueing
+from .conditions import get_condition, is_true, raw_condition, set_condition
 from .plan import Event, Plan
-from .report import TrainerReport
+from .report import TrainerReport, parse_termination_message
+from .trainer_report import ReportedProgress
 
 TERMINAL = ("Succeeded", "Failed")
-# Status fields the operator owns (sent as null when unset); `progress` belongs to the trainer, and
-# `metrics` too until the operator fills them in from a termination message (never sent as null).
+# Status fields the operator owns: the operator is the only writer of the status (the trainer reports to its own
+# ConfigMap, copied in after validation). Sent as null when unset, except `progress` and `metrics` (never sent as
+# null: they only ever grow from what the trainer reported or its termination message said).
+NEVER_NULL = ("progress", "metrics")
 OWNED_FIELDS = (
     "phase",
+    "progress",
     "conditions",
     "observedGeneration",
     "output",
@@ -86,6 +92,22 @@ def pod_cause(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def preemption(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """("Preempted", what the trainer said) when the newest finished trainer pod stopped on SIGTERM after saving a
+    checkpoint (exit PREEMPTED): the Job starts another pod, which resumes there."""
+    finished = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
+    if not finished:
+        return None
+    newest = max(finished, key=lambda pod: (pod.get("metadata") or {}).get("creationTimestamp") or "")
+    for container in (newest.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") == TrainerExit.PREEMPTED:
+            said = parse_termination_message(terminated.get("message"), TrainerExit.PREEMPTED).message
+            name = (newest.get("metadata") or {}).get("name", "the trainer pod")
+            return "Preempted", f"{name} was stopped (SIGTERM): {said or 'checkpoint saved'}; a new pod resumes from it"
+    return None
+
+
 def pending_cause(
     job: dict[str, Any] | None, pods: list[dict[str, Any]], events: list[dict[str, Any]]
 ) -> tuple[str, str] | None:
@@ -99,6 +121,9 @@ def pending_cause(
         cause = pod_cause(pod)
         if cause is not None:
             return cause
+    preempted = preemption(pods)
+    if preempted is not None:
+        return preempted
     uids = {(job.get("metadata") or {}).get("uid")} | {(pod.get("metadata") or {}).get("uid") for pod in live}
     blocking = [
         event
@@ -123,8 +148,9 @@ def status_patch(status: FineTuneJobStatus) -> dict[str, Any]:
     """The owned fields as a merge patch; unset fields are sent as null so stale values are cleared."""
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     patch = {name: wire.get(name) for name in OWNED_FIELDS}
-    if patch["metrics"] is None:
-        del patch["metrics"]
+    for name in NEVER_NULL:
+        if patch[name] is None:
+            del patch[name]
     return patch
 
 
@@ -136,26 +162,32 @@ def _finish(plan: Plan, current: FineTuneJobStatus, nxt: FineTuneJobStatus) -> P
     return plan
 
 
-def plan_invalid(ftj_status: FineTuneJobStatus, message: str, generation: int | None, now: str) -> Plan:
-    """An object that slipped past the CRD: Failed/InvalidSpec, no children, no retries."""
+def plan_invalid(
+    ftj_status: FineTuneJobStatus, message: str, generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> Plan:
+    """An object that slipped past the CRD (or that its FineTuneRuntime refuses: `reason` PolicyViolation or
+    RuntimeNotFound): Failed, no children, no retries."""
     plan = Plan()
     if ftj_status.phase in TERMINAL:
         plan.phase = ftj_status.phase
         return plan
     nxt = ftj_status.model_copy(deep=True)
     nxt.phase, nxt.message, nxt.observed_generation = "Failed", message, generation
-    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", "InvalidSpec", message, generation, now)
-    conds = set_condition(nxt.conditions, "Failed", "True", "InvalidSpec", message, generation, now)
-    nxt.conditions = set_condition(conds, "Succeeded", "False", "InvalidSpec", message, generation, now)
-    plan.events.append(Event("Warning", "InvalidSpec", message))
+    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", reason, message, generation, now)
+    conds = set_condition(nxt.conditions, "Failed", "True", reason, message, generation, now)
+    nxt.conditions = set_condition(conds, "Succeeded", "False", reason, message, generation, now)
+    plan.events.append(Event("Warning", reason, message))
     return _finish(plan, ftj_status, nxt)
 
 
-def _output_status(ftj: FineTuneJob) -> OutputStatus:
-    spec = ftj.spec
-    output = output_location(ftj.metadata.name, spec)
+def _output_status(ftj: FineTuneJob, job: dict[str, Any] | None, settings: OperatorSettings) -> OutputStatus:
+    """Where servers take the adapter from: the adapter store copy when the trainer Job published one, else the
+    adapter under the output folder it was given (what the Job says wins over what would be rendered today)."""
+    spec, name, uid = ftj.spec, ftj.metadata.name, ftj.metadata.uid or ""
+    store = store_of_job(job) if job is not None else adapter_store_location(name, uid, settings)
+    output = output_of_job(job) or output_location(name, spec, uid)
     return OutputStatus(
-        pvc=adapter_path(output),
+        pvc=store or adapter_path(output),
         base_model=spec.base_model,
         method=spec.method,
         hub_repo=spec.output.hub.repo if spec.output.hub is not None else None,
@@ -188,6 +220,46 @@ def _pending(
     nxt.conditions = set_condition(nxt.conditions, "Running", "False", reason, message, generation, now)
 
 
+def _copy_reported(nxt: FineTuneJobStatus, reported: ReportedProgress | None) -> None:
+    """The trainer's validated progress, and its final metrics unless the operator has them already."""
+    if reported is None:
+        return
+    if reported.progress is not None:
+        nxt.progress = reported.progress
+    if nxt.metrics is None and reported.metrics is not None:
+        nxt.metrics = reported.metrics
+
+
+ADMITTED = "Admitted"
+"""Condition of a queued FineTuneJob: True while Kueue has admitted its Job; False with reason Queued or Preempted."""
+
+
+def _queued(nxt: FineTuneJobStatus, conds: list, spec: Any, generation: int | None, now: str) -> list:
+    """Kueue keeps the Job suspended: still waiting for quota (Queued), or suspended again after it was admitted
+    (Preempted: the trainer resumes from its newest checkpoint when Kueue admits the Job again)."""
+    before = get_condition(conds, ADMITTED)
+    preempted = before is not None and (before.status == "True" or before.reason == "Preempted")
+    if preempted:
+        reason = "Preempted"
+        message = (
+            f"Kueue suspended the trainer Job again (preempted or evicted); it waits in queue {spec.queue_name} "
+            "and resumes from its newest checkpoint when admitted"
+        )
+    else:
+        reason, message = "Queued", f"waiting for Kueue to admit the trainer Job (queue {spec.queue_name})"
+    nxt.phase, nxt.message = "Queued", message
+    conds = set_condition(conds, ADMITTED, "False", reason, message, generation, now)
+    return set_condition(conds, "Running", "False", reason, message, generation, now)
+
+
+def _admitted(conds: list, spec: Any, generation: int | None, now: str) -> list:
+    """A queued Job that runs (or starts pods) was admitted by Kueue."""
+    if not spec.queue_name:
+        return conds
+    message = f"Kueue admitted the trainer Job (queue {spec.queue_name})"
+    return set_condition(conds, ADMITTED, "True", "Admitted", message, generation, now)
+
+
 def plan_finetunejob(
     ftj: FineTuneJob,
     job: dict[str, Any] | None,
@@ -195,6 +267,7 @@ def plan_finetunejob(
     settings: OperatorSettings,
     now: str,
     pending: tuple[str, str] | None = None,
+    reported: ReportedProgress | None = None,
 ) -> Plan:
     """Next step for a valid FineTuneJob. A finished one is never touched again. `pending` is why its Job has
     no running pod (`pending_cause`), shown until a pod really runs."""
@@ -205,13 +278,14 @@ def plan_finetunejob(
     spec, generation = ftj.spec, ftj.metadata.generation
     nxt = current.model_copy(deep=True)
     nxt.observed_generation = generation
+    _copy_reported(nxt, reported)
     conds = set_condition(nxt.conditions, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
     phase = job_phase(job)
 
     if job is None and current.job_name is not None and current.metrics is not None:
         # The trainer writes final metrics only after the adapter is saved: its Job finished and was removed
         # (TTL, GC) before the operator saw it. Finished work is never re-run.
-        nxt.phase, nxt.output = "Succeeded", _output_status(ftj)
+        nxt.phase, nxt.output = "Succeeded", _output_status(ftj, None, settings)
         nxt.completion_time = nxt.completion_time or now
         nxt.message = "the trainer reported its final metrics; its Job was removed before the operator saw it end"
         conds = set_condition(conds, "Running", "False", "Completed", "the trainer finished", generation, now)
@@ -221,7 +295,10 @@ def plan_finetunejob(
         return _finish(plan, current, nxt)
 
     if job is None:
-        plan.create = trainer_children(owner_of(ftj), spec, settings)
+        owner = owner_of(ftj)
+        plan.create = trainer_children(owner, spec, settings)
+        cache = cache_claim(owner.namespace, trainer_model_storage(spec, settings), settings)
+        plan.shared = [claim for claim in (cache, store_claim(owner.namespace, settings)) if claim is not None]
         recreated = current.job_name is not None
         reason = "JobRecreated" if recreated else "JobCreated"
         message = (
@@ -231,10 +308,12 @@ def plan_finetunejob(
             else "created the trainer Job and its ConfigMap, volume claim and service account"
         )
         nxt.job_name = plan.create[-1]["metadata"]["name"]
-        nxt.phase = "Suspended" if spec.suspend else "Pending"
+        nxt.phase = "Suspended" if spec.suspend else ("Queued" if spec.queue_name else "Pending")
         nxt.message = message
         conds = set_condition(conds, "JobCreated", "True", reason, message, generation, now)
         plan.events.append(Event("Normal", reason, f"{message}: Job {nxt.job_name}"))
+        if spec.queue_name and not spec.suspend:
+            conds = _queued(nxt, conds, spec, generation, now)
         nxt.conditions = conds
         return _finish(plan, current, nxt)
 
@@ -242,12 +321,14 @@ def plan_finetunejob(
     if not any(c.type == "JobCreated" and c.status == "True" for c in conds):
         conds = set_condition(conds, "JobCreated", "True", "JobCreated", f"trainer Job {nxt.job_name}", generation, now)
     job_status = job.get("status") or {}
-    if phase not in TERMINAL and bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
-        plan.patches.append((job, {"spec": {"suspend": spec.suspend}}))
+    if phase not in TERMINAL:
+        step = queueing.suspend_step(job, spec)
+        if step.job_patch is not None:
+            plan.patches.append((job, step.job_patch))
 
     if phase == "Succeeded":
         nxt.phase = "Succeeded"
-        nxt.output = _output_status(ftj)
+        nxt.output = _output_status(ftj, job, settings)
         if nxt.metrics is None and report is not None and report.metrics is not None:
             nxt.metrics = report.metrics
         nxt.start_time = nxt.start_time or job_status.get("startTime") or now
@@ -267,14 +348,21 @@ def plan_finetunejob(
         nxt.phase, nxt.message = "Suspended", "suspended: the trainer pods are stopped, checkpoints are kept"
         conds = set_condition(conds, "Running", "False", "Suspended", nxt.message, generation, now)
         conds = set_condition(conds, "Suspended", "True", "Suspended", nxt.message, generation, now)
+        if spec.queue_name:
+            message = "suspended by the FineTuneJob: its Kueue Workload is deactivated until it is resumed"
+            conds = set_condition(conds, ADMITTED, "False", "Suspended", message, generation, now)
     else:
         if any(c.type == "Suspended" for c in conds):
             conds = set_condition(conds, "Suspended", "False", "Resumed", "resumed", generation, now)
-        if phase == "Running":
+        if queueing.waiting_for_admission(job, spec):
+            conds = _queued(nxt, conds, spec, generation, now)
+        elif phase == "Running":
             nxt.phase, nxt.message = "Running", "the trainer is running"
             nxt.start_time = nxt.start_time or job_status.get("startTime") or now
             conds = set_condition(conds, "Running", "True", "TrainerRunning", nxt.message, generation, now)
+            conds = _admitted(conds, spec, generation, now)
         else:
+            conds = _admitted(conds, spec, generation, now)
             nxt.conditions = conds
             _pending(plan, nxt, pending, generation, now)
             conds = nxt.conditions
@@ -283,5 +371,8 @@ def plan_finetunejob(
         kind = "Warning" if nxt.phase == "Failed" else "Normal"
         reason = {"Running": "Started", "Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}
         event_reason = "Resumed" if current.phase == "Suspended" else reason.get(nxt.phase, nxt.phase)
+        if nxt.phase == "Queued":
+            admitted = get_condition(nxt.conditions, ADMITTED)
+            event_reason = admitted.reason if admitted is not None else "Queued"
         plan.events.append(Event(kind, event_reason, nxt.message or nxt.phase))
     return _finish(plan, current, nxt)

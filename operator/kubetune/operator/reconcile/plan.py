@@ -20,6 +20,10 @@ class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)
     """Children to create when missing (in order)."""
 
+    shared: list[dict[str, Any]] = field(default_factory=list)
+    """Objects several custom resources use (the namespace's model cache claim): created first when missing, never
+    owned, checked for ownership or patched."""
+
     patches: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     """(child as observed, merge patch) pairs."""
 
@@ -28,3 +32,6 @@ class Plan:
 
     events: list[Event] = field(default_factory=list)
     phase: str = "Pending"
+
+    recheck: bool = False
+    """Reconcile again later: only time will change what was observed (a server still loading its adapters)."""

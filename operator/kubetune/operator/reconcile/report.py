@@ -65,13 +65,15 @@ def parse_termination_message(text: str | None, exit_code: int | None = None) ->
 
 
 def report_from_pods(pods: list[dict[str, Any]], container: str) -> TrainerReport | None:
-    """The report of the most recently finished trainer container among a Job's pods."""
+    """The report of the most recently finished trainer container among a Job's pods that said something: in a
+    multi-node run only node 0's main process writes the summary, and the other pods may end after it."""
     finished = []
     for pod in pods:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (status.get("state") or {}).get("terminated")
             if status.get("name") == container and terminated:
-                finished.append((terminated.get("finishedAt") or "", terminated))
+                said = bool((terminated.get("message") or "").strip())
+                finished.append(((said, terminated.get("finishedAt") or ""), terminated))
     if not finished:
         return None
     _, terminated = max(finished, key=lambda item: item[0])

@@ -1,0 +1,119 @@
+"""Admin-owned FineTuneRuntimes on the real control plane: the operator reads the runtime an object names (or its
+default runtime) with its read-only RBAC, renders the trainer Job with the runtime's image, GPU pool, queue and
+storage class, and refuses a FineTuneJob that breaks the runtime's policy with a clear condition (no Job)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.envtest.fixtures import RealOperatorControl, operator_settings_for
+from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, PVCS, SERVICES
+
+from .helpers import condition, finetunejob, modelserve, operator_requests, wait_phase
+
+RUNTIMES = ("kubetune.dev/v1alpha1", "finetuneruntimes")
+GPU_POOL = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _runtime_spec() -> dict:
+    return {
+        "trainerImage": "registry.example.com/kubetune/trainer:a100",
+        "nodeSelector": GPU_POOL,
+        "tolerations": [TAINT],
+        "gpuResourceName": "nvidia.com/gpu",
+        "maxGpus": 2,
+        "allowedBaseModels": ["Qwen/*", "pvc:models/*"],
+        "defaultQueueName": "team-a",
+        "storageClassName": "fast-ssd",
+    }
+
+
+@pytest.fixture
+def runtime(control_plane, ns: str) -> Iterator[str]:
+    """A FineTuneRuntime created by the admin, named after the test's namespace (runtimes are cluster-scoped)."""
+    name = f"a100-{ns}"[:253]
+    body = {"apiVersion": RUNTIMES[0], "kind": "FineTuneRuntime", "metadata": {"name": name}, "spec": _runtime_spec()}
+    control_plane.admin.create(RUNTIMES, None, body)
+    yield name
+    control_plane.admin.delete(RUNTIMES, None, name)
+
+
+@pytest.fixture
+def default_runtime_operator(control_plane, runtime, ns: str) -> Iterator[RealOperatorControl]:
+    """An operator whose default runtime (setting default_runtime) is this test's runtime."""
+    control = RealOperatorControl(control_plane, operator_settings_for(control_plane, (ns,), default_runtime=runtime))
+    control.start()
+    yield control
+    control.stop()
+    assert control.refused() == []
+
+
+def test_the_named_runtime_shapes_the_trainer_job(control_plane, runtime, operator, kube, ns):
+    since = control_plane.audit.offset()
+    user_selector = {"topology.kubernetes.io/zone": "eu-west-1a"}
+    kube.create(FTJ, ns, finetunejob(ns, runtimeName=runtime, resources={"gpus": 2, "nodeSelector": user_selector}))
+    job = kube.wait_for(JOBS, ns, "sentiment-train", lambda j: j is not None, what="to be created")
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example.com/kubetune/trainer:a100"
+    assert pod["nodeSelector"] == {**user_selector, **GPU_POOL}
+    assert TAINT in pod["tolerations"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"  # the runtime's default queue
+    assert kube.get(PVCS, ns, "sentiment-output")["spec"]["storageClassName"] == "fast-ssd"
+    ftj = wait_phase(kube, ns, "sentiment", "Queued")
+    assert condition(ftj, "Validated")["status"] == "True"
+    assert ftj["spec"]["runtimeName"] == runtime
+    assert "image" not in ftj["spec"] and "queueName" not in ftj["spec"], "the stored spec is never changed"
+    assert operator_requests(control_plane, since, "get", "finetuneruntimes")  # read with its own RBAC
+
+
+def test_a_policy_violation_is_refused_with_a_clear_condition(control_plane, runtime, operator, kube, ns):
+    since = control_plane.audit.offset()
+    spec = {
+        "runtimeName": runtime,
+        "image": "evil.example.com/miner:latest",
+        "baseModel": {"name": "meta-llama/Llama-3.1-8B"},
+        "resources": {"gpus": 8},
+    }
+    kube.create(FTJ, ns, finetunejob(ns, **spec))
+    ftj = wait_phase(kube, ns, "sentiment", "Failed")
+    validated = condition(ftj, "Validated")
+    assert (validated["status"], validated["reason"]) == ("False", "PolicyViolation")
+    message = validated["message"]
+    assert "spec.image is not allowed" in message and "allowImageOverride" in message
+    assert "spec.resources.gpus 8 exceeds maxGpus 2" in message
+    assert "'meta-llama/Llama-3.1-8B' is not allowed" in message and "Qwen/*" in message
+    assert runtime in message
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+    assert operator_requests(control_plane, since, "create", "jobs") == []
+
+
+def test_a_missing_runtime_is_refused(operator, kube, ns):
+    kube.create(FTJ, ns, finetunejob(ns, runtimeName="no-such-runtime"))
+    ftj = wait_phase(kube, ns, "sentiment", "Failed")
+    validated = condition(ftj, "Validated")
+    assert validated["reason"] == "RuntimeNotFound" and "no-such-runtime" in validated["message"]
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+
+
+def test_the_default_runtime_applies_to_a_finetunejob_that_names_none(default_runtime_operator, kube, ns):
+    kube.create(FTJ, ns, finetunejob(ns, name="plain"))
+    kube.create(FTJ, ns, finetunejob(ns, name="greedy", resources={"gpus": 4}))
+    job = kube.wait_for(JOBS, ns, "plain-train", lambda j: j is not None, what="to be created")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/kubetune/trainer:a100"
+    ftj = wait_phase(kube, ns, "greedy", "Failed")
+    assert condition(ftj, "Validated")["reason"] == "PolicyViolation"
+    assert "maxGpus 2" in ftj["status"]["message"]
+
+
+def test_a_load_balancer_modelserve_is_refused_unless_the_runtime_allows_it(runtime, operator, kube, ns):
+    kube.create(MSV, ns, modelserve(ns, runtimeName=runtime, service={"type": "LoadBalancer"}))
+    msv = wait_phase(kube, ns, "chat", "Failed", res=MSV)
+    validated = condition(msv, "Validated")
+    assert (validated["status"], validated["reason"]) == ("False", "PolicyViolation")
+    assert "LoadBalancer is not allowed" in validated["message"] and "allowLoadBalancer" in validated["message"]
+    assert kube.find(DEPLOYMENTS, ns, "chat") is None and kube.find(SERVICES, ns, "chat") is None

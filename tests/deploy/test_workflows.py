@@ -1,0 +1,106 @@
+"""The GitHub Actions workflows: actionlint (with shellcheck on every `run:` script) finds nothing, and the
+workflows do what docs/releasing.md promises: pull requests run `make lint` and `make test`; a version tag is checked
+against the tree, builds and pushes the three images of this repository for their platforms with an SBOM, signs
+them keyless, publishes the chart with pinned digests and writes the release notes from CHANGELOG.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.binaries import REPO_ROOT
+
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> Path:
+    path = BIN / name
+    if not path.is_file():
+        pytest.fail(f"{name} is missing: install the dev extra (.venv/bin/pip install -e '.[dev]'; make setup does)")
+    return path
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess:
+    command = [str(_tool("actionlint")), "-no-color", "-shellcheck", str(_tool("shellcheck")), *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+def _load(name: str) -> dict:
+    workflow = yaml.safe_load((WORKFLOWS / name).read_text())
+    workflow["on"] = workflow.pop(True, workflow.get("on"))  # YAML 1.1 reads the key `on` as true
+    return workflow
+
+
+def _runs(workflow: dict) -> str:
+    return "\n".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
+
+
+def _uses(job: dict) -> list[str]:
+    return [step["uses"].split("@")[0] for step in job["steps"] if "uses" in step]
+
+
+def test_actionlint_finds_nothing():
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert {path.name for path in files} >= {"ci.yml", "release.yml"}
+    result = actionlint(*files)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_would_catch_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n"
+        "      - run: echo ${{ matrix.missing }}\n      - run: cd $UNSET_DIR && ls `pwd`\n"
+    )
+    result = actionlint(broken)
+    assert result.returncode == 1
+    assert 'property "missing" is not defined' in result.stdout
+    assert "shellcheck reported issue" in result.stdout, "shellcheck must run on the scripts"
+
+
+def test_pull_requests_run_make_lint_and_make_test():
+    ci = _load("ci.yml")
+    assert "pull_request" in ci["on"]
+    runs = _runs(ci)
+    assert "make lint" in runs and "make test" in runs
+    test_env = ci["jobs"]["test"]["env"]
+    assert test_env["KUBETUNE_REQUIRE_ENVTEST"] == test_env["KUBETUNE_REQUIRE_IMAGES"] == "1", "no silent skips"
+
+
+def test_a_version_tag_releases_the_repositorys_images_signed_with_sboms():
+    release = _load("release.yml")
+    assert release["on"] == {"push": {"tags": ["v[0-9]+.[0-9]+.[0-9]+"]}}
+    runs = _runs(release)
+    assert 'tools/version.py check --tag "$GITHUB_REF_NAME"' in runs
+    images = release["jobs"]["images"]
+    assert images["permissions"]["id-token"] == "write", "keyless signing needs the workflow's OIDC token"
+    matrix = {entry["image"]: entry for entry in images["strategy"]["matrix"]["include"]}
+    assert {name: entry["platforms"] for name, entry in matrix.items()} == {
+        "operator": "linux/amd64,linux/arm64",
+        "trainer": "linux/amd64",
+        "server": "linux/amd64",
+    }
+    dockerfiles = {"operator": "deploy/operator.Dockerfile", "trainer": "trainer-image/Dockerfile"}
+    dockerfiles["server"] = "server-image/Dockerfile"
+    assert {name: entry["dockerfile"] for name, entry in matrix.items()} == dockerfiles
+    assert all((REPO_ROOT / path).is_file() for path in dockerfiles.values())
+    build = next(step for step in images["steps"] if step.get("uses", "").startswith("docker/build-push-action"))
+    assert build["with"]["push"] is True and build["with"]["sbom"] is True
+    assert "cosign sign --yes" in runs and "cosign attest --yes --type spdxjson" in runs
+
+
+def test_the_chart_and_install_yaml_are_published_with_pinned_digests_and_notes_from_the_changelog():
+    release = _load("release.yml")
+    runs = _runs(release)
+    assert "tools/pin_digests.py values deploy/helm/kubetune/values.yaml" in runs
+    assert "tools/pin_digests.py manifests dist/install.yaml" in runs
+    assert 'helm push "dist/kubetune-$VERSION.tgz" "oci://$REGISTRY/charts"' in runs
+    assert 'python tools/version.py notes "$VERSION"' in runs
+    assert "gh release create" in runs
+    assert release["jobs"]["release"]["permissions"] == {"contents": "write"}
+    assert release["permissions"] == {"contents": "read"}, "jobs widen their own rights, nothing else gets them"
