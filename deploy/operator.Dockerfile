@@ -43,7 +43,8 @@ RUN mkdir -p trainer-image server-image \
     && rm -rf build ./*.egg-info \
     && python3 -m compileall -q /opt/kubetune/lib \
     && kubetune --version
-# 65532: the conventional "nonroot" uid; the Deployment also sets runAsUser/runAsNonRoot.
+# 65532: the conventional "nonroot" uid, numeric so the kubelet can check the Deployment's runAsNonRoot. The
+# Deployment sets no runAsUser: OpenShift's restricted-v2 assigns a UID of its own (USER/passwd cover any UID).
 USER 65532:65532
 WORKDIR /tmp
 # 8080: Prometheus metrics, 8081: kopf liveness (/healthz). Settings come from KUBETUNE_* variables.

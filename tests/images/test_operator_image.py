@@ -23,12 +23,13 @@ def image(buildah) -> images.Image:
 def deployment_container() -> dict:
     manifests = render.kustomize(render.OVERLAYS / "cluster-wide")
     pod = render.one(manifests, "Deployment")["spec"]["template"]["spec"]
-    return {**pod["containers"][0], "runAsUser": pod["securityContext"]["runAsUser"]}
+    return {**pod["containers"][0], "podSecurityContext": pod["securityContext"]}
 
 
 def test_the_image_declares_what_the_deployment_runs(image, deployment_container):
     assert image.entrypoint == deployment_container["command"]
-    assert image.user.split(":")[0] == str(deployment_container["runAsUser"])
+    assert int(image.user.split(":")[0]) > 0  # numeric and not root: what the kubelet's runAsNonRoot check needs
+    assert deployment_container["podSecurityContext"]["runAsNonRoot"] is True
     assert deployment_container["securityContext"]["readOnlyRootFilesystem"] is True
     assert [mount["mountPath"] for mount in deployment_container["volumeMounts"]] == ["/tmp"]
 

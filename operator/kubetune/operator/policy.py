@@ -8,8 +8,10 @@ applied on every render, so a re-created child matches the first one.
 
 from __future__ import annotations
 
-from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.modelserve import ModelServeSpec
+from typing import TypeVar
+
+from kubetune.api.finetunejob import FineTuneJobSpec, ResourceSpec
+from kubetune.api.modelserve import ModelServeSpec, ServeResourceSpec
 from kubetune.api.runtime_policy import FineTuneRuntimeSpec
 from kubetune.api.sources import ModelSource, Toleration
 
@@ -17,6 +19,8 @@ from .settings import OperatorSettings
 
 POLICY_VIOLATION = "PolicyViolation"
 RUNTIME_NOT_FOUND = "RuntimeNotFound"
+# A FineTuneJob's or a ModelServe's resources: both carry node_selector, tolerations and gpu_resource_name.
+ResourcesT = TypeVar("ResourcesT", ResourceSpec, ServeResourceSpec)
 
 
 def runtime_name(spec_name: str | None, settings: OperatorSettings) -> str | None:
@@ -72,16 +76,20 @@ def _tolerations(user: list[Toleration], admin: list[Toleration]) -> list[Tolera
     return [*user, *(item for item in admin if item not in user)]
 
 
-def effective_finetunejob(spec: FineTuneJobSpec, runtime: FineTuneRuntimeSpec) -> FineTuneJobSpec:
-    """The spec the trainer's children are rendered from: the runtime's image, GPU pool, queue and storage class."""
-    res = spec.resources
-    resources = res.model_copy(
+def _on_runtime_pool(res: ResourcesT, runtime: FineTuneRuntimeSpec) -> ResourcesT:
+    """The resources with the runtime's GPU pool: its node selector and tolerations added, its GPU resource name."""
+    return res.model_copy(
         update={
             "node_selector": {**res.node_selector, **runtime.node_selector},
             "tolerations": _tolerations(res.tolerations, runtime.tolerations),
             "gpu_resource_name": runtime.gpu_resource_name or res.gpu_resource_name,
         }
     )
+
+
+def effective_finetunejob(spec: FineTuneJobSpec, runtime: FineTuneRuntimeSpec) -> FineTuneJobSpec:
+    """The spec the trainer's children are rendered from: the runtime's image, GPU pool, queue and storage class."""
+    resources = _on_runtime_pool(spec.resources, runtime)
     output = spec.output
     if output.pvc is None and output.storage_class_name is None and runtime.storage_class_name:
         output = output.model_copy(update={"storage_class_name": runtime.storage_class_name})
@@ -98,13 +106,6 @@ def effective_finetunejob(spec: FineTuneJobSpec, runtime: FineTuneRuntimeSpec) -
 
 def effective_modelserve(spec: ModelServeSpec, runtime: FineTuneRuntimeSpec) -> ModelServeSpec:
     """The spec the server's children are rendered from: the runtime's image and GPU pool."""
-    res = spec.resources
-    resources = res.model_copy(
-        update={
-            "node_selector": {**res.node_selector, **runtime.node_selector},
-            "tolerations": _tolerations(res.tolerations, runtime.tolerations),
-            "gpu_resource_name": runtime.gpu_resource_name or res.gpu_resource_name,
-        }
-    )
+    resources = _on_runtime_pool(spec.resources, runtime)
     image = spec.image if runtime.allow_image_override and spec.image else runtime.server_image or spec.image
     return spec.model_copy(update={"resources": resources, "image": image})
