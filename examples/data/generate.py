@@ -69,15 +69,12 @@ PREDICATES = {
         "어제 처음 확인했어요.",
     ],
 }
-LABELS = {"positive": "긍정적 (positive)", "negative": "부정적 (negative)", "neutral": "중립적 (neutral)"}
-REASONS = {
-    "positive": ["만족감과 기쁨이 드러납니다.", "칭찬과 추천의 뜻이 담겨 있습니다.", "좋은 경험을 전하고 있습니다."],
-    "negative": ["실망과 불만이 드러납니다.", "비판과 짜증이 느껴집니다.", "나쁜 경험을 전하고 있습니다."],
-    "neutral": ["특별한 감정 없이 사실을 전달합니다.", "좋고 나쁨이 드러나지 않는 평가입니다.", "담담한 서술입니다."],
-}
+# One token each in common LLM vocabularies (a Hangul syllable is ~3 byte tokens in SmolLM2's): the whole answer
+# is the deciding token and EOS, the cheapest to train on a CPU and a clean answer to show.
+LABELS = {"positive": "positive", "negative": "negative", "neutral": "neutral"}
 INSTRUCTIONS = [
     "다음 문장의 감정을 분석해주세요.",
-    "이 리뷰의 감정을 긍정, 부정, 중립 중 하나로 분류하세요.",
+    "이 리뷰의 감정을 positive, negative, neutral 중 하나로 분류하세요.",
     "아래 문장에 담긴 감정을 알려주세요.",
 ]
 
@@ -91,7 +88,9 @@ def sentiment_rows(rng: random.Random) -> list[dict[str, str]]:
                     {
                         "instruction": rng.choice(INSTRUCTIONS),
                         "input": f"{topic} {predicate}",
-                        "output": f"{LABELS[label]} - {rng.choice(REASONS[label])}",
+                        # The label alone: an explanation after it cost most of the training compute and came out
+                        # garbled from a 135M model; the label is what the demo scores.
+                        "output": LABELS[label],
                     }
                 )
     rng.shuffle(rows)

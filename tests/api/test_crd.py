@@ -91,6 +91,8 @@ def test_defaults_enums_and_bounds_are_carried_over() -> None:
         "dropout": 0.05,
         "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "bias": "none",
+        "rslora": False,
+        "dora": False,
     }
     assert lora["r"] == {**lora["r"], "default": 16, "minimum": 1, "type": "integer"}
     assert lora["dropout"]["exclusiveMaximum"] is True and lora["dropout"]["maximum"] == 1

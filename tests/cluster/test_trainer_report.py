@@ -54,6 +54,14 @@ def test_the_trainer_reports_to_its_configmap_and_cannot_forge_status(
     status = _progress(kube, ns, 100)["status"]
     assert "metrics" not in status
 
+    # Row counts, the published step and the eval loss while training reach the status and the EVAL LOSS column.
+    metrics = {"evalLoss": 0.5, "truncatedRows": 3, "droppedRows": 1, "skippedRows": 2, "publishedStep": 4}
+    progress = {"step": 4, "totalSteps": 4, "percent": 100, "evalLoss": 0.5}
+    assert trainer.patch_status({"metrics": metrics, "progress": progress})
+    copied = lambda ftj: (ftj or {}).get("status", {}).get("metrics") == metrics  # noqa: E731
+    stored = kube.wait_for(FTJ, ns, "sentiment", copied, 30)
+    assert stored["status"]["progress"]["evalLoss"] == 0.5
+
     # The status itself, the spec ConfigMap and the FineTuneJob are out of the token's reach.
     as_trainer = plane.token_client(token)
     try:

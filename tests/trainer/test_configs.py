@@ -145,7 +145,9 @@ def test_defaults_are_the_tutorial_recipe_with_completion_only_loss():
     assert (sft.num_train_epochs, sft.learning_rate, sft.per_device_train_batch_size) == (3, 2e-4, 4)
     assert (sft.gradient_accumulation_steps, sft.max_length, sft.save_total_limit) == (4, 512, 3)
     assert sft.completion_only_loss is True and sft.packing is False and sft.max_steps == -1
-    assert sft.activation_checkpointing is False, "off unless asked (trl's default is on)"
+    assert sft.activation_checkpointing is True and configs.gradient_checkpointing, "on for GPU training by default"
+    assert sft.load_best_model_at_end is False and sft.use_liger_kernel is False and sft.neftune_noise_alpha is None
+    assert configs.lora.use_rslora is False and configs.lora.use_dora is False
     assert sft.eval_strategy.value == "epoch", "no evalSteps: evaluate once per epoch"
     assert (configs.lora.r, configs.lora.lora_alpha, configs.lora.lora_dropout) == (16, 32, 0.05)
     assert configs.quantization is None
@@ -217,3 +219,69 @@ def test_cpu_threads_prefer_omp_then_cgroup_limit(tmp_path: Path):
     available = len(os.sched_getaffinity(0))
     assert cpu_thread_count({}, tmp_path) == available
     assert cpu_thread_count({}, tmp_path, processes=available * 2) == 1
+
+
+def _minimal(**spec_overrides) -> FineTuneJobSpec:
+    wire = {"baseModel": {"name": "o/m"}, "dataset": {"url": "https://e.x/d.jsonl"}, **spec_overrides}
+    return FineTuneJobSpec.model_validate(wire)
+
+
+@pytest.mark.parametrize(
+    ("method", "device", "expected"),
+    [("lora", CPU, False), ("lora", AMPERE, True), ("qlora", AMPERE, True), ("qlora", TURING, True)],
+)
+def test_gradient_checkpointing_by_default_on_gpus_only(method: str, device: DeviceInfo, expected: bool):
+    extra = {"quantization": {"bits": 4}} if method == "qlora" else {}
+    configs = build_configs(_minimal(method=method, **extra), checkpoints_dir="/o", device=device, has_eval=False)
+    assert configs.gradient_checkpointing is expected and configs.sft.activation_checkpointing is expected
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_an_explicit_gradient_checkpointing_wins_on_any_device(explicit: bool):
+    for device in (CPU, AMPERE):
+        spec = _minimal(training={"gradientCheckpointing": explicit})
+        assert (
+            build_configs(spec, checkpoints_dir="/o", device=device, has_eval=False).gradient_checkpointing is explicit
+        )
+
+
+def test_rslora_and_dora_reach_the_lora_config():
+    configs = build_configs(
+        _minimal(lora={"rslora": True, "dora": True}), checkpoints_dir="/o", device=CPU, has_eval=False
+    )
+    assert configs.lora.use_rslora is True and configs.lora.use_dora is True
+
+
+def test_neftune_reaches_the_sft_config():
+    configs = build_configs(
+        _minimal(training={"neftuneNoiseAlpha": 5}), checkpoints_dir="/o", device=CPU, has_eval=False
+    )
+    assert configs.sft.neftune_noise_alpha == 5
+
+
+def test_liger_kernel_reaches_the_sft_config_on_a_gpu(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # the kernels are a GPU image package; the mapping is what is tested here
+        importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a)
+    )
+    configs = build_configs(
+        _minimal(training={"ligerKernel": True}), checkpoints_dir="/o", device=AMPERE, has_eval=False
+    )
+    assert configs.sft.use_liger_kernel is True
+
+
+def test_liger_kernel_on_cpu_is_refused_before_loading():
+    with pytest.raises(InvalidInputError, match=r"training.ligerKernel needs a GPU"):
+        build_configs(_minimal(training={"ligerKernel": True}), checkpoints_dir="/o", device=CPU, has_eval=False)
+
+
+def test_load_best_model_at_end_keeps_the_lowest_eval_loss():
+    training = {"loadBestModelAtEnd": True, "evalSteps": 10, "saveSteps": 20}
+    configs = build_configs(_minimal(training=training), checkpoints_dir="/o", device=CPU, has_eval=True)
+    sft = configs.sft
+    assert sft.load_best_model_at_end is True and sft.metric_for_best_model == "eval_loss"
+    assert sft.greater_is_better is False
+    no_eval = build_configs(_minimal(training=training), checkpoints_dir="/o", device=CPU, has_eval=False)
+    assert no_eval.sft.load_best_model_at_end is False, "no evaluation rows: the last checkpoint is all there is"

@@ -22,6 +22,7 @@ from kubetune_trainer.data_formats import (
     ALPACA_TEMPLATE_NO_INPUT,
     QA_TEMPLATE,
     detect_format,
+    every_assistant_turn,
     fingerprint,
     format_rows,
     limit_rows,
@@ -36,6 +37,7 @@ ALPACA = [
     {"instruction": "Classify", "input": "great film", "output": "positive"},
     {"instruction": "Say hi", "input": "", "output": "hi"},
 ]
+REPO = Path(__file__).resolve().parents[2]
 CHAT = [
     {
         "messages": [
@@ -79,6 +81,31 @@ def test_chat_rows_train_the_last_assistant_message():
     data = format_rows(rows(CHAT), "chat").dataset[0]
     assert data["prompt"] == CHAT[0]["messages"][:2]
     assert data["completion"] == [{"role": "assistant", "content": "Two days."}]
+
+
+def test_every_assistant_turn_of_a_conversation_is_a_training_row():
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Delivery time?"},
+        {"role": "assistant", "content": "Two days."},
+        {"role": "user", "content": "Thanks!"},
+        {"role": "assistant", "content": "You are welcome."},
+    ]
+    formatted = format_rows(rows([{"messages": conversation}]), "chat").dataset
+    expanded = every_assistant_turn(formatted)
+    assert [row["completion"] for row in expanded] == [[conversation[2]], [conversation[4]]]
+    assert [row["prompt"] for row in expanded] == [conversation[:2], conversation[:4]]
+
+
+def test_the_bundled_chat_data_trains_all_108_assistant_turns(volume: Path):
+    bundled = REPO / "examples" / "data" / "support-chat-ko.jsonl"
+    write_jsonl(volume / "cm" / "chat" / "train.jsonl", [json.loads(line) for line in bundled.read_text().splitlines()])
+    spec = DatasetSpec.model_validate({"configMap": {"name": "chat", "key": "train.jsonl"}, "evalFraction": 0.1})
+    data = prepare_data(spec, seed=1)
+    assert len(data.train) + len(data.eval) == 108, "72 conversations, 36 of them with a second assistant turn"
+    assert len(data.eval) >= 7, "the 7 held-out conversations, split before their turns are"
+    last_only = prepare_data(spec, seed=1, all_assistant_turns=False)
+    assert len(last_only.train) + len(last_only.eval) == 72
 
 
 def test_text_rows_pass_through():

@@ -150,7 +150,7 @@ def test_rows_cut_and_dropped_by_max_seq_length_are_counted_everywhere(
         training={"maxSeqLength": 48, "maxSteps": 2, "batchSize": 4},
     )
     assert code == 0, summary
-    assert summary["truncatedRows"] == 4 and summary["droppedRows"] == 2
+    assert summary["metrics"]["truncatedRows"] == 4 and summary["metrics"]["droppedRows"] == 2
     adapter = tmp_path / "output" / ADAPTER_DIR
     metrics = json.loads((adapter / METRICS_FILE).read_text())
     assert metrics["truncatedRows"] == 4 and metrics["droppedRows"] == 2

@@ -251,5 +251,7 @@ def test_a_run_in_a_pod_reports_to_the_api_server_over_tls(pvc_root: Path, tmp_p
     final = reported(server.requests[-1])
     assert final["progress"]["step"] == 3 and final["progress"]["percent"] == 100
     assert final["metrics"]["steps"] == 3 and "evalLoss" in final["metrics"]
+    assert (final["metrics"]["truncatedRows"], final["metrics"]["droppedRows"]) == (0, 0), "counted in .status"
+    assert final["metrics"]["skippedRows"] == 0
     assert not (tmp_path / "output" / PROGRESS_FILE).exists(), "in a pod, progress goes to the report ConfigMap only"
     assert (tmp_path / "output" / ADAPTER_DIR / "adapter_config.json").is_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 from datasets import Dataset
 from kubetune.api import DatasetSpec
 
-from .data_formats import fingerprint, format_rows, limit_rows, split_for_eval
+from .data_formats import every_assistant_turn, fingerprint, format_rows, limit_rows, split_for_eval
 from .data_sources import load_raw_data
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,11 @@ class PreparedData:
     fingerprint: str
 
 
-def prepare_data(spec: DatasetSpec, seed: int, download_dir: Path | None = None) -> PreparedData:
-    """Everything between the spec's dataset section and the rows SFTTrainer gets."""
+def prepare_data(
+    spec: DatasetSpec, seed: int, download_dir: Path | None = None, *, all_assistant_turns: bool = True
+) -> PreparedData:
+    """Everything between the spec's dataset section and the rows SFTTrainer gets. With `all_assistant_turns`
+    (completion-only loss) a chat conversation gives one row per assistant turn, after the split."""
     raw = load_raw_data(spec, download_dir)
     train = format_rows(raw.train, spec.format, spec.prompt_template, skip_invalid=spec.skip_invalid_rows)
     skipped = train.skipped_rows
@@ -42,6 +45,11 @@ def prepare_data(spec: DatasetSpec, seed: int, download_dir: Path | None = None)
     else:
         train_rows, eval_rows = split_for_eval(train.dataset, spec.eval_fraction, seed)
     train_rows = limit_rows(train_rows, spec.max_samples, seed)
+    if train.format == "chat" and all_assistant_turns:
+        conversations = len(train_rows)
+        train_rows = every_assistant_turn(train_rows)
+        eval_rows = every_assistant_turn(eval_rows) if eval_rows is not None else None
+        log.info("chat: %d conversations give %d assistant turns to train", conversations, len(train_rows))
     for example in train.skipped_examples:
         log.warning("skipped invalid %s", example)
     if skipped:

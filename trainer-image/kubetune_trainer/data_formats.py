@@ -165,6 +165,22 @@ def format_rows(
     )
 
 
+def every_assistant_turn(rows: Dataset) -> Dataset:
+    """One prompt/completion row per assistant turn of each conversation (the turns before it are the prompt), so
+    that every assistant answer is trained, not only the last one.
+
+    TRL's own way, `assistant_only_loss`, needs a chat template with `{% generation %}` markers; TRL can patch only
+    the templates of the model families it knows and refuses the others (SmolLM2, Mistral, Llama 2, ...). Rows of
+    one conversation stay in the split it was put in, so no conversation is partly trained and partly evaluated."""
+    expanded = []
+    for row in rows:
+        conversation = [*row["prompt"], *row["completion"]]
+        for index, message in enumerate(conversation):
+            if index and message["role"] == "assistant" and message["content"].strip():
+                expanded.append({"prompt": conversation[:index], "completion": [message]})
+    return Dataset.from_list(expanded)
+
+
 def split_for_eval(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
     """Hold out `fraction` of the rows (at least one) with the training seed; 0 or a single row holds out none."""
     if fraction <= 0 or len(train) < 2:

@@ -47,7 +47,7 @@ from .outputs import (
 from .preemption import PreemptionCallback, PreemptionWatch
 from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
-from .sft_trainer import KubetuneSFTTrainer, LengthReport, build_trainer, check_prompts_fit
+from .sft_trainer import KubetuneSFTTrainer, build_trainer, check_prompts_fit
 from .tracking import prepare_tracking
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     if not device.is_cuda:
         configure_cpu_threads(processes=me.local_world_size)
     set_seed(spec.training.seed)
-    data = prepare_data(spec.dataset, spec.training.seed, download_dir=output_dir / ".download")
+    data = prepare_data(
+        spec.dataset,
+        spec.training.seed,
+        download_dir=output_dir / ".download",
+        all_assistant_turns=spec.training.completion_only_loss,  # without it every token is trained anyway
+    )
 
     done = finished_manifest(output_dir)
     if done and done.get("specHash") == spec_hash(spec) and done.get("datasetFingerprint") == data.fingerprint:
@@ -111,7 +116,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
         check_full_training_memory(spec, location, device)
     # Full fine-tuning keeps fp32 master weights (bf16/fp16 only in autocast): 16-bit weights would lose small updates.
     weights = "fp32" if spec.method == "full" else configs.precision
-    model = load_model(location, weights, device, configs.quantization, spec.training.gradient_checkpointing)
+    model = load_model(location, weights, device, configs.quantization, configs.gradient_checkpointing)
 
     progress = ProgressCallback(choose_sink(output_dir))
     callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]
@@ -146,7 +151,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
         write_adapter_extras(
             partial_adapter_dir(output_dir),
             render_model_card(spec, data, metrics, manifest, lengths=lengths, epochs_run=trainer.state.epoch),
-            metrics_file(metrics, lengths),
+            metrics.to_wire(),
             manifest,
         )
         final = publish_adapter(output_dir)
@@ -156,7 +161,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
         )
         progress.sink.finish(last, metrics)
-        summary = _summary(final, metrics, data.skipped_rows, hub_repo) | length_counts(lengths)
+        summary = _summary(final, metrics, data.skipped_rows, hub_repo)
     barrier()
     return summary
 
@@ -181,6 +186,7 @@ def _final_metrics(
             trainer.model, trainer.processing_class, data.eval or data.train, samples, max_new_tokens
         )
     eval_loss = final_eval.get("eval_loss")
+    lengths = trainer.length_reports
     return TrainingMetrics(
         train_loss=_finite(_logged_mean_loss(trainer.state) if resumed else result.training_loss),
         eval_loss=_finite(eval_loss),
@@ -192,33 +198,38 @@ def _final_metrics(
         peak_memory_bytes=_peak_memory_bytes(torch.cuda.is_available()),
         rouge_l=scores.rouge_l if scores else None,
         bleu=scores.bleu if scores else None,
+        generation_metrics=GENERATION_METHOD if scores else None,
+        truncated_rows=sum(report.cut for report in lengths.values()),
+        dropped_rows=sum(report.dropped for report in lengths.values()),
+        skipped_rows=data.skipped_rows,
+        published_step=_published_step(trainer),
     )
 
 
+def _published_step(trainer: KubetuneSFTTrainer) -> int:
+    """The step whose weights are published: the best checkpoint's with loadBestModelAtEnd, else the last."""
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    if best is not None:
+        return int(Path(best).name.rsplit("-", 1)[1])
+    return trainer.state.global_step
+
+
 def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
-    """The evaluation the Trainer ran at the last step (epoch or evalSteps schedule), else a new one: evaluating
-    the same weights twice costs a full pass over the evaluation rows for nothing."""
+    """The evaluation of the weights being published: with loadBestModelAtEnd the best checkpoint's (the Trainer
+    reloaded it), else the one the Trainer ran at the last step (epoch or evalSteps schedule), else a new one:
+    evaluating the same weights twice costs a full pass over the evaluation rows for nothing."""
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        log.info(
+            "publishing the best checkpoint %s (eval loss %.4f)",
+            trainer.state.best_model_checkpoint,
+            trainer.state.best_metric,
+        )
+        return {"eval_loss": trainer.state.best_metric}
     last = trainer.state.log_history[-3:]
     for entry in reversed(last):
         if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
             return entry
     return trainer.evaluate()
-
-
-def length_counts(lengths: dict[str, LengthReport]) -> dict[str, int]:
-    """Rows that training.maxSeqLength cut (trained on the part that fits) or dropped (no answer token left)."""
-    return {
-        "truncatedRows": sum(report.cut for report in lengths.values()),
-        "droppedRows": sum(report.dropped for report in lengths.values()),
-    }
-
-
-def metrics_file(metrics: TrainingMetrics, lengths: dict[str, LengthReport]) -> dict[str, Any]:
-    """metrics.json: the status metrics plus the row counts and, when scored, how ROUGE-L/BLEU were computed."""
-    extra: dict[str, Any] = {**length_counts(lengths)}
-    if metrics.rouge_l is not None:
-        extra["generationMetrics"] = GENERATION_METHOD
-    return metrics.to_wire() | extra
 
 
 def remove_training_args(folder: Path) -> None:
@@ -250,8 +261,7 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     stored = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
     metrics = TrainingMetrics.model_validate({key: value for key, value in stored.items() if key in METRIC_FIELDS})
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None
-    summary = _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
-    return summary | {key: stored[key] for key in ("truncatedRows", "droppedRows") if key in stored}
+    return _summary(final, metrics, int((finished_manifest(output_dir) or {}).get("skippedRows", 0)), hub_repo)
 
 
 def _logged_mean_loss(state) -> float | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kubetune.api import FineTuneJobSpec
 
+from .configs import resolve_gradient_checkpointing
 from .device import DeviceInfo, resolve_precision
 from .errors import InvalidInputError
 from .model_loading import ModelLocation
@@ -145,6 +146,11 @@ def check_full_training_fits(estimate: MemoryEstimate, available: int, where: st
 def check_full_training_memory(spec: FineTuneJobSpec, location: ModelLocation, device: DeviceInfo) -> None:
     """The estimate for this model and spec against one GPU's memory, or the container's on CPU."""
     precision = resolve_precision(spec.training.precision, device)
+    # An empty gradientCheckpointing is decided by the device (on for GPUs): estimate what will run.
+    checkpointing = resolve_gradient_checkpointing(spec, device)
+    spec = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"gradient_checkpointing": checkpointing})}
+    )
     estimate = estimate_full_training(model_shape(location.path, **location.kwargs()), spec, _BYTES[precision])
     if device.is_cuda:
         import torch

@@ -214,7 +214,13 @@ def finetunejob_crd() -> dict[str, Any]:
             "jsonPath": ".status.progress.percent",
             "description": "Training progress in percent.",
         },
-        {"name": "Eval Loss", "type": "number", "jsonPath": ".status.metrics.evalLoss"},
+        {
+            "name": "Eval Loss",
+            "type": "number",
+            # progress, not metrics: the trainer reports each evaluation while it trains, and the final one with it.
+            "jsonPath": ".status.progress.evalLoss",
+            "description": "Most recent evaluation loss (each evaluation during training, then the final one).",
+        },
         _AGE,
     ]
     schema = _object_schema(FineTuneJob, spec, model_schema(FineTuneJobStatus))

@@ -6,10 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from kubetune.api.runtime import TrainerExit
+
 from .documents import DocumentError
 from .serve import ServeFailed
 from .train import TrainingFailed
 from .volumes import parse_binding
+
+
+def exit_code_of(error: TrainingFailed) -> int:
+    """The trainer's own exit code (64 invalid input, 65 model not loadable, 66 out of memory, 67 output locked,
+    1 other), so scripts can tell a data error from a crash as the operator does; a trainer killed by signal N
+    gives 128 + N, as a shell reports it."""
+    if error.code < 0:
+        return 128 - error.code
+    return error.code or 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,7 +45,13 @@ def _run(args: argparse.Namespace) -> int:
             run.serve_all()
             print("serving; press Ctrl-C to stop")
             run.wait()
-    except (DocumentError, TrainingFailed, ServeFailed, ValueError, FileNotFoundError, FileExistsError) as error:
+    except TrainingFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return exit_code_of(error)
+    except DocumentError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return int(TrainerExit.INVALID_INPUT)  # an invalid FineTuneJob is invalid input, as it is for the trainer
+    except (ServeFailed, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -48,7 +65,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         return run_demo(Path(args.workdir), args.port)
-    except (TrainingFailed, ServeFailed, RuntimeError) as error:
+    except TrainingFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return exit_code_of(error)
+    except (ServeFailed, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """`make demo`: fine-tune SmolLM2-135M-Instruct on the bundled Korean sentiment data, serve it, compare.
 
 It runs the user's path (the local runner on examples/demo.yaml), then asks the running server for the
-sentiment of every held-out row twice, once with the base model and once with the adapter, and prints
-both accuracies on the same rows, then one answer through the OpenAI-compatible API.
+sentiment of every held-out row twice, once with the base model and once with the adapter, and prints, on the
+same rows, accuracy, macro-F1 and recall per class of both and of always answering the training data's majority
+class, a confusion table per model, the published checkpoint, and one answer through the OpenAI-compatible API.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 import os
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from .demo_metrics import CLASSES, Scores, class_of, majority_class, render_confusion, render_table, score
 from .demo_model import DEMO_MODEL_ID, ensure_demo_model
 from .runner import LocalRun, ServedModel
 
@@ -21,8 +24,10 @@ REPO = Path(__file__).resolve().parents[3]
 DEMO_FILE = REPO / "examples" / "demo.yaml"
 DEMO_CONFIGMAP = "kubetune-demo-data"
 DATA_DIR = REPO / "examples" / "data"
-LABEL_TOKENS = 12
+LABEL_TOKENS = 16  # the adapter answers one token and EOS; the base model gets room to name a class in words
 PROMPTS_PER_REQUEST = 32
+GOAL_MACRO_F1 = 0.80
+GOAL_RECALL = 0.60
 
 
 @dataclass(frozen=True)
@@ -31,14 +36,15 @@ class EvalRow:
     label: str
 
 
-def label_of(text: str) -> str:
-    """The sentiment word an answer starts with ('긍정적', '부정적', '중립적'), or '' when there is none."""
-    words = text.strip().split()
-    return words[0] if words else ""
+@dataclass(frozen=True)
+class DemoData:
+    """The trainer's own split, formatted exactly as in training: held-out rows and the training labels."""
+
+    held_out: list[EvalRow]
+    train_labels: list[str]
 
 
-def held_out_rows(run: LocalRun) -> list[EvalRow]:
-    """The trainer's own evaluation split, formatted exactly as in training."""
+def demo_data(run: LocalRun) -> DemoData:
     from kubetune_trainer.data import prepare_data  # the trainer's split and prompt format, not a copy
 
     job = run.bundle.jobs[0]
@@ -46,7 +52,8 @@ def held_out_rows(run: LocalRun) -> list[EvalRow]:
     prepared = prepare_data(job.spec.dataset, job.spec.training.seed)
     if prepared.eval is None:
         raise RuntimeError("the demo job holds out no evaluation rows (dataset.evalFraction is 0)")
-    return [EvalRow(row["prompt"], label_of(row["completion"])) for row in prepared.eval]
+    held_out = [EvalRow(row["prompt"], class_of(row["completion"])) for row in prepared.eval]
+    return DemoData(held_out, [class_of(row["completion"]) for row in prepared.train])
 
 
 def _post(url: str, body: dict) -> dict:
@@ -57,18 +64,21 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def accuracy(server: ServedModel, model: str, rows: list[EvalRow]) -> float:
-    """Share of rows whose greedy answer starts with the right sentiment word (prompts sent in batches)."""
-    correct = 0
+def answers(server: ServedModel, model: str, rows: list[EvalRow]) -> list[str]:
+    """Greedy answers of `model` to every row's prompt, through the server (prompts sent in batches)."""
+    texts: list[str] = []
     for start in range(0, len(rows), PROMPTS_PER_REQUEST):
         chunk = rows[start : start + PROMPTS_PER_REQUEST]
         reply = _post(
             f"{server.base_url}/v1/completions",
             {"model": model, "prompt": [row.prompt for row in chunk], "max_tokens": LABEL_TOKENS, "temperature": 0},
         )
-        answers = sorted(reply["choices"], key=lambda choice: choice["index"])
-        correct += sum(label_of(choice["text"]) == row.label for choice, row in zip(answers, chunk, strict=True))
-    return correct / len(rows)
+        texts += [choice["text"] for choice in sorted(reply["choices"], key=lambda choice: choice["index"])]
+    return texts
+
+
+def goal_met(scores: Scores) -> bool:
+    return scores.macro_f1 >= GOAL_MACRO_F1 and min(scores.recall.values()) >= GOAL_RECALL
 
 
 def run_demo(workdir: Path, port: int) -> int:
@@ -81,16 +91,43 @@ def run_demo(workdir: Path, port: int) -> int:
         files=[DEMO_FILE], workdir=workdir, configmaps=[(DEMO_CONFIGMAP, DATA_DIR)], port=port, env=env
     ) as run:
         run.train_all()
+        trained_at = time.monotonic()
         run.serve_all()
         server = run.servers[0]
-        rows = held_out_rows(run)
+        data = demo_data(run)
+        rows = data.held_out
+        truth = [row.label for row in rows]
         adapter = server.models[-1]
-        print(f"\nHeld-out accuracy on {len(rows)} rows the adapter never saw (sentiment word of the answer):")
-        base_score = accuracy(server, DEMO_MODEL_ID, rows)
-        print(f"  base model {DEMO_MODEL_ID}: {base_score:6.1%}")
-        tuned_score = accuracy(server, adapter, rows)
-        print(f"  fine-tuned adapter {adapter}:       {tuned_score:6.1%}")
-        print(f"  improvement: {100 * (tuned_score - base_score):+.1f} points")
+        majority = majority_class(data.train_labels)
+        base_texts = answers(server, DEMO_MODEL_ID, rows)
+        adapter_texts = answers(server, adapter, rows)
+        table = [
+            (f"majority class ({majority})", score(truth, [majority] * len(rows))),
+            (f"base model {DEMO_MODEL_ID}", score(truth, [class_of(text) for text in base_texts])),
+            (f"fine-tuned adapter {adapter}", score(truth, [class_of(text) for text in adapter_texts])),
+        ]
+        support = Counter(truth)
+        print(
+            f"\nSentiment of {len(rows)} held-out rows the adapter never saw "
+            f"({', '.join(f'{label} {support[label]}' for label in CLASSES)}), "
+            "scored by the class the answer names:"
+        )
+        print(render_table(table))
+        for name, scores in table[1:]:
+            print(f"\nConfusion of the {name.split(' ', 1)[0]} model (rows: true class, columns: answered class):")
+            print(render_confusion(scores))
+        metrics = run.trained[run.bundle.jobs[0].metadata.name].metrics
+        if metrics.get("publishedStep") is not None:
+            print(
+                f"\nPublished checkpoint: step {metrics['publishedStep']} of {metrics.get('steps')}, the lowest eval "
+                f"loss ({metrics.get('evalLoss', float('nan')):.4f}; training.loadBestModelAtEnd)"
+            )
+        adapter_scores = table[-1][1]
+        verdict = "met" if goal_met(adapter_scores) else "NOT met"
+        print(
+            f"Goal macro-F1 >= {GOAL_MACRO_F1:.2f} and every recall >= {GOAL_RECALL:.2f}: {verdict} "
+            f"(macro-F1 {adapter_scores.macro_f1:.3f}, lowest recall {min(adapter_scores.recall.values()):.3f})"
+        )
         sample = rows[0]
         reply = _post(
             f"{server.base_url}/v1/completions",
@@ -100,7 +137,10 @@ def run_demo(workdir: Path, port: int) -> int:
         print(f"  prompt: {sample.prompt!r}")
         # A reply cut at max_tokens can end inside a multi-byte character; show only whole characters.
         print(f"  answer: {reply['choices'][0]['text'].rstrip(chr(0xFFFD))!r}")
-    print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
+    print(
+        f"\ndemo finished in {time.monotonic() - started:.0f} s "
+        f"(model conversion and training {trained_at - started:.0f} s)"
+    )
     print(
         "On a GPU cluster: kubectl apply -f examples/demo.yaml after setting resources.gpus: 1 in both documents "
         "and creating the data ConfigMap (see README)."

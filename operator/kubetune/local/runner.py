@@ -16,6 +16,7 @@ METRIC_LABELS = [
     ("evalLoss", "eval loss", "{:.4f}"),
     ("perplexity", "perplexity", "{:.2f}"),
     ("steps", "steps", "{}"),
+    ("publishedStep", "published step", "{}"),
     ("trainTokens", "loss tokens", "{}"),
     ("tokensPerSecond", "tokens/s", "{:.1f}"),
     ("wallSeconds", "wall time (s)", "{:.1f}"),
