@@ -51,6 +51,32 @@ log = logging.getLogger(__name__)
 MERGED_ROW = "__merged__"
 
 
+def replica_adapters(
+    wanted: list[AdapterSource],
+    loaded: dict[str, str],
+    refused: dict[str, str],
+    reasons: dict[str, str],
+    merged_name: str | None = None,
+) -> ReplicaAdapters:
+    """Each adapter asked for (on a volume), as one replica serves it: Loaded from that very folder, Refused (the
+    reason) for that folder, else still Loading. With a merged adapter, only that one is served until a restart."""
+    states = []
+    for source in wanted:
+        if source.pvc is None:
+            continue
+        state, message = "Loading", None
+        if merged_name is not None:
+            merged = source.name == merged_name
+            state = "Loaded" if merged else "Refused"
+            message = None if merged else "mergeAdapter is set: adapters change only with a restart"
+        elif loaded.get(source.name) == source.path:
+            state = "Loaded"
+        elif refused.get(source.name) == source.path:
+            state, message = "Refused", reasons.get(source.name)
+        states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
+    return ReplicaAdapters(adapters=states)
+
+
 @dataclass
 class _Row:
     """Worker-side state of one live sequence."""
@@ -238,22 +264,10 @@ class Engine:
     def adapter_report(self) -> ReplicaAdapters:
         """Each adapter of the serve.json last asked for, as this replica serves it (GET /adapters): loaded from
         that folder, still queued or loading, or refused with the reason."""
-        folders = self.adapter_folders()
-        states = []
-        for source in self._wanted:
-            if source.pvc is None:
-                continue
-            state, message = "Loading", None
-            if self._merged_name is not None and self.ready:
-                merged = source.name == self._merged_name
-                state = "Loaded" if merged else "Refused"
-                message = None if merged else "mergeAdapter is set: adapters change only with a restart"
-            elif folders.get(source.name) == source.path:
-                state = "Loaded"
-            elif self._refused_folders.get(source.name) == source.path:
-                state, message = "Refused", self.failed_adapters.get(source.name)
-            states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
-        return ReplicaAdapters(adapters=states)
+        merged = self._merged_name if self.ready else None
+        return replica_adapters(
+            self._wanted, self.adapter_folders(), self._refused_folders, self.failed_adapters, merged
+        )
 
     def _row_key(self, model: str) -> str:
         assert self._adapters is not None

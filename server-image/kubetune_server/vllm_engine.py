@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 from kubetune.api import ServeConfig
-from kubetune.api.serving import ReplicaAdapter, ReplicaAdapters
+from kubetune.api.serving import ReplicaAdapters
 
 from .adapters import AdapterSource
-from .engine import EngineStats, SyncReport, adapter_sources
+from .engine import EngineStats, SyncReport, adapter_sources, replica_adapters
 from .errors import AdapterLoadError, ModelNotFound, NotReady, UnsupportedModel
 from .kv_budget import kv_bytes_per_token
 from .loader import (
@@ -225,18 +225,7 @@ class VllmEngine:
 
     def adapter_report(self) -> ReplicaAdapters:
         """Each adapter of the serve.json last asked for, as this replica serves it (GET /adapters)."""
-        folders = self.adapter_folders()
-        states = []
-        for source in self._wanted:
-            if source.pvc is None:
-                continue
-            state, message = "Loading", None
-            if folders.get(source.name) == source.path:
-                state = "Loaded"
-            elif self._refused_folders.get(source.name) == source.path:
-                state, message = "Refused", self.failed_adapters.get(source.name)
-            states.append(ReplicaAdapter(name=source.name, pvc=source.pvc, state=state, message=message))
-        return ReplicaAdapters(adapters=states)
+        return replica_adapters(self._wanted, self.adapter_folders(), self._refused_folders, self.failed_adapters)
 
     def _refuse(self, source: AdapterSource, exc: Exception) -> None:
         log.error("adapter %r refused: %s", source.name, exc)
