@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
-import subprocess
-import threading
 from functools import partial
-from http.server import HTTPServer, SimpleHTTPRequestHandler
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,7 @@ from kubetune_trainer.data_formats import (
 from kubetune_trainer.data_sources import load_raw_data
 from kubetune_trainer.errors import InvalidInputError, TrainerFailure
 
+from tests.support.https import https_server as serving_https
 from tests.trainer.helpers import allow_loopback
 
 ALPACA = [
@@ -284,41 +282,12 @@ def test_unknown_hub_dataset_offline_is_invalid_input(tmp_path: Path, monkeypatc
 @pytest.fixture
 def https_server(tmp_path: Path, monkeypatch):
     """A loopback https server with a self-signed certificate trusted through SSL_CERT_FILE."""
-    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(certificate),
-        ],
-        check=True,
-        capture_output=True,
-    )
     site = tmp_path / "site"
     write_jsonl(site / "train.jsonl", ALPACA)
-    server = HTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(site)))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificate, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
-    monkeypatch.setattr(data_sources, "ADDRESS_POLICY", allow_loopback)  # this server is on 127.0.0.1
-    yield f"https://localhost:{server.server_address[1]}"
-    server.shutdown()
+    with serving_https(tmp_path, partial(SimpleHTTPRequestHandler, directory=str(site))) as (url, certificate):
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+        monkeypatch.setattr(data_sources, "ADDRESS_POLICY", allow_loopback)  # this server is on 127.0.0.1
+        yield url
 
 
 def test_https_url(https_server: str, tmp_path: Path):

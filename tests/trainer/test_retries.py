@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import ssl
-import subprocess
-import threading
 import urllib.error
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from kubetune_trainer.data_sources import download, load_raw_data
 from kubetune_trainer.errors import InvalidInputError, NetworkError, TrainerFailure
 from kubetune_trainer.retries import is_transient, with_retries
 
+from tests.support.https import https_server as serving_https
 from tests.trainer.helpers import base_spec, run_in_process, write_spec
 
 HUB = "https://huggingface.co/api/datasets/org/data"
@@ -185,42 +183,10 @@ def loopback(address) -> str | None:
 @pytest.fixture
 def flaky_server(tmp_path: Path, monkeypatch):
     """A loopback https server (self-signed certificate trusted through SSL_CERT_FILE) playing Flaky."""
-    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    names = "subjectAltName=DNS:localhost,IP:127.0.0.1"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            names,
-            "-keyout",
-            str(key),
-            "-out",
-            str(certificate),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificate, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
     Flaky.served = []
-    try:
-        yield f"https://localhost:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with serving_https(tmp_path, Flaky) as (url, certificate):
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+        yield url
 
 
 def test_a_dataset_download_outlasts_two_503s(monkeypatch, flaky_server: str, tmp_path: Path):
