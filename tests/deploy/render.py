@@ -93,6 +93,17 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
     return found[0]
 
 
+def operator_images(manifests: list[Manifest]) -> dict[str, str]:
+    """The images an install runs: the operator's own, and the trainer and server images it hands to its children."""
+    container = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    return {
+        "operator": container["image"],
+        "trainer": env["KUBETUNE_TRAINER_IMAGE"],
+        "server": env["KUBETUNE_SERVER_IMAGE"],
+    }
+
+
 def helm(*arguments: str) -> str:
     """Any helm command with a private cache/config folder; returns stdout (raises when it fails)."""
     with tempfile.TemporaryDirectory() as scratch_dir:

@@ -15,26 +15,16 @@ VERSION = kubetune.__version__
 DIGESTS = {name: "sha256:" + letter * 64 for name, letter in zip(pin_digests.IMAGES, "abc", strict=True)}
 
 
-def _images(manifests: list[render.Manifest]) -> dict[str, str]:
-    container = render.one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {item["name"]: item.get("value") for item in container["env"]}
-    return {
-        "operator": container["image"],
-        "trainer": env["KUBETUNE_TRAINER_IMAGE"],
-        "server": env["KUBETUNE_SERVER_IMAGE"],
-    }
-
-
 PINNED = {name: f"ghcr.io/kubetune/kubetune-{name}:{VERSION}@{DIGESTS[name]}" for name in pin_digests.IMAGES}
 
 
 def test_by_default_the_chart_pulls_by_tag(helm_default):
-    assert not any("@" in image for image in _images(helm_default).values())
+    assert not any("@" in image for image in render.operator_images(helm_default).values())
 
 
 def test_chart_digest_values_pin_every_image():
     values = {name: {"image": {"digest": digest}} for name, digest in DIGESTS.items()}
-    assert _images(render.helm_template(values, include_crds=False)) == PINNED
+    assert render.operator_images(render.helm_template(values, include_crds=False)) == PINNED
 
 
 def test_the_chart_refuses_a_digest_that_is_not_one():
@@ -44,16 +34,16 @@ def test_the_chart_refuses_a_digest_that_is_not_one():
 
 def test_pinned_chart_values_render_the_digests():
     pinned = pin_digests.pin_values((render.CHART / "values.yaml").read_text(), DIGESTS)
-    assert _images(render.helm_template(yaml.safe_load(pinned), include_crds=False)) == PINNED
+    assert render.operator_images(render.helm_template(yaml.safe_load(pinned), include_crds=False)) == PINNED
     render.helm_lint(yaml.safe_load(pinned))
 
 
 def test_pinned_kustomize_build_names_every_image_by_digest(cluster_wide):
     text = yaml.safe_dump_all(cluster_wide)
     pinned = render.parse_documents(pin_digests.pin_manifests(text, DIGESTS))
-    assert _images(pinned) == PINNED
+    assert render.operator_images(pinned) == PINNED
     again = render.parse_documents(pin_digests.pin_manifests(yaml.safe_dump_all(pinned), DIGESTS))
-    assert _images(again) == PINNED, "pinning twice must not append a second digest"
+    assert render.operator_images(again) == PINNED, "pinning twice must not append a second digest"
 
 
 def test_pinning_refuses_bad_digests_and_missing_images():

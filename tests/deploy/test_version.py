@@ -30,16 +30,6 @@ def _copy_versioned_files(target: Path) -> Path:
     return target
 
 
-def _images(manifests: list[render.Manifest]) -> dict[str, str]:
-    container = render.one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {item["name"]: item.get("value") for item in container["env"]}
-    return {
-        "operator": container["image"],
-        "trainer": env["KUBETUNE_TRAINER_IMAGE"],
-        "server": env["KUBETUNE_SERVER_IMAGE"],
-    }
-
-
 def test_every_stamped_file_spells_the_version():
     assert versioning.problems() == []
     assert versioning.read_version() == VERSION
@@ -63,8 +53,8 @@ def test_installs_and_operator_defaults_name_the_released_images(cluster_wide, h
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     released = {name: f"{values[name]['image']['repository']}:{VERSION}" for name in ("operator", "trainer", "server")}
     assert released["operator"] == f"ghcr.io/kubetune/kubetune-operator:{VERSION}"
-    assert _images(cluster_wide) == released
-    assert _images(helm_default) == released
+    assert render.operator_images(cluster_wide) == released
+    assert render.operator_images(helm_default) == released
     defaults = OperatorSettings()
     assert (defaults.trainer_image, defaults.server_image) == (released["trainer"], released["server"])
 
