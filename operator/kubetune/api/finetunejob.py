@@ -44,6 +44,17 @@ PLACEMENT_FIELDS = frozenset(
         "termination_grace_period_seconds",
     }
 )
+# Fields added after the first release whose default trains exactly as before they existed: left out of the
+# fingerprint while they hold that default, so adapters and checkpoints made before an upgrade stay valid. A new
+# recipe field whose default changes nothing belongs here (path from the spec root, in wire names).
+NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
+    ("resources", "nodes"): 1,
+    ("lora", "rslora"): False,
+    ("lora", "dora"): False,
+    ("training", "ligerKernel"): False,
+    ("training", "neftuneNoiseAlpha"): None,
+    ("training", "loadBestModelAtEnd"): False,
+}
 
 
 class HfDataset(ApiModel):
@@ -463,11 +474,16 @@ class FineTuneJobSpec(ApiModel):
 
     def fingerprint(self) -> str:
         """Stable hash of the whole spec with defaults, without placement (queue, pass-through metadata): equal
-        fingerprints mean the same training run. `resources.nodes: 1` is left out, so specs from before the field
-        existed keep their hash."""
+        fingerprints mean the same training run. Fields of NEUTRAL_DEFAULTS at their default are left out, so
+        specs from before those fields existed keep their hash."""
         wire = self.model_dump(mode="json", by_alias=True, exclude=set(PLACEMENT_FIELDS))
-        if wire["resources"].get("nodes") == 1:
-            del wire["resources"]["nodes"]
+        for path, neutral in NEUTRAL_DEFAULTS.items():
+            *parents, leaf = path
+            holder = wire
+            for key in parents:
+                holder = holder.get(key) or {}
+            if leaf in holder and holder[leaf] == neutral:
+                del holder[leaf]
         canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
