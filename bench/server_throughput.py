@@ -13,7 +13,7 @@ setup-vllm`; skipped with a note when absent) in `--vllm-dtype` (default float32
 uses on CPU). Every server gets the identical prompt text, so they process the same tokens.
 
     .venv/bin/python bench/server_throughput.py [--model tiny|smollm2] [--max-tokens 64] [--requests-per-level 2]
-        [--no-vllm] [--vllm-dtype float32|bfloat16] [--json out.json]
+        [--no-vllm] [--vllm-dtype float32|bfloat16] [--vllm-stock-lora] [--engines-only] [--json out.json]
 """
 
 from __future__ import annotations
@@ -160,8 +160,11 @@ def start_baseline(base_dir: Path, adapter_dir: Path, port: int) -> subprocess.P
     return subprocess.Popen(command, env=env)
 
 
-def start_kubetune(root: Path, port: int, merge: bool, engine: str = "transformers", dtype: str = "auto"):
-    """kubetune's server on one engine; the vLLM engine from `.venv-vllm`, whose Python has vllm."""
+def start_kubetune(
+    root: Path, port: int, merge: bool, engine: str = "transformers", dtype: str = "auto", stock_lora: bool = False
+):
+    """kubetune's server on one engine; the vLLM engine from `.venv-vllm`, whose Python has vllm. `stock_lora`: vLLM
+    without kubetune's platform plugin (VLLM_PLUGINS empty), i.e. with vLLM's own per-token CPU LoRA ops."""
     config = {
         "baseModel": {"pvc": {"claimName": "bench", "path": "base"}},
         "adapters": [{"name": ADAPTER, "pvc": {"claimName": "bench", "path": "adapter"}}],
@@ -171,7 +174,7 @@ def start_kubetune(root: Path, port: int, merge: bool, engine: str = "transforme
         "engine": engine,
         "vllm": {"dtype": dtype, "maxLoraRank": 16, "maxLoras": 2},  # the adapter's rank: no padded LoRA work
     }
-    label = "merged" if merge else engine
+    label = "merged" if merge else engine + ("-stock" if stock_lora else "")
     config_path = root / f"serve-{label}.json"
     config_path.write_text(json.dumps(config))
     env = single_thread_env(
@@ -180,6 +183,7 @@ def start_kubetune(root: Path, port: int, merge: bool, engine: str = "transforme
         KUBETUNE_PORT=str(port),
         KUBETUNE_HOST="127.0.0.1",
         VLLM_NO_USAGE_STATS="1",
+        **({"VLLM_PLUGINS": ""} if stock_lora else {}),
     )
     python = str(VLLM_PYTHON) if engine == "vllm" else sys.executable
     return subprocess.Popen([python, "-m", "kubetune_server"], env=env, stderr=subprocess.DEVNULL, cwd=root)
@@ -295,6 +299,14 @@ def main() -> int:
     parser.add_argument("--requests-per-level", type=int, default=2, help="requests per concurrent client (min 16)")
     parser.add_argument("--no-vllm", action="store_true", help="leave out the vLLM engine")
     parser.add_argument("--vllm-dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--vllm-stock-lora",
+        action="store_true",
+        help="also run the vLLM engine with vLLM's own CPU LoRA ops (kubetune's grouped-LoRA plugin off)",
+    )
+    parser.add_argument(
+        "--engines-only", action="store_true", help="leave out the tutorial server and the merged transformers engine"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -313,20 +325,22 @@ def main() -> int:
             f"max_tokens={args.max_tokens}, temperature={TEMPERATURE}, {len(QUESTIONS)} fixed prompts, 1 torch thread"
             + (f", vLLM dtype {args.vllm_dtype}" if with_vllm else "")
         )
-        ports = [free_port() for _ in range(4)]
+        ports = [free_port() for _ in range(5)]
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         transformers_server = start_kubetune(root, ports[2], merge=False)
-        servers = {
-            "baseline": (
+        servers = {}
+        if not args.engines_only:
+            servers["baseline"] = (
                 start_baseline(base_dir, adapter_dir, ports[0]),
                 Client(urls[0], "baseline", args.max_tokens, tokenizer),
                 "/health",
-            ),
-            "kubetune-merged": (
+            )
+            servers["kubetune-merged"] = (
                 start_kubetune(root, ports[1], merge=True),
                 Client(urls[1], "kubetune", args.max_tokens, tokenizer),
                 "/ready",
-            ),
+            )
+        servers |= {
             "kubetune-lora": (transformers_server, Client(urls[2], "kubetune", args.max_tokens, tokenizer), "/ready"),
             "kubetune-base": (
                 transformers_server,
@@ -342,26 +356,39 @@ def main() -> int:
                 Client(urls[3], "kubetune", args.max_tokens, tokenizer, model="base"),
                 "/ready",
             )
+            if args.vllm_stock_lora:
+                stock = start_kubetune(
+                    root, ports[4], merge=False, engine="vllm", dtype=args.vllm_dtype, stock_lora=True
+                )
+                servers["vllm-stock-lora"] = (stock, Client(urls[4], "kubetune", args.max_tokens, tokenizer), "/ready")
+                servers["vllm-stock-base"] = (
+                    stock,
+                    Client(urls[4], "kubetune", args.max_tokens, tokenizer, model="base"),
+                    "/ready",
+                )
         results = measure_all(servers, args.requests_per_level)
     by_key = {(r.server, r.concurrency): r for r in results}
-    print("\nratios vs baseline (throughput: higher is better; p50: lower is better)")
-    for name in [n for n in servers if n != "baseline"]:
+    if "baseline" in servers:
+        print("\nratios vs baseline (throughput: higher is better; p50: lower is better)")
+    for name in [n for n in servers if n != "baseline" and "baseline" in servers]:
         for concurrency in LEVELS:
             ours, base = by_key[(name, concurrency)], by_key[("baseline", concurrency)]
             print(
                 f"  {name:<22} c={concurrency:<3} throughput x{ours.output_tok_per_s / base.output_tok_per_s:5.2f}  "
                 f"req/s x{ours.req_per_s / base.req_per_s:5.2f}  p50 x{ours.p50_ms / base.p50_ms:5.2f}"
             )
-    if with_vllm:
-        print("\nvLLM engine vs transformers engine, same server settings (throughput and p50 ratios)")
+    for variant in ("vllm", "vllm-stock"):
+        if (f"{variant}-lora", 1) not in by_key:
+            continue
+        print(f"\n{variant} engine vs transformers engine, same server settings (throughput and p50 ratios)")
         for kind in ("lora", "base"):
             for concurrency in LEVELS:
-                ours, theirs = by_key[(f"vllm-{kind}", concurrency)], by_key[(f"kubetune-{kind}", concurrency)]
+                ours, theirs = by_key[(f"{variant}-{kind}", concurrency)], by_key[(f"kubetune-{kind}", concurrency)]
                 print(
                     f"  {kind:<5} c={concurrency:<3} throughput x{ours.output_tok_per_s / theirs.output_tok_per_s:5.2f}"
                     f"  p50 x{ours.p50_ms / theirs.p50_ms:5.2f}"
                 )
-    for name in ("kubetune-merged", "kubetune-lora"):
+    for name in ("kubetune-merged", "kubetune-lora") if "baseline" in servers else ():
         c32 = by_key[(name, 32)].output_tok_per_s / by_key[("baseline", 32)].output_tok_per_s
         c1 = by_key[(name, 1)].p50_ms / by_key[("baseline", 1)].p50_ms
         verdict = "met" if c32 >= 4 and c1 <= 1.2 else "NOT met"
