@@ -400,21 +400,3 @@ class VllmEngine:
         except Exception:  # never loaded (no request used it): nothing to free
             log.debug("LoRA %d was not loaded in vLLM", lora_id)
         log.info("adapter version %s--v%d unloaded", lora.name, lora_id)
-
-
-def vllm_supports(location: BaseModelLocation) -> str | None:
-    """None when vLLM can serve the model's architecture here, else why not (for `engine: auto`)."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    try:
-        from vllm import ModelRegistry
-    except ImportError:
-        return "vLLM is not installed in this image"
-    config_file = Path(location.load_from) / "config.json"
-    if not config_file.is_file():
-        return None  # a Hub id: vLLM resolves it and refuses clearly if unsupported
-    architectures = json.loads(config_file.read_text()).get("architectures") or []
-    supported = ModelRegistry.get_supported_archs()
-    if architectures and not set(architectures) & set(supported):
-        return f"vLLM does not support {', '.join(architectures)}"
-    return None

@@ -144,17 +144,6 @@ def test_the_lean_lora_forward_gives_exactly_what_peft_gives(pvc_root):
         assert not torch.equal(served.model(input_ids=ids).logits, bare)  # the adapter really contributes
 
 
-def test_engine_auto_falls_back_to_transformers_without_cuda_or_vllm(pvc_root):
-    from kubetune.api import ServeConfig
-    from kubetune_server.engine import Engine
-    from kubetune_server.engine_choice import make_engine
-
-    from tests.server.conftest import serve_config
-
-    engine = make_engine(ServeConfig.model_validate(serve_config({}, engine="auto")), pvc_root=str(pvc_root))
-    assert type(engine) is Engine
-
-
 def test_settings_read_the_drain_time():
     from kubetune_server.settings import ServerSettings
 
