@@ -44,7 +44,10 @@ pytestmark = [
 
 
 def vllm_serve_body(adapters: dict[str, str]) -> dict:
-    return serve_config(adapters, engine="vllm", generation={"maxBatchSize": 32, "maxNewTokensLimit": 64})
+    """maxLoras 2: with both test adapters resident every LoRA slot is in use, where vLLM's stock CPU LoRA ops
+    would give base requests the last slot's adapter (kubetune_server/vllm_cpu_lora.py)."""
+    generation = {"maxBatchSize": 32, "maxNewTokensLimit": 64}
+    return serve_config(adapters, engine="vllm", generation=generation, vllm={"maxLoras": 2, "maxLoraRank": 16})
 
 
 @pytest.fixture(scope="module")
