@@ -13,7 +13,8 @@ setup-vllm`; skipped with a note when absent) in `--vllm-dtype` (default float32
 uses on CPU). Every server gets the identical prompt text, so they process the same tokens.
 
     .venv/bin/python bench/server_throughput.py [--model tiny|smollm2] [--max-tokens 64] [--requests-per-level 2]
-        [--no-vllm] [--vllm-dtype float32|bfloat16] [--vllm-stock-lora] [--engines-only] [--json out.json]
+        [--no-vllm] [--vllm-dtype float32|bfloat16] [--vllm-stock-lora] [--engines-only] [--levels 1,8,32]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -265,7 +266,9 @@ async def run_level(name: str, client: Client, concurrency: int, total: int) -> 
     )
 
 
-def measure_all(servers: dict[str, tuple[subprocess.Popen, Client, str]], per_level: int) -> list[LevelResult]:
+def measure_all(
+    servers: dict[str, tuple[subprocess.Popen, Client, str]], per_level: int, levels=LEVELS
+) -> list[LevelResult]:
     """All servers stay up; each level is measured on each server in turn, so machine load drifts hit all alike.
     Several entries may share one process (the same server asked for the adapter and for the base)."""
     processes = list({id(process): process for process, _, _ in servers.values()}.values())
@@ -273,7 +276,7 @@ def measure_all(servers: dict[str, tuple[subprocess.Popen, Client, str]], per_le
         for process, client, probe in servers.values():
             wait_until_up(client.url, process, probe)
         results = []
-        for concurrency in LEVELS:
+        for concurrency in levels:
             total = max(16, per_level * concurrency)
             for name, (_, client, _) in servers.items():
                 result = asyncio.run(run_level(name, client, concurrency, total))
@@ -307,8 +310,10 @@ def main() -> int:
     parser.add_argument(
         "--engines-only", action="store_true", help="leave out the tutorial server and the merged transformers engine"
     )
+    parser.add_argument("--levels", default="1,8,32", help="concurrency levels (default 1,8,32)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    levels = tuple(int(level) for level in args.levels.split(","))
 
     import torch
     from transformers import AutoTokenizer
@@ -366,12 +371,12 @@ def main() -> int:
                     Client(urls[4], "kubetune", args.max_tokens, tokenizer, model="base"),
                     "/ready",
                 )
-        results = measure_all(servers, args.requests_per_level)
+        results = measure_all(servers, args.requests_per_level, levels)
     by_key = {(r.server, r.concurrency): r for r in results}
     if "baseline" in servers:
         print("\nratios vs baseline (throughput: higher is better; p50: lower is better)")
     for name in [n for n in servers if n != "baseline" and "baseline" in servers]:
-        for concurrency in LEVELS:
+        for concurrency in levels:
             ours, base = by_key[(name, concurrency)], by_key[("baseline", concurrency)]
             print(
                 f"  {name:<22} c={concurrency:<3} throughput x{ours.output_tok_per_s / base.output_tok_per_s:5.2f}  "
@@ -382,13 +387,13 @@ def main() -> int:
             continue
         print(f"\n{variant} engine vs transformers engine, same server settings (throughput and p50 ratios)")
         for kind in ("lora", "base"):
-            for concurrency in LEVELS:
+            for concurrency in levels:
                 ours, theirs = by_key[(f"{variant}-{kind}", concurrency)], by_key[(f"kubetune-{kind}", concurrency)]
                 print(
                     f"  {kind:<5} c={concurrency:<3} throughput x{ours.output_tok_per_s / theirs.output_tok_per_s:5.2f}"
                     f"  p50 x{ours.p50_ms / theirs.p50_ms:5.2f}"
                 )
-    for name in ("kubetune-merged", "kubetune-lora") if "baseline" in servers else ():
+    for name in ("kubetune-merged", "kubetune-lora") if "baseline" in servers and {1, 32} <= set(levels) else ():
         c32 = by_key[(name, 32)].output_tok_per_s / by_key[("baseline", 32)].output_tok_per_s
         c1 = by_key[(name, 1)].p50_ms / by_key[("baseline", 1)].p50_ms
         verdict = "met" if c32 >= 4 and c1 <= 1.2 else "NOT met"
@@ -397,7 +402,7 @@ def main() -> int:
         worst = min(
             by_key[(f"vllm-{kind}", c)].output_tok_per_s / by_key[(f"kubetune-{kind}", c)].output_tok_per_s
             for kind in ("lora", "base")
-            for c in LEVELS
+            for c in levels
         )
         verdict = "met" if worst >= 0.9 else "NOT met"
         print(f"gate (the vLLM path costs nothing on CPU: every ratio >= 0.9): {verdict} (worst x{worst:.2f})")

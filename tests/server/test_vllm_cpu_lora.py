@@ -48,7 +48,37 @@ grouped_expand(plain, ours, b, 0, None, True, groups)
 reference_plain = y0[:, :features_out].clone()
 bgmv_expand(reference, b, reference_plain, indices, True)
 
+from vllm.lora.layers.utils import LoRAMapping
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+from kubetune_server.vllm_cpu_lora import GroupedPunicaWrapperCPU
+
+# Whole layers as vLLM calls them: slices q|k|v of widths 40, 24, 24 (lora ids 10, 20, 30 in slots 0, 1, 2; 0: none).
+widths = (40, 24, 24)
+a_slices = tuple(torch.randn(slots, 1, rank, features_in) for _ in widths)
+b_slices = tuple(torch.randn(slots, 1, width, rank) for width in widths)
+ids = (20, 20, 0, 10, 30, 0, 10, 20)
+layer = {}
+for name, wrapper in (("ours", GroupedPunicaWrapperCPU(64, 8, "cpu")), ("stock", PunicaWrapperCPU(64, 8, "cpu"))):
+    for prefill in (False, True):
+        wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=prefill), [10, 20, 30], slots, 1000)
+        y = y0[:, : sum(widths)].clone()
+        wrapper.add_lora_linear(y, x, a_slices, b_slices, 0.5, widths)
+        layer[name, prefill] = y
+one = GroupedPunicaWrapperCPU(64, 8, "cpu")  # a step on one adapter: the plain path, no row selection
+one.update_metadata(LoRAMapping((30,) * 8, (30,) * 8), [10, 20, 30], slots, 1000)
+y_one, y_one_stock = y0[:, : sum(widths)].clone(), y0[:, : sum(widths)].clone()
+one.add_lora_linear(y_one, x, a_slices, b_slices, 1.0, widths)
+stock_one = PunicaWrapperCPU(64, 8, "cpu")
+stock_one.update_metadata(LoRAMapping((30,) * 8, (30,) * 8), [10, 20, 30], slots, 1000)
+stock_one.add_lora_linear(y_one_stock, x, a_slices, b_slices, 1.0, widths)
+untouched = y0[:, : sum(widths)][~adapted]
+
 print(json.dumps({
+    "layer_adapted": all(
+        torch.allclose(layer["ours", p][adapted], layer["stock", p][adapted], atol=1e-4) for p in (False, True)
+    ),
+    "layer_unadapted_untouched": all(torch.equal(layer["ours", p][~adapted], untouched) for p in (False, True)),
+    "layer_one_adapter": torch.allclose(y_one, y_one_stock, atol=1e-4),
     "groups": [[slot, None if rows is None else rows.tolist()] for slot, rows in groups],
     "one_group": [[slot, rows] for slot, rows in slot_groups(torch.tensor([2, 2, 2]))],
     "shrink_adapted": torch.allclose(ours[adapted], reference[adapted], atol=1e-5),
@@ -87,6 +117,7 @@ def test_grouped_products_equal_vllms_reference_ops_and_skip_tokens_without_an_a
     assert found.pop("groups") == [[-1, [2, 5]], [0, [3, 6]], [1, [0, 1, 7]], [2, [4]]]
     assert found.pop("one_group") == [[2, None]]  # one adapter in the step: no row selection at all
     assert found.pop("reference_touches_unadapted")  # vLLM's ops add the last slot's product to -1 rows
+    # (the mapping of the layer check puts slot -1 where the ops check does: ids 0 are rows 2 and 5)
     assert found == dict.fromkeys(found, True)
 
 
