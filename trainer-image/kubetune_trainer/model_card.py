@@ -37,6 +37,34 @@ def _length_line(lengths: Mapping[str, LengthReport], max_seq_length: int) -> st
     return f"Rows longer than maxSeqLength {max_seq_length}: {'; '.join(parts) or 'none counted'}."
 
 
+def _mix_section(data: PreparedData, metrics: TrainingMetrics) -> str:
+    """A table of the mix's sources: where from, task prefix, probability, rows and evaluation loss."""
+    if data.mix is None:
+        return ""
+    losses = {source.name: source.eval_loss for source in metrics.sources or []}
+    rows = [
+        f"| {source.name} | `{source.description}` | {source.format} | "
+        f"{repr(source.task_prefix) if source.task_prefix else '-'} | {data.mix.probabilities[source.name]:.3f} | "
+        f"{data.mix.rows_per_source[source.name]} of {len(source.train)} | "
+        f"{len(data.eval_by_source.get(source.name) or [])} | {_value(losses.get(source.name))} |"
+        for source in data.sources
+    ]
+    return (
+        f"""
+## Data mix
+
+Each training row is drawn from a source with its probability, in an order fixed by training.seed, until
+`{data.mix.stopping_strategy}` (dataset.mixUntil). Each source is evaluated on its own held-out rows; the eval loss
+above is their mean weighted by evaluation rows. Prompts of a source must start with its task prefix.
+
+| Source | From | Format | Task prefix | Probability | Training rows (of its rows) | Eval rows | Eval loss |
+|---|---|---|---|---|---|---|---|
+"""
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 def _lora_settings(spec: FineTuneJobSpec) -> str:
     lora = spec.lora
     return f"r={lora.r}, alpha={lora.alpha:g}, dropout={lora.dropout:g}, modules: {_lora_modules(spec)}"
@@ -130,7 +158,7 @@ skipped). {_length_line(lengths, training.max_seq_length)}
 | BLEU | {_value(metrics.bleu)} |
 | Steps | {_value(metrics.steps)} |
 | Loss-bearing tokens / s | {_value(metrics.tokens_per_second, 1)} |
-{generation}
+{generation}{_mix_section(data, metrics)}
 ## Usage
 
 ```python

@@ -59,7 +59,8 @@ class KubetuneSFTTrainer(SFTTrainer):
         finally:
             args.max_length = limit
         prepared, report = cut_to_length(prepared, self.max_seq_length)
-        self.length_reports[dataset_name] = report
+        # trl prepares the training set first, as "train"; an evaluation set (a mix source) of that name too.
+        self.length_reports[f"eval_{dataset_name}" if dataset_name in self.length_reports else dataset_name] = report
         check_rows_left(dataset_name, report, self.max_seq_length)
         if packing:
             columns = prepared.select_columns(["input_ids", "labels"])
@@ -72,10 +73,37 @@ class KubetuneSFTTrainer(SFTTrainer):
             self.loss_tokens += int((labels[..., 1:] != IGNORED).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """With several evaluation sets (dataset.mix) the Trainer reports only eval_<source>_loss; add the overall
+        eval_loss (the row-weighted mean, see `overall_eval_loss`) to the metrics, the logs and the callbacks, so that
+        progress, loadBestModelAtEnd and early stopping keep reading eval_loss."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        sets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(sets, dict):
+            return metrics
+        overall = overall_eval_loss(metrics, {name: len(rows) for name, rows in sets.items()}, metric_key_prefix)
+        if overall is not None:
+            key = f"{metric_key_prefix}_loss"
+            metrics[key] = overall
+            self.log({key: overall})
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     def total_loss_tokens(self) -> int:
         """Summed over all processes of a distributed run."""
         count = torch.tensor(self.loss_tokens, device=self.accelerator.device)
         return int(self.accelerator.reduce(count, reduction="sum").item())
+
+
+def overall_eval_loss(metrics: dict[str, float], rows: dict[str, int], prefix: str = "eval") -> float | None:
+    """The mean of the per-set losses weighted by their rows: what one pass over all the sets gives (up to how
+    batches fall), so eval_loss keeps its meaning whether the rows are evaluated together or per source."""
+    losses = {name: metrics.get(f"{prefix}_{name}_loss") for name in rows}
+    counted = {name: loss for name, loss in losses.items() if loss is not None and rows[name] > 0}
+    total = sum(rows[name] for name in counted)
+    if not total:
+        return None
+    return sum(loss * rows[name] for name, loss in counted.items()) / total
 
 
 def cut_to_length(dataset: Dataset, max_length: int) -> tuple[Dataset, LengthReport]:
@@ -153,11 +181,12 @@ def build_trainer(
     tokenizer: PreTrainedTokenizerBase,
     configs: TrainerConfigs,
     train: Dataset,
-    evaluation: Dataset | None,
+    evaluation: Dataset | dict[str, Dataset] | None,
     callbacks: Sequence[TrainerCallback],
     max_seq_length: int,
 ) -> KubetuneSFTTrainer:
-    """The trainer with the LoRA adapter attached (trl applies `configs.lora` to the model)."""
+    """The trainer with the LoRA adapter attached (trl applies `configs.lora` to the model). `evaluation` may be a
+    dict of named sets (dataset.mix), each evaluated and logged apart."""
     return KubetuneSFTTrainer(
         model=model,
         args=configs.sft,
