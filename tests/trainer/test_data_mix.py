@@ -213,3 +213,27 @@ def test_max_samples_caps_the_mixed_rows(volume: Path):
     data = prepare_data(two_sources(volume, maxSamples=12), seed=3)
     assert len(data.train) == 12
     assert data.mix is not None and sum(data.mix.rows_per_source.values()) == 12, "counts are of the rows trained"
+
+
+def test_the_multi_task_example_mixes_as_its_comment_says(tmp_path: Path, monkeypatch):
+    import shutil
+
+    import yaml
+    from kubetune.api import FineTuneJobSpec
+
+    repo = Path(__file__).resolve().parents[2]
+    document = yaml.safe_load((repo / "examples" / "multi-task.yaml").read_text(encoding="utf-8"))
+    spec = FineTuneJobSpec.model_validate(document["spec"])
+    for source in spec.dataset.mix or []:  # as `kubectl create configmap NAME --from-file=examples/data/KEY`
+        assert source.config_map is not None
+        folder = tmp_path / source.config_map.name
+        folder.mkdir()
+        shutil.copy(repo / "examples" / "data" / source.config_map.key, folder / source.config_map.key)
+    monkeypatch.setenv(ENV_CONFIGMAP_ROOT, str(tmp_path))
+    data = prepare_data(spec.dataset, spec.training.seed)
+    assert data.mix is not None and (len(data.train), data.mix.rows_per_source) == (
+        618,
+        {"sentiment": 432, "medical": 186},
+    )
+    assert {name: len(rows) for name, rows in data.eval_by_source.items()} == {"sentiment": 48, "medical": 5}
+    assert data.train.filter(lambda row: row["prompt"].startswith("### Instruction:\n[의료] ")).num_rows == 186
