@@ -204,8 +204,9 @@ def test_a_missing_file_is_reported_with_its_source(volume: Path):
 
 def test_undetectable_columns_name_the_source(volume: Path):
     spec = two_sources(volume)
+    spec.mix[1].name = "qa"  # a name that the message's list of formats holds anyway
     write_jsonl(volume / "cm" / "capitals" / "qa.jsonl", [{"sentence": "x", "label": 1}] * 4)
-    with pytest.raises(InvalidInputError, match=r"dataset.mix source 'capitals': dataset.format: cannot tell"):
+    with pytest.raises(InvalidInputError, match=r"dataset.mix source 'qa': dataset.format: cannot tell"):
         prepare_data(spec, seed=3)
 
 

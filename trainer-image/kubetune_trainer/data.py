@@ -114,7 +114,7 @@ def _prepare_mix_source(spec: DatasetSpec, source: MixSource, seed: int, downloa
             where=f"dataset.mix[{source.name}]",
         )
     except InvalidInputError as error:
-        if source.name in str(error):
+        if f"dataset.mix[{source.name}]" in str(error):
             raise
         raise InvalidInputError(f"dataset.mix source {source.name!r}: {error}") from error
 
