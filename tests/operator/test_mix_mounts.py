@@ -47,3 +47,19 @@ def test_a_hub_source_in_a_mix_gets_the_download_storage():
         finetunejob("default", dataset={"mix": MIX[:2]}, baseModel={"pvc": {"claimName": "models", "path": "m"}})
     ).spec
     assert trainer_model_storage(spec, SETTINGS) != trainer_model_storage(without_hub, SETTINGS)
+
+
+def test_the_largest_mix_report_fits_the_trainer_report_limit():
+    """metrics.sources of 16 sources with the longest names still pass the report ConfigMap's size check."""
+    import json
+
+    from kubetune.api.finetunejob import MAX_MIX_SOURCES
+    from kubetune.api.runtime import REPORT_METRICS_KEY
+    from kubetune.operator.reconcile.trainer_report import MAX_VALUE_BYTES, parse_report
+
+    source = {"probability": 0.0625, "trainRows": 10**9, "evalRows": 10**7, "evalLoss": 1.2345678901234567}
+    sources = [{"name": f"{index:02d}" + "x" * 61, **source} for index in range(MAX_MIX_SOURCES)]
+    text = json.dumps({"trainLoss": 1.0, "evalLoss": 1.0, "steps": 10, "sources": sources})
+    assert len(text) < MAX_VALUE_BYTES // 2
+    report = parse_report({"metadata": {"name": "r"}, "data": {REPORT_METRICS_KEY: text}})
+    assert report is not None and report.metrics is not None and len(report.metrics.sources or []) == MAX_MIX_SOURCES
