@@ -12,6 +12,8 @@ from kubetune.api.runtime import ADAPTER_DIR, CHECKPOINTS_DIR, MANIFEST_FILE, ME
 
 from tests.trainer.helpers import DATA_CLAIM, base_spec, run_in_process, write_spec
 
+pytestmark = pytest.mark.slow
+
 MIX = [
     {"name": "facts", "pvc": {"claimName": DATA_CLAIM, "path": "facts.jsonl"}, "weight": 3, "taskPrefix": "fact: "},
     {"name": "quiz", "pvc": {"claimName": DATA_CLAIM, "path": "facts-qa.jsonl"}, "evalFraction": 0.2},
