@@ -64,3 +64,4 @@ def test_manifest_and_model_card_describe_every_source(mix_run: Path):
     card = (mix_run / ADAPTER_DIR / "README.md").read_text()
     assert "## Data mix" in card
     assert "| facts | `pvc:data/facts.jsonl` | alpaca | 'fact: ' | 0.750 | 115 of 115 | 13 |" in card
+    assert "prompt = '### Instruction:\\nfact: Your instruction\\n\\n" in card, "the usage builds source 1's prompt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,16 +16,21 @@ METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "Fully fine-tuned"}
 
 
 def _example_prompt(data: PreparedData) -> str:
-    """Python lines that build a prompt the way training did, for the usage snippet."""
-    if data.format == "chat":
+    """Python lines that build a prompt the way training did, for the usage snippet (with dataset.mix: as the first
+    source did, its task prefix included)."""
+    fmt, template, prefix = data.format, data.prompt_template, ""
+    if data.mix is not None and data.sources:
+        first = data.sources[0]
+        fmt, template, prefix = first.format, first.prompt_template, first.task_prefix or ""
+    if fmt == "chat":
         return (
-            'messages = [{"role": "user", "content": "Your question"}]\n'
+            f'messages = [{{"role": "user", "content": {json.dumps(prefix + "Your question", ensure_ascii=False)}}}]\n'
             "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)"
         )
-    if data.format == "text":
-        return 'prompt = "The beginning of a text to continue"'
-    example = (data.prompt_template or "").replace("{instruction}", "Your instruction")
-    example = example.replace("{input}", "Your input").replace("{question}", "Your question")
+    if fmt == "text":
+        return f"prompt = {json.dumps(prefix + 'The beginning of a text to continue', ensure_ascii=False)}"
+    example = (template or "").replace("{instruction}", prefix + "Your instruction")
+    example = example.replace("{input}", "Your input").replace("{question}", prefix + "Your question")
     return f"prompt = {example!r}"
 
 
