@@ -238,3 +238,41 @@ def test_the_multi_task_example_mixes_as_its_comment_says(tmp_path: Path, monkey
     )
     assert {name: len(rows) for name, rows in data.eval_by_source.items()} == {"sentiment": 48, "medical": 5}
     assert data.train.filter(lambda row: row["prompt"].startswith("### Instruction:\n[의료] ")).num_rows == 186
+
+
+def test_callbacks_hear_of_one_evaluation_with_every_sources_loss_and_the_overall(tiny_model_dir: Path, tmp_path):
+    """Early stopping and loadBestModelAtEnd read eval_loss from the one on_evaluate event of each evaluation."""
+    from kubetune.api import FineTuneJobSpec
+    from kubetune_trainer.configs import build_configs
+    from kubetune_trainer.data_formats import format_rows
+    from kubetune_trainer.device import DeviceInfo
+    from kubetune_trainer.model_loading import ModelLocation, load_model, load_tokenizer
+    from kubetune_trainer.sft_trainer import build_trainer
+    from transformers import TrainerCallback
+
+    from tests.trainer.helpers import base_spec
+
+    class Heard(TrainerCallback):
+        def __init__(self) -> None:
+            self.events: list[dict] = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.events.append(dict(metrics or {}))
+
+    spec = FineTuneJobSpec.model_validate(base_spec())
+    configs = build_configs(spec, checkpoints_dir=tmp_path, device=DeviceInfo(kind="cpu"), has_eval=True)
+    location = ModelLocation(str(tiny_model_dir), None, False)
+    model = load_model(location, "fp32", DeviceInfo(kind="cpu"), None, gradient_checkpointing=False)
+    sets = {
+        "math": format_rows(Dataset.from_list(ALPACA[:6]), "alpaca").dataset,
+        "capitals": format_rows(Dataset.from_list(QA[:2]), "qa").dataset,
+    }
+    heard_by = Heard()
+    trainer = build_trainer(model, load_tokenizer(location), configs, sets["math"], sets, [heard_by], 128)
+    metrics = trainer.evaluate()
+    assert len(heard_by.events) == 1, "one event per evaluation, not one per source"
+    heard = heard_by.events[0]
+    assert {"eval_math_loss", "eval_capitals_loss", "eval_loss"} <= set(heard)
+    assert heard["eval_loss"] == pytest.approx((heard["eval_math_loss"] * 6 + heard["eval_capitals_loss"] * 2) / 8)
+    assert metrics["eval_loss"] == heard["eval_loss"]
+    assert trainer.state.log_history[-1]["eval_loss"] == heard["eval_loss"]

@@ -5,12 +5,14 @@ clear message when no row is left."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import CallbackHandler
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
@@ -74,25 +76,38 @@ class KubetuneSFTTrainer(SFTTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """With several evaluation sets (dataset.mix) the Trainer reports only eval_<source>_loss; add the overall
-        eval_loss (the row-weighted mean, see `overall_eval_loss`) to the metrics, the logs and the callbacks, so that
-        progress, loadBestModelAtEnd and early stopping keep reading eval_loss."""
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        """With several evaluation sets (dataset.mix) the Trainer evaluates and logs each (eval_<source>_loss) and
+        tells the callbacks once per set, none of them with an eval_loss. Here the callbacks hear of one evaluation
+        with every set's metrics plus the overall eval_loss (the row-weighted mean, `overall_eval_loss`), which is
+        also logged and returned: progress, loadBestModelAtEnd and early stopping read eval_loss as with one set."""
         sets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not isinstance(sets, dict):
-            return metrics
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        with _evaluate_events_held(self.callback_handler):
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         overall = overall_eval_loss(metrics, {name: len(rows) for name, rows in sets.items()}, metric_key_prefix)
         if overall is not None:
             key = f"{metric_key_prefix}_loss"
             metrics[key] = overall
             self.log({key: overall})
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     def total_loss_tokens(self) -> int:
         """Summed over all processes of a distributed run."""
         count = torch.tensor(self.loss_tokens, device=self.accelerator.device)
         return int(self.accelerator.reduce(count, reduction="sum").item())
+
+
+@contextmanager
+def _evaluate_events_held(handler: CallbackHandler) -> Iterator[None]:
+    """Swallow the per-set on_evaluate events of one multi-set evaluation (an instance attribute shadows the
+    handler's method while it lasts); the caller sends one event with all the metrics afterwards."""
+    handler.on_evaluate = lambda args, state, control, metrics: control  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del handler.on_evaluate
 
 
 def overall_eval_loss(metrics: dict[str, float], rows: dict[str, int], prefix: str = "eval") -> float | None:
