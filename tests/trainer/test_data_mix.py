@@ -87,9 +87,10 @@ def test_weights_are_respected_on_a_large_mix():
     assert len(set(mixed.train["text"])) == total, "first_exhausted draws every row at most once"
 
 
-def test_stopping_strategies_set_the_rows_per_epoch():
+def test_stopping_strategies_set_the_rows_per_epoch(caplog):
     sources = [source("big", 1000, 1), source("small", 100, 1)]
     first = mix_sources(sources, seed=1, stopping_strategy="first_exhausted")
+    assert "leaving most rows of big (" in caplog.text and "of 1000) untrained" in caplog.text
     assert first.rows_per_source["small"] == 100 and len(first.train) < 250  # cut when 'small' runs out
     every = mix_sources(sources, seed=1, stopping_strategy="all_exhausted")
     assert every.rows_per_source["big"] >= 1000 and every.rows_per_source["small"] > 500  # 'small' repeats

@@ -97,4 +97,11 @@ def mix_sources(
             for (name, count), source in zip(rows.items(), sources, strict=True)
         ),
     )
+    unused = [f"{s.name} ({rows[s.name]} of {len(s.train)})" for s in sources if rows[s.name] < len(s.train) / 2]
+    if unused and stopping_strategy == "first_exhausted" and max_rows is None:
+        log.warning(
+            "dataset.mix: the mix ended when its first source ran out, leaving most rows of %s untrained; "
+            "dataset.mixUntil all_exhausted repeats the small sources instead",
+            ", ".join(unused),
+        )
     return MixedRows(mixed.remove_columns(SOURCE_COLUMN), probabilities, rows, stopping_strategy)
