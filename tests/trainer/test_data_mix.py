@@ -277,3 +277,42 @@ def test_callbacks_hear_of_one_evaluation_with_every_sources_loss_and_the_overal
     assert heard["eval_loss"] == pytest.approx((heard["eval_math_loss"] * 6 + heard["eval_capitals_loss"] * 2) / 8)
     assert metrics["eval_loss"] == heard["eval_loss"]
     assert trainer.state.log_history[-1]["eval_loss"] == heard["eval_loss"]
+
+
+def test_a_hub_source_evaluates_on_its_named_split(volume: Path, monkeypatch):
+    # load_dataset resolves an 'org/name' id to a local folder first; offline, this stands in for the Hub.
+    write_jsonl(volume / "acme" / "quiz" / "train.jsonl", QA)
+    write_jsonl(volume / "acme" / "quiz" / "test.jsonl", QA[:3])
+    write_jsonl(volume / "pvc" / "data" / "qa.jsonl", QA)
+    monkeypatch.chdir(volume)
+    mix = [
+        {"name": "hub", "hf": {"name": "acme/quiz"}, "evalSplit": "test", "taskPrefix": "quiz: "},
+        {"name": "local", "pvc": {"claimName": "data", "path": "qa.jsonl"}},
+    ]
+    data = prepare_data(DatasetSpec.model_validate({"mix": mix}), seed=1)
+    assert len(data.eval_by_source["hub"]) == 3 and len(data.eval_by_source["local"]) == 2
+    assert all("quiz: Capital" in row["prompt"] for row in data.eval_by_source["hub"])
+    assert data.mix is not None and data.mix.rows_per_source["hub"] <= 20
+
+
+def test_url_sources_of_one_file_name_download_apart(tmp_path: Path, monkeypatch):
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler
+
+    from kubetune_trainer import data_sources
+
+    from tests.support.https import https_server
+    from tests.trainer.helpers import allow_loopback
+
+    site = tmp_path / "site"
+    write_jsonl(site / "a" / "train.jsonl", ALPACA)
+    write_jsonl(site / "b" / "train.jsonl", QA)
+    with https_server(tmp_path, partial(SimpleHTTPRequestHandler, directory=str(site))) as (url, certificate):
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+        monkeypatch.setattr(data_sources, "ADDRESS_POLICY", allow_loopback)
+        mix = [{"name": "math", "url": f"{url}/a/train.jsonl"}, {"name": "capitals", "url": f"{url}/b/train.jsonl"}]
+        data = prepare_data(DatasetSpec.model_validate({"mix": mix}), seed=1, download_dir=tmp_path / "dl")
+    assert (tmp_path / "dl" / "math" / "train.jsonl").is_file() and (
+        tmp_path / "dl" / "capitals" / "train.jsonl"
+    ).is_file()
+    assert {source.format for source in data.sources} == {"alpaca", "qa"}
