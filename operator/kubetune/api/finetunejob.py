@@ -216,8 +216,8 @@ class DatasetSpec(DatasetSource):
     )
     """Several sources trained together (multi-task), instead of hf, pvc, configMap or url: each training row is
     drawn from one source with the probability of its weight, in an order fixed by training.seed. Each source
-    keeps its own evaluation rows, reported per source. format, promptTemplate, evalFraction and skipInvalidRows
-    below apply to every source that does not set its own; maxSamples caps the mixed rows."""
+    keeps its own evaluation rows, reported per source. Below, skipInvalidRows applies to every source, format,
+    promptTemplate and evalFraction to those that do not set their own, and maxSamples caps the mixed rows."""
 
     mix_until: MixUntil | None = None
     """When the mix ends (datasets.interleave_datasets stopping_strategy). first_exhausted (empty): when a
