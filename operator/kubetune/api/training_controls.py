@@ -6,14 +6,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from .base import ApiModel
 
 StopReason = Literal["EarlyStopped", "MaxSteps", "Epochs"]
 
-# A word or phrase to weigh: at least one non-space character (the pattern is unanchored, here and in the CRD).
-LossTerm = Annotated[str, Field(min_length=1, max_length=128, pattern=r"\S")]
+
+
+def _loss_term(value: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{value!r} is not a word: a loss weight term needs at least one non-space character")
+    return value
+
+
+# A word or phrase to weigh: at least one non-space character (the CRD's pattern is unanchored, as in Kubernetes).
+LossTerm = Annotated[
+    str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": "\\S"}), AfterValidator(_loss_term)
+]
 
 
 class EarlyStoppingSpec(ApiModel):
