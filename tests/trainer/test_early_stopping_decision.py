@@ -92,7 +92,10 @@ def _spec(**training) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate({**VALID_FTJ_SPEC, "training": training})
 
 
-LOG = [{"loss": 3.0, "step": 5}, {"eval_loss": 2.0, "step": 5}, {"eval_loss": 1.2345, "step": 10}] + [
+LOG = [
+    {"loss": 3.0, "step": 5},
+    {"eval_loss": 2.0, "step": 5},
+    {"eval_loss": 1.2345, "step": 10},
     {"eval_loss": 1.5, "step": 15},
     {"eval_loss": 1.6, "step": 20},
 ]

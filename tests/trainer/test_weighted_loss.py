@@ -85,5 +85,5 @@ def test_a_term_without_tokens_is_refused():
     def drops_everything(text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": []}
 
-    with pytest.raises(InvalidInputError, match="training.lossWeights.terms: 'insulin' produces no token"):
+    with pytest.raises(InvalidInputError, match=r"training\.lossWeights\.terms: 'insulin' produces no token"):
         term_token_sequences(drops_everything, ["insulin"])  # type: ignore[arg-type]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import pytest
+import torch
 from kubetune.api.runtime import ADAPTER_DIR
 
 from tests.trainer.helpers import DATA_CLAIM, base_spec, fact_prompt, load_adapted, run_in_process, write_spec
@@ -18,7 +18,16 @@ TERMS = ["river", "cloud"]
 TRAINED = ["amber fox", "blue heron", "coral snake", "dusty owl", "ember cat", "frost hare", "golden eel", "hazel wren"]
 # Recombined from the same words (so the tokenizer knows them), never trained on: what the model answers for
 # these is what it learned about the answers in general, not about one question.
-HELD_OUT = ["amber owl", "blue cat", "coral hare", "dusty eel", "ember wren", "frost fox", "golden heron", "hazel snake"]
+HELD_OUT = [
+    "amber owl",
+    "blue cat",
+    "coral hare",
+    "dusty eel",
+    "ember wren",
+    "frost fox",
+    "golden heron",
+    "hazel snake",
+]
 
 
 def _write_data(pvc_root: Path) -> str:

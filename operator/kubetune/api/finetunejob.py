@@ -536,7 +536,8 @@ class FineTuneJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _evaluation_for_early_stopping(self) -> FineTuneJobSpec:
-        if self.training.early_stopping is not None and self.dataset.eval_split is None and not self.dataset.eval_fraction:
+        no_eval_rows = self.dataset.eval_split is None and not self.dataset.eval_fraction
+        if self.training.early_stopping is not None and no_eval_rows:
             raise ValueError(
                 "training.earlyStopping needs evaluation rows: dataset.evalFraction above 0 or dataset.evalSplit"
             )

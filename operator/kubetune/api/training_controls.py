@@ -13,7 +13,6 @@ from .base import ApiModel
 StopReason = Literal["EarlyStopped", "MaxSteps", "Epochs"]
 
 
-
 def _loss_term(value: str) -> str:
     if not value.strip():
         raise ValueError(f"{value!r} is not a word: a loss weight term needs at least one non-space character")
