@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 from kubetune.api import FineTuneJobSpec
+from kubetune_trainer.configs import build_configs
+from kubetune_trainer.device import DeviceInfo
 from kubetune_trainer.early_stopping import (
     KubetuneEarlyStopping,
     eval_history,
     evaluations_without_improvement,
     stop_summary,
 )
+from kubetune_trainer.errors import InvalidInputError
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.api.conftest import VALID_FTJ_SPEC
@@ -116,3 +119,16 @@ def test_the_summary_names_max_steps_and_epochs():
     epochs = stop_summary(_spec(epochs=2), [], 8, None)
     assert (epochs.reason, epochs.best_step) == ("Epochs", None)
     assert epochs.message == "completed training.epochs 2 in 8 steps (no evaluation during training)"
+
+
+def test_early_stopping_implies_publishing_the_best_checkpoint(tmp_path):
+    spec = _spec(maxSteps=100, evalSteps=5, saveSteps=10, earlyStopping={"patience": 2})
+    sft = build_configs(spec, checkpoints_dir=tmp_path, device=DeviceInfo(kind="cpu"), has_eval=True).sft
+    assert sft.load_best_model_at_end and sft.metric_for_best_model == "eval_loss" and not sft.greater_is_better
+    assert (sft.eval_strategy, sft.eval_steps, sft.save_steps) == ("steps", 5, 10)
+
+
+def test_early_stopping_without_evaluation_rows_is_refused(tmp_path):
+    spec = _spec(evalSteps=5, saveSteps=5, earlyStopping={})
+    with pytest.raises(InvalidInputError, match=r"training\.earlyStopping needs evaluation rows"):
+        build_configs(spec, checkpoints_dir=tmp_path, device=DeviceInfo(kind="cpu"), has_eval=False)
