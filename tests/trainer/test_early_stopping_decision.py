@@ -132,3 +132,19 @@ def test_early_stopping_without_evaluation_rows_is_refused(tmp_path):
     spec = _spec(evalSteps=5, saveSteps=5, earlyStopping={})
     with pytest.raises(InvalidInputError, match=r"training\.earlyStopping needs evaluation rows"):
         build_configs(spec, checkpoints_dir=tmp_path, device=DeviceInfo(kind="cpu"), has_eval=False)
+
+
+def test_the_published_checkpoints_own_eval_loss_is_reported():
+    """With saveSteps 10 and evalSteps 5 the best evaluation (step 15) has no checkpoint: the Trainer publishes the
+    best saved one (step 10), and evalLoss must be step 10's, not the best evaluation's."""
+    from types import SimpleNamespace
+
+    from kubetune_trainer.flow import _final_evaluation, _published_step
+
+    history = [{"eval_loss": 1.5, "step": 5}, {"eval_loss": 1.2, "step": 10}, {"eval_loss": 1.0, "step": 15}]
+    state = SimpleNamespace(
+        best_model_checkpoint="/out/checkpoints/checkpoint-10", best_metric=1.0, log_history=history, global_step=20
+    )
+    trainer = SimpleNamespace(args=SimpleNamespace(load_best_model_at_end=True), state=state)
+    assert _published_step(trainer) == 10
+    assert _final_evaluation(trainer) == {"eval_loss": 1.2}

@@ -233,12 +233,13 @@ def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
     reloaded it), else the one the Trainer ran at the last step (epoch or evalSteps schedule), else a new one:
     evaluating the same weights twice costs a full pass over the evaluation rows for nothing."""
     if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
-        log.info(
-            "publishing the best checkpoint %s (eval loss %.4f)",
-            trainer.state.best_model_checkpoint,
-            trainer.state.best_metric,
-        )
-        return {"eval_loss": trainer.state.best_metric}
+        # The best checkpoint's own evaluation: with saveSteps above evalSteps the best evaluated step may have no
+        # checkpoint, and the Trainer then publishes the best saved one, whose loss is not state.best_metric.
+        published = _published_step(trainer)
+        logged = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == published]
+        loss = logged[-1]["eval_loss"] if logged else trainer.state.best_metric
+        log.info("publishing the best checkpoint %s (eval loss %.4f)", trainer.state.best_model_checkpoint, loss)
+        return {"eval_loss": loss}
     last = trainer.state.log_history[-3:]
     for entry in reversed(last):
         if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:

@@ -633,8 +633,8 @@ class TrainingMetrics(ApiModel):
     (evalLoss is then that checkpoint's), else the last step."""
 
     best_step: int | None = Field(default=None, ge=0)
-    """Evaluated step with the lowest evaluation loss (with earlyStopping or loadBestModelAtEnd, the published
-    one); empty without evaluation during training."""
+    """Evaluated step with the lowest evaluation loss; empty without evaluation during training. With earlyStopping
+    or loadBestModelAtEnd it is the published step when saveSteps equals evalSteps (else the best saved one is)."""
 
     stop_reason: StopReason | None = None
     """Why training ended: EarlyStopped (training.earlyStopping), MaxSteps (training.maxSteps reached) or Epochs

@@ -28,8 +28,8 @@ LossTerm = Annotated[
 class EarlyStoppingSpec(ApiModel):
     """Stop training when the evaluation loss stops improving (transformers' EarlyStoppingCallback) and publish
     the checkpoint with the lowest evaluation loss, as loadBestModelAtEnd does (early stopping implies it). Needs
-    evaluation rows and training.evalSteps, with training.saveSteps a multiple of it, so that every evaluated step
-    has a checkpoint to go back to."""
+    evaluation rows and training.evalSteps, with training.saveSteps a multiple of it; with saveSteps equal to
+    evalSteps every evaluated step has a checkpoint, so the best evaluation is the one published."""
 
     patience: int = Field(default=3, ge=1, le=1000)
     """Evaluations in a row without improvement after which training stops (each evalSteps apart)."""
