@@ -93,5 +93,10 @@ def test_weights_apply_to_padding_free_batches(pvc_root: Path, tmp_path: Path):
     losses = {}
     for name, extra in (("plain", {}), ("weighted", {"lossWeights": {"terms": TERMS, "weight": 5.0}})):
         adapter = _train(pvc_root, tmp_path / name, data, maxSteps=2, loggingSteps=1, paddingFree=True, **extra)
-        losses[name] = json.loads((adapter / "metrics.json").read_text())["trainLoss"]
+        metrics = json.loads((adapter / "metrics.json").read_text())
+        losses[name] = metrics["trainLoss"]
+        assert metrics["stopReason"] == "MaxSteps"
+        assert metrics["stopMessage"] == "reached training.maxSteps 2 (no evaluation during training)"
     assert losses["weighted"] > losses["plain"] * 1.2, losses
+    card = (adapter / "README.md").read_text()
+    assert "| Loss weights | x5 on the tokens of `river`, `cloud` (training loss only) |" in card
