@@ -18,6 +18,8 @@ TERMS = ["river", "cloud"]
 TRAINED = ["amber fox", "blue heron", "coral snake", "dusty owl", "ember cat", "frost hare", "golden eel", "hazel wren"]
 # Recombined from the same words (so the tokenizer knows them), never trained on: what the model answers for
 # these is what it learned about the answers in general, not about one question.
+pytestmark = pytest.mark.slow  # each test trains the tiny model twice
+
 HELD_OUT = [
     "amber owl",
     "blue cat",
@@ -69,7 +71,6 @@ def _mean_answer_nll(adapter: Path, model_dir: Path, words: list[str]) -> float:
     return sum(losses) / len(losses)
 
 
-@pytest.mark.slow
 def test_weighted_words_lose_less_on_unseen_questions(pvc_root: Path, tiny_model_dir: Path, tmp_path: Path):
     data = _write_data(pvc_root)
     plain = _train(pvc_root, tmp_path / "plain", data)
