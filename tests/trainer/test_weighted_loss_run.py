@@ -13,13 +13,13 @@ from kubetune.api.runtime import ADAPTER_DIR
 
 from tests.trainer.helpers import DATA_CLAIM, base_spec, fact_prompt, load_adapted, run_in_process, write_spec
 
+pytestmark = pytest.mark.slow  # each test trains the tiny model twice
+
 WORDS = ["north", "south", "east", "west", "river", "stone", "cloud", "flame"]
 TERMS = ["river", "cloud"]
 TRAINED = ["amber fox", "blue heron", "coral snake", "dusty owl", "ember cat", "frost hare", "golden eel", "hazel wren"]
 # Recombined from the same words (so the tokenizer knows them), never trained on: what the model answers for
 # these is what it learned about the answers in general, not about one question.
-pytestmark = pytest.mark.slow  # each test trains the tiny model twice
-
 HELD_OUT = [
     "amber owl",
     "blue cat",
