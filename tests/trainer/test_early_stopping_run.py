@@ -5,6 +5,7 @@ metrics.json, the termination message and the model card."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,13 @@ def test_training_stops_early_and_publishes_the_best_checkpoint(pvc_root: Path, 
     card = (output / ADAPTER_DIR / "README.md").read_text()
     assert f"| Stopped | EarlyStopped: {metrics['stopMessage']} |" in card
     assert f"| Published step | {best_step} |" in card
+
+    # A pod killed after the decision but before the adapter was published: the retry resumes from the newest
+    # checkpoint, recounts the evaluations without improvement from its history, and stops again at once.
+    shutil.rmtree(output / ADAPTER_DIR)
+    assert run_in_process(write_spec(tmp_path, base_spec(training=training)), output, pvc_root) == 0
+    again = json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())
+    assert again["stopReason"] == "EarlyStopped" and again["publishedStep"] == best_step
+    assert stopped <= again["steps"] <= stopped + 1, "no further evaluation: the patience was not reset"
+    republished = load_file(output / ADAPTER_DIR / ADAPTER_WEIGHTS)
+    assert all((republished[name] == kept[name]).all() for name in published), "the best checkpoint again"
