@@ -60,6 +60,8 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
         ("training", "neftuneNoiseAlpha"): 5.0,
         ("dataset", "mix"): two_sources,
         ("dataset", "mixUntil"): "all_exhausted",
+        ("training", "earlyStopping"): {"patience": 2},
+        ("training", "lossWeights"): {"terms": ["insulin"]},
     }.get(path, True if NEUTRAL_DEFAULTS[path] is False else None)
     assert changed is not None, f"give {'.'.join(path)} a changed value in this test"
     extra: dict[str, Any] = {}
@@ -67,6 +69,8 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
         extra = {"output": {"accessMode": "ReadWriteMany"}}
     if path == ("training", "loadBestModelAtEnd"):
         extra = {"training": {"evalSteps": 10, "saveSteps": 10, "loadBestModelAtEnd": True}}
+    if path == ("training", "earlyStopping"):
+        extra = {"training": {"evalSteps": 10, "saveSteps": 10, "earlyStopping": changed}}
     if path[0] == "dataset":  # a mix replaces the single source: mixUntil is compared on two mixes of one data
         mix = {"mix": two_sources}
         base_spec = VALID_FTJ_SPEC if path[1] == "mix" else VALID_FTJ_SPEC | {"dataset": mix}
