@@ -264,12 +264,12 @@ def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
 
 
 def _logged_evaluation(log_history: list[dict[str, float]], step: int) -> dict[str, float]:
-    """The evaluation logged at `step`, merged: with several evaluation sets (dataset.mix) the Trainer logs each
+    """The eval_* metrics logged at `step`, merged: with several evaluation sets (dataset.mix) the Trainer logs each
     set's loss, and the overall eval_loss, as entries of their own."""
     merged: dict[str, float] = {}
     for entry in log_history:
-        if entry.get("step") == step and any(key.startswith("eval_") for key in entry):
-            merged.update(entry)
+        if entry.get("step") == step:
+            merged.update({key: value for key, value in entry.items() if key.startswith("eval_")})
     return merged
 
 
