@@ -65,3 +65,15 @@ def test_manifest_and_model_card_describe_every_source(mix_run: Path):
     assert "## Data mix" in card
     assert "| facts | `pvc:data/facts.jsonl` | alpaca | 'fact: ' | 0.750 | 115 of 115 | 13 |" in card
     assert "prompt = '### Instruction:\\nfact: Your instruction\\n\\n" in card, "the usage builds source 1's prompt"
+
+
+def test_early_stopping_reads_the_overall_eval_loss_of_a_mix(pvc_root: Path, tmp_path: Path):
+    """No evaluation improves by 100: training.earlyStopping stops at the second evaluation, as with one dataset
+    (it would never stop if the per-source evaluations hid eval_loss from it: without the trainer's evaluate)."""
+    training = {"maxSteps": 20, "evalSteps": 2, "saveSteps": 2, "earlyStopping": {"patience": 1, "threshold": 100}}
+    spec = base_spec(dataset={"mix": MIX, "evalFraction": 0.1}, training=training)
+    output = tmp_path / "output"
+    assert run_in_process(write_spec(tmp_path, spec), output, pvc_root) == 0
+    metrics = json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())
+    assert metrics["steps"] == 4 and metrics["stopReason"] == "EarlyStopped", metrics
+    assert all(source["evalLoss"] is not None for source in metrics["sources"])
