@@ -23,8 +23,7 @@ from .errors import InvalidInputError
 log = logging.getLogger(__name__)
 
 SINGLE_SOURCE = "dataset"
-"""Name of the one source of a dataset without mix (never a mix source's name: those are DNS labels too, but the
-single source is never reported per source)."""
+"""Name of the one source of a dataset without mix, in logs (such a source is never reported per source)."""
 
 
 @dataclass(frozen=True)
