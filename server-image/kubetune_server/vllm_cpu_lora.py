@@ -4,16 +4,18 @@ CPU, and correct for base requests once every adapter slot is in use.
 vLLM's CPU platform applies LoRA with `PunicaWrapperCPU`, which runs vLLM's PyTorch reference ops
 (`vllm.lora.ops.torch_ops`) on every LoRA layer of every step: for each token they gather a private copy of that
 token's adapter weights (`weights[token_indices]`, tokens x rank x features) and multiply token by token
-(`einsum("bi, boi -> bo")`). On SmolLM2-135M with a rank-16 adapter that copies about as many bytes per step as
-the whole model has, so 32 concurrent requests ran at a third of the transformers engine's speed. Requests
+(`einsum("bi, boi -> bo")`), with a dozen small tensor operations and a zeroed float32 buffer per layer slice.
+On SmolLM2-135M with a rank-16 adapter 32 concurrent requests ran at 0.56-0.69x the transformers engine's
+speed and one request at 0.71-0.91x (server-image/README.md, "The vLLM engine on a CPU"). Requests
 without an adapter pay it too (vLLM's CPU model runs eagerly whenever LoRA is enabled, and the decode ops do not
 skip them), and they are multiplied with the *last* adapter slot (`weights[-1]`): once all `maxLoras` slots
 hold adapters, a base request is answered as if it had asked for one of them.
 
 `GroupedPunicaWrapperCPU` keeps vLLM's wrapper and changes only how its products are computed: once per step
 (when vLLM updates the LoRA mapping) the step's tokens are grouped by adapter slot (a batch has few adapters), and
-each group takes one matrix product with its adapter's weights, read in place; tokens without an adapter are
-left alone. vLLM chooses a platform's wrapper through `Platform.get_punica_wrapper()`;
+each group takes one product into the rank and one fused multiply-add back per layer slice, with its adapter's
+weights read in place; tokens without an adapter are left alone (1.01-1.61x the transformers engine, same runs).
+vLLM chooses a platform's wrapper through `Platform.get_punica_wrapper()`;
 `vllm_cpu_platform.CpuPlatformWithGroupedLora` is vLLM's own `CpuPlatform` with only that answer changed;
 `vllm_plugins.py` is the vLLM platform plugin that activates it exactly where vLLM would pick the stock one.
 """
