@@ -27,6 +27,8 @@ VLLM_NEEDS_GPUS = (
 )
 ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
 MAX_ADAPTERS = 32
+MAX_TOP_K = 1 << 20
+"""Largest top_k accepted (above any vocabulary; larger values mean the whole vocabulary, as 0)."""
 
 
 class FineTuneJobRef(ApiModel):
@@ -128,6 +130,24 @@ class GenerationSpec(ApiModel):
 
     top_p: float = Field(default=0.9, gt=0, le=1)
     """Default nucleus sampling probability mass."""
+
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOP_K)
+    """Default top-k: sample only among the k most likely tokens (vLLM's extension of the OpenAI API; requests
+    send `top_k`). Empty, 0 or -1: off. Greedy requests (temperature 0) take the most likely token either way."""
+
+    repetition_penalty: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Default repetition penalty (CTRL / Hugging Face / vLLM): the logit of every token already in the prompt or
+    the answer is divided by it when positive and multiplied by it when negative, so values above 1 discourage
+    repeats (the tutorial uses 1.1 to 1.2) and values below 1 encourage them. Empty or 1: off."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Default OpenAI frequency penalty: subtracted from a token's logit once per time it already occurs in the
+    answer generated so far (not the prompt, as vLLM counts). Positive values curb verbatim repetition. Empty or
+    0: off."""
+
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Default OpenAI presence penalty: subtracted once from the logit of every token that already occurs in the
+    answer generated so far, pushing towards new tokens. Empty or 0: off."""
 
     max_batch_size: int = Field(default=16, ge=1, le=256)
     """Most requests decoded together in one batch (vLLM: max_num_seqs; raise it for vLLM on GPUs, whose paged
