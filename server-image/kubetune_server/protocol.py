@@ -35,7 +35,9 @@ def _ranged(kind: type, low: float, high: float | None, *, low_open: bool = Fals
         finite = not isinstance(value, float) or math.isfinite(value)
         if not finite or value < low or (low_open and value == low) or (high is not None and value > high):
             raise PydanticCustomError(
-                "out_of_range", "must be {allowed}{note}, got {value}", {"allowed": allowed, "note": note, "value": value}
+                "out_of_range",
+                "must be {allowed}{note}, got {value}",
+                {"allowed": allowed, "note": note, "value": value},
             )
         return value
 
