@@ -335,6 +335,23 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "schema",
     ),
     (
+        "presence-penalty-high",
+        MSV,
+        {"generation": {"presencePenalty": 2.5}},
+        "generation.presencePenalty",
+        "less than or equal to 2",
+        "schema",
+    ),
+    (
+        "repetition-penalty-zero",
+        MSV,
+        {"generation": {"repetitionPenalty": 0}},
+        "generation.repetitionPenalty",
+        "greater than 0",
+        "schema",
+    ),
+    ("top-k-below-off", MSV, {"generation": {"topK": -2}}, "generation.topK", "greater than or equal to -1", "schema"),
+    (
         "merge-two-adapters",
         MSV,
         {
