@@ -25,10 +25,14 @@ StopStrings = Annotated[str, Field(min_length=1, max_length=256)]
 def _ranged(kind: type, low: float, high: float | None, *, low_open: bool = False, note: str = ""):
     """A number type whose out-of-range values are refused with one message naming the whole allowed range
     (pydantic's own bound errors name only the bound that failed); the schema still advertises the bounds."""
+
+    def number(bound: float) -> str:
+        return str(int(bound)) if float(bound).is_integer() else str(bound)
+
     allowed = (
-        f"{'greater than' if low_open else 'at least'} {low:g}"
+        f"a finite number {'greater than' if low_open else 'at least'} {number(low)}"
         if high is None
-        else f"between {low:g}{' (exclusive)' if low_open else ''} and {high:g}"
+        else f"between {number(low)}{' (exclusive)' if low_open else ''} and {number(high)}"
     )
 
     def check(value):

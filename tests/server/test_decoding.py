@@ -136,6 +136,34 @@ def test_each_row_of_a_mixed_batch_gets_what_it_gets_alone():
     assert together[1] != int(logits[1].argmax())  # the penalty moved this greedy row off its argmax
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("presence_penalty", 2.5, "must be between -2 and 2 (OpenAI's range), got 2.5"),
+        ("frequency_penalty", float("nan"), "must be between -2 and 2"),
+        ("repetition_penalty", 0, "must be a finite number greater than 0 (1 is off), got 0"),
+        ("repetition_penalty", float("inf"), "must be a finite number greater than 0"),
+        ("top_k", -2, "must be between -1 and 1048576 (0 or -1 is off), got -2"),
+    ],
+)
+def test_out_of_range_values_are_refused_naming_the_field_and_its_range(field, value, message):
+    from kubetune_server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
+    from pydantic import ValidationError
+
+    bodies = {
+        CompletionRequest: {"model": "base", "prompt": "hi"},
+        ChatCompletionRequest: {"model": "base", "messages": [{"role": "user", "content": "hi"}]},
+        GenerateRequest: {"question": "hi"},
+    }
+    for model, body in bodies.items():
+        with pytest.raises(ValidationError) as refused:
+            model.model_validate({**body, field: value})
+        (error,) = refused.value.errors()
+        assert error["loc"] == (field,) and error["msg"].startswith(message)
+    edge = {"presence_penalty": -2, "frequency_penalty": 2, "repetition_penalty": 1e-3, "top_k": -1}
+    assert CompletionRequest.model_validate({**bodies[CompletionRequest], **edge}).top_k == -1
+
+
 # ----- through the engine and the real openai client (tiny model) -----
 
 
