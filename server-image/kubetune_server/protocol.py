@@ -56,7 +56,18 @@ RepetitionPenalty = _ranged(float, 0, None, low_open=True, note=" (1 is off)")
 TopK = _ranged(int, -1, MAX_TOP_K, note=" (0 or -1 is off)")
 
 
-class DecodingFields(BaseModel):
+class Strict(BaseModel):
+    """Request bodies: unknown fields are accepted and ignored.
+
+    Clients send parameters of newer API versions or other servers (`logprobs`, `response_format`, vendor
+    extensions); refusing them broke those clients, which is why vLLM reversed the same choice. Known fields keep
+    their bounds.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class DecodingFields(Strict):
     """Decoding controls shared by every generating route; unset fields take the ModelServe's
     `spec.generation` defaults (off unless set there)."""
 
@@ -78,22 +89,11 @@ class DecodingFields(BaseModel):
     )
 
 
-class Strict(BaseModel):
-    """Request bodies: unknown fields are accepted and ignored.
-
-    Clients send parameters of newer API versions or other servers (`logprobs`, `response_format`, vendor
-    extensions); refusing them broke those clients, which is why vLLM reversed the same choice. Known fields keep
-    their bounds.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-
 class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class SamplingFields(DecodingFields, Strict):
+class SamplingFields(DecodingFields):
     """Parameters shared by completions and chat completions."""
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -225,7 +225,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class GenerateRequest(DecodingFields, Strict):
+class GenerateRequest(DecodingFields):
     """The tutorial's request body, kept so its clients keep working; `model` picks an adapter (optional). The
     decoding controls its generation chapter recommends (top_k, top_p, repetition_penalty) are accepted too."""
 
