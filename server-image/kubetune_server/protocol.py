@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from kubetune.api.modelserve import MAX_TOP_K
+from kubetune.api.modelserve import MAX_REPETITION_PENALTY, MAX_TOP_K, MIN_REPETITION_PENALTY
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -52,7 +52,7 @@ def _ranged(kind: type, low: float, high: float | None, *, low_open: bool = Fals
 
 
 Penalty = _ranged(float, -2, 2, note=" (OpenAI's range)")
-RepetitionPenalty = _ranged(float, 0, None, low_open=True, note=" (1 is off)")
+RepetitionPenalty = _ranged(float, MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY, note=" (1 is off)")
 TopK = _ranged(int, -1, MAX_TOP_K, note=" (0 or -1 is off)")
 
 
@@ -77,7 +77,7 @@ class DecodingFields(Strict):
     repetition_penalty: RepetitionPenalty | None = Field(
         default=None,
         description="Divide positive (multiply negative) logits of tokens already in the prompt or the answer by "
-        "this (Hugging Face / vLLM); > 1 discourages repeats, 1 is off.",
+        "this (Hugging Face / vLLM); > 1 discourages repeats, 1 is off; 0.01 to 100.",
     )
     frequency_penalty: Penalty | None = Field(
         default=None,

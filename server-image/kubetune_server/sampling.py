@@ -139,6 +139,7 @@ def sampling_probabilities(
             # Drop a token once the mass before it already reaches top_p; the most likely token always stays.
             # Rows at top_p 1 keep all (a rounded mass of 1.0000001 must not cut their tail).
             drop = ((sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps[:, None]) & nucleus[:, None]
+            drop[:, 0] = False  # also when top_p underflows to 0 in float32 (a request may send 1e-300)
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
     return torch.softmax(scaled, dim=-1)

@@ -100,6 +100,36 @@ def test_top_k_applies_before_top_p():
     assert (probabilities[0] > 0).tolist() == [True, True, False, False]
 
 
+def test_the_most_extreme_allowed_values_keep_probabilities_finite():
+    """The fuzzer found repetition_penalty 1e300 turning logits into inf and NaN; the allowed extremes do not."""
+    logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(2)) * 30
+    seen_everything = _history(list(range(64)), [3] * 32768)
+    params = [
+        SamplingParams(max_tokens=4, temperature=2.0, repetition_penalty=0.01, frequency_penalty=-2, top_k=5),
+        SamplingParams(max_tokens=4, temperature=1e-5, repetition_penalty=100.0, presence_penalty=2, top_p=0.1),
+        SamplingParams(max_tokens=4, temperature=0.5, repetition_penalty=100.0, frequency_penalty=2),
+        SamplingParams(max_tokens=4, temperature=1.0, repetition_penalty=0.01, presence_penalty=-2),
+    ]
+    histories = [seen_everything, _history([1], [1, 2]), _history([], [5] * 100), _history([7], [])]
+    penalised = penalised_logits(logits, params, histories)
+    assert bool(torch.isfinite(penalised).all())
+    probabilities = sampling_probabilities(
+        penalised,
+        torch.tensor([p.temperature for p in params]),
+        torch.tensor([p.top_p for p in params]),
+        torch.tensor([p.top_k for p in params]),
+    )
+    assert bool(torch.isfinite(probabilities).all()) and torch.allclose(probabilities.sum(-1), torch.ones(4))
+    assert len(choose_next_tokens(logits, params, [None] * 4, histories)) == 4
+
+
+def test_a_vanishing_top_p_keeps_the_most_likely_token():
+    """The fuzzer sent top_p 1e-300, which is 0 in float32: every token was dropped and sampling failed on NaN."""
+    logits = torch.tensor([[0.5, 2.0, -1.0]])
+    probabilities = sampling_probabilities(logits, torch.ones(1), torch.tensor([1e-300]), torch.tensor([2]))
+    assert probabilities.tolist() == [[0.0, 1.0, 0.0]]
+
+
 def test_penalties_change_greedy_choices():
     logits = torch.tensor([[3.0, 2.9, 0.0]])
     params = [SamplingParams(max_tokens=4, presence_penalty=0.5)]
@@ -141,8 +171,9 @@ def test_each_row_of_a_mixed_batch_gets_what_it_gets_alone():
     [
         ("presence_penalty", 2.5, "must be between -2 and 2 (OpenAI's range), got 2.5"),
         ("frequency_penalty", float("nan"), "must be between -2 and 2"),
-        ("repetition_penalty", 0, "must be a finite number greater than 0 (1 is off), got 0"),
-        ("repetition_penalty", float("inf"), "must be a finite number greater than 0"),
+        ("repetition_penalty", 0, "must be between 0.01 and 100 (1 is off), got 0"),
+        ("repetition_penalty", 1e300, "must be between 0.01 and 100"),  # would overflow the logits to inf
+        ("repetition_penalty", float("inf"), "must be between 0.01 and 100"),
         ("top_k", -2, "must be between -1 and 1048576 (0 or -1 is off), got -2"),
     ],
 )
@@ -160,7 +191,7 @@ def test_out_of_range_values_are_refused_naming_the_field_and_its_range(field, v
             model.model_validate({**body, field: value})
         (error,) = refused.value.errors()
         assert error["loc"] == (field,) and error["msg"].startswith(message)
-    edge = {"presence_penalty": -2, "frequency_penalty": 2, "repetition_penalty": 1e-3, "top_k": -1}
+    edge = {"presence_penalty": -2, "frequency_penalty": 2, "repetition_penalty": 0.01, "top_k": -1}
     assert CompletionRequest.model_validate({**bodies[CompletionRequest], **edge}).top_k == -1
 
 
