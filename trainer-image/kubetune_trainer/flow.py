@@ -17,6 +17,7 @@ from kubetune.api import FineTuneJobSpec, TrainingMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR
 from transformers import set_seed
 
+from .augment import augment_training_rows
 from .checkpoints import (
     CheckpointMarker,
     newest_complete_checkpoint,
@@ -91,6 +92,8 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
         download_dir=output_dir / ".download",
         all_assistant_turns=spec.training.completion_only_loss,  # without it every token is trained anyway
     )
+    # dataset.augmentation: new training rows (cached on the output volume), before anything depends on the rows.
+    data, augmentation = augment_training_rows(spec, data, output_dir, me, device)
 
     done = finished_manifest(output_dir)
     if done and done.get("specHash") == spec_hash(spec) and done.get("datasetFingerprint") == data.fingerprint:
@@ -133,6 +136,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
         raise watch.stopped(trainer.state.global_step)
     wall = time.monotonic() - started
     metrics = _final_metrics(trainer, result, spec, data, resumed=resume_from is not None, wall=wall, me=me)
+    metrics = metrics.model_copy(update={"augmentation": augmentation})
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
     summary: dict[str, Any] = {}

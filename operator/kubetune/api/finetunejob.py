@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from .augmentation import AugmentationResult, AugmentationSpec
 from .base import (
     ApiModel,
     DataKey,
@@ -54,6 +55,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("training", "ligerKernel"): False,
     ("training", "neftuneNoiseAlpha"): None,
     ("training", "loadBestModelAtEnd"): False,
+    ("dataset", "augmentation"): None,
 }
 
 
@@ -133,6 +135,10 @@ class DatasetSpec(ApiModel):
 
     skip_invalid_rows: bool = False
     """Skip rows that do not fit the format (counted and reported) instead of failing the job."""
+
+    augmentation: AugmentationSpec | None = None
+    """Generate more training rows before training by paraphrase and back-translation of the prompts of the
+    training rows (evaluation rows are never augmented); empty: off."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -584,6 +590,9 @@ class TrainingMetrics(ApiModel):
     published_step: int | None = Field(default=None, ge=0)
     """Step of the published weights: the checkpoint with the lowest evalLoss with training.loadBestModelAtEnd
     (evalLoss is then that checkpoint's), else the last step."""
+
+    augmentation: list[AugmentationResult] | None = Field(default=None, max_length=2)
+    """Rows added to the training rows by dataset.augmentation, per kind, and the generated texts dropped."""
 
 
 class OutputStatus(ApiModel):

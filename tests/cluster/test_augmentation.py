@@ -1,0 +1,93 @@
+"""dataset.augmentation on the real control plane: the API server admits the example, the trainer Job gets what
+an augmentation model needs (its claim mounted read-only, its own token variable, the model cache for a Hub id),
+and a FineTuneRuntime's allowedBaseModels refuses a disallowed augmentation model like a disallowed base model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.kube.server import FTJ, JOBS
+
+from .helpers import condition, finetunejob, operator_requests, wait_phase
+
+RUNTIMES = ("kubetune.dev/v1alpha1", "finetuneruntimes")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "augmentation.yaml"
+
+
+@pytest.fixture
+def runtime(control_plane, ns: str) -> Iterator[str]:
+    """A runtime allowing Qwen models and folders of the 'models' claim only."""
+    name = f"augment-{ns}"[:253]
+    body = {
+        "apiVersion": RUNTIMES[0],
+        "kind": "FineTuneRuntime",
+        "metadata": {"name": name},
+        "spec": {"allowedBaseModels": ["Qwen/*", "pvc:models/*"]},
+    }
+    control_plane.admin.create(RUNTIMES, None, body)
+    yield name
+    control_plane.admin.delete(RUNTIMES, None, name)
+
+
+def test_a_disallowed_augmentation_model_is_refused_like_a_disallowed_base_model(
+    control_plane, runtime, operator, kube, ns
+):
+    since = control_plane.audit.offset()
+    augmentation = {
+        "paraphrase": {"copies": 2},  # the (allowed) base model: not reported again
+        "backTranslation": {
+            "model": {"name": "Helsinki-NLP/opus-mt-ko-en"},
+            "reverseModel": {"pvc": {"claimName": "models", "path": "opus-mt-en-ko"}},
+            "sourceLanguage": "Korean",
+            "pivotLanguage": "English",
+        },
+    }
+    dataset = {"configMap": {"name": "facts", "key": "train.jsonl"}, "format": "qa", "augmentation": augmentation}
+    kube.create(FTJ, ns, finetunejob(ns, runtimeName=runtime, dataset=dataset))
+    ftj = wait_phase(kube, ns, "sentiment", "Failed")
+    validated = condition(ftj, "Validated")
+    assert (validated["status"], validated["reason"]) == ("False", "PolicyViolation")
+    message = validated["message"]
+    assert "spec.dataset.augmentation.backTranslation.model 'Helsinki-NLP/opus-mt-ko-en' is not allowed" in message
+    assert "Qwen/*" in message and runtime in message
+    assert "reverseModel" not in message and "paraphrase" not in message  # those are allowed
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+    assert operator_requests(control_plane, since, "create", "jobs") == []
+
+
+def test_the_trainer_job_gets_what_the_augmentation_models_need(control_plane, runtime, operator, kube, ns):
+    augmentation = {
+        "paraphrase": {"model": {"name": "Qwen/Qwen2.5-1.5B-Instruct", "tokenSecretRef": {"name": "para-token"}}},
+        "backTranslation": {
+            "model": {"pvc": {"claimName": "models", "path": "translator"}},
+            "sourceLanguage": "German",
+            "pivotLanguage": "English",
+        },
+    }
+    dataset = {"configMap": {"name": "facts", "key": "train.jsonl"}, "format": "qa", "augmentation": augmentation}
+    kube.create(FTJ, ns, finetunejob(ns, runtimeName=runtime, dataset=dataset))
+    job = kube.wait_for(JOBS, ns, "sentiment-train", lambda j: j is not None, what="to be created")
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"] for v in pod["volumes"] if
+              "persistentVolumeClaim" in v}
+    assert claims["models"].get("readOnly") is True  # the translator's claim, read-only
+    env = {item["name"]: item for item in container["env"]}
+    assert env["KUBETUNE_PARAPHRASE_HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "para-token", "key": "token"}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # the base model's, unchanged
+    assert "KUBETUNE_BACK_TRANSLATION_HF_TOKEN" not in env  # a folder on a claim needs no token
+    ftj = kube.get(FTJ, ns, "sentiment")
+    assert condition(ftj, "Validated")["status"] == "True"
+
+
+def test_the_augmentation_example_is_admitted(kube, ns):
+    body = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    body["metadata"]["namespace"] = ns
+    created = kube.create(FTJ, ns, body)
+    augmentation = created["spec"]["dataset"]["augmentation"]
+    assert augmentation["paraphrase"]["copies"] >= 1
+    assert augmentation["backTranslation"]["pivotLanguage"]

@@ -1,0 +1,269 @@
+"""dataset.augmentation in the trainer, for behaviour, not quality: which text is rewritten, what is dropped and
+counted, that the new rows reach training and the evaluation rows do not change, determinism by seed, and the cache
+on the output volume (a second run generates nothing; a changed setting generates again)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from kubetune.api import FineTuneJobSpec
+from kubetune.api.runtime import ADAPTER_DIR, ENV_PVC_ROOT, METRICS_FILE
+from kubetune_trainer import augment_generation
+from kubetune_trainer.augment import CACHE_DIR, augment_training_rows, choose_rows, keep_outputs
+from kubetune_trainer.augment_generation import Generated
+from kubetune_trainer.augment_prompts import rewritable
+from kubetune_trainer.data import prepare_data
+from kubetune_trainer.data_formats import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, QA_TEMPLATE
+from kubetune_trainer.device import DeviceInfo
+from kubetune_trainer.distributed import ProcessInfo
+from kubetune_trainer.errors import InvalidInputError
+
+from tests.support.tiny_model import build_tiny_model
+from tests.trainer.helpers import MODEL_CLAIM, base_spec, run_in_process, write_spec
+
+MAIN = ProcessInfo(rank=0, world_size=1, local_world_size=1)
+CPU = DeviceInfo(kind="cpu")
+ENDING_PATH = "ending"
+
+
+# ---- the pure parts ------------------------------------------------------------------------------------------------
+def test_only_ended_new_different_texts_are_kept_and_each_drop_is_counted():
+    dropped: Counter[str] = Counter()
+    outputs = [
+        Generated("Where  does the AMBER fox live?", True),  # the source, other case and spacing
+        Generated("", True),
+        Generated("In which place is the amber fox found", False),  # cut at maxNewTokens
+        Generated("Where is the amber fox at home?", True),
+        Generated("where is the amber fox at home?", True),  # the same as the copy before
+        Generated("What is the amber fox's home?", True),
+    ]
+    kept = keep_outputs("Where does the amber fox live?", outputs, dropped)
+    assert kept == ["Where is the amber fox at home?", "What is the amber fox's home?"]
+    assert dropped == Counter(unchanged=1, empty=1, too_long=1, duplicate=1)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "template", "row", "text", "rewritten"),
+    [
+        (
+            "alpaca",
+            ALPACA_TEMPLATE,
+            {"prompt": ALPACA_TEMPLATE_NO_INPUT.format(instruction="Name the fox."), "completion": "amber"},
+            "Name the fox.",
+            ALPACA_TEMPLATE_NO_INPUT.format(instruction="NEW"),
+        ),
+        (
+            "alpaca",
+            ALPACA_TEMPLATE,
+            {"prompt": ALPACA_TEMPLATE.format(instruction="Sum it.", input="1 2"), "completion": "3"},
+            "Sum it.",  # the input is the material the answer depends on: kept
+            ALPACA_TEMPLATE.format(instruction="NEW", input="1 2"),
+        ),
+        ("qa", QA_TEMPLATE, {"prompt": QA_TEMPLATE.format(question="Why?"), "completion": "Because."}, "Why?",
+         QA_TEMPLATE.format(question="NEW")),
+        ("qa", "Q: {question}\nA:", {"prompt": "Q: Who?\nA:", "completion": "Me."}, "Who?", "Q: NEW\nA:"),
+    ],
+    ids=["alpaca-no-input", "alpaca-input", "qa", "qa-custom-template"],
+)
+def test_the_prompt_side_is_rewritten_and_the_answer_kept(fmt, template, row, text, rewritten):
+    found = rewritable(row, fmt, template)
+    assert found is not None and found.text == text
+    assert found.rebuild("NEW") == {"prompt": rewritten, "completion": row["completion"]}
+
+
+def test_chat_rewrites_the_last_user_message_only():
+    row = {
+        "prompt": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Where does the fox live?"},
+        ],
+        "completion": [{"role": "assistant", "content": "north"}],
+    }
+    found = rewritable(row, "chat", None)
+    assert found is not None and found.text == "Where does the fox live?"
+    rebuilt = found.rebuild("NEW")
+    assert [m["content"] for m in rebuilt["prompt"]] == ["Be brief.", "Hi", "Hello", "NEW"]
+    assert rebuilt["completion"] == row["completion"]
+    assert row["prompt"][-1]["content"] == "Where does the fox live?", "the source row is not changed"
+    assert rewritable({"prompt": [{"role": "system", "content": "x"}], "completion": []}, "chat", None) is None
+
+
+def test_a_prompt_that_does_not_follow_the_template_is_left_alone():
+    assert rewritable({"prompt": "free text", "completion": "x"}, "qa", QA_TEMPLATE) is None
+
+
+def test_rows_are_chosen_by_seed_and_fraction():
+    assert choose_rows(10, 0.3, seed=1) == choose_rows(10, 0.3, seed=1)
+    assert len(choose_rows(10, 0.3, seed=1)) == 3
+    assert choose_rows(10, 0.3, seed=1) != choose_rows(10, 0.3, seed=2)
+    assert choose_rows(10, 0.01, seed=1) != [] and choose_rows(4, 1.0, seed=1) == [0, 1, 2, 3]
+
+
+# ---- with a tiny model ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ending_model(pvc_root: Path) -> Path:
+    """The tiny model made to end its texts: a constant direction in every embedding, read only by the eos row of
+    the output head, gives eos a steady ~20% per token while the other tokens stay random. A random tiny model
+    almost never ends within a few tokens, so every output would be dropped as too long."""
+    from transformers import AutoModelForCausalLM
+
+    target = pvc_root / MODEL_CLAIM / ENDING_PATH
+    build_tiny_model(target, seed=3)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, 0] = 50.0
+        head = model.get_output_embeddings().weight
+        head[:, 0] = 0.0
+        head[eos, 0] = 0.4  # ~ln(450 * 0.25) / sqrt(hidden 128)
+    model.save_pretrained(target)
+    return target
+
+
+@pytest.fixture
+def generate_calls(monkeypatch) -> list[int]:
+    """Texts per call of the augmentation model's generate (so a test can see that nothing was generated)."""
+    calls: list[int] = []
+    original = augment_generation.TextGenerator.generate
+
+    def counting(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(augment_generation.TextGenerator, "generate", counting)
+    return calls
+
+
+def _spec(augmentation: dict[str, Any], data_file: str = "facts.jsonl") -> FineTuneJobSpec:
+    wire = base_spec(data_file)
+    wire["dataset"] = {**wire["dataset"], "evalFraction": 0.25, "augmentation": augmentation}
+    return FineTuneJobSpec.model_validate(wire)
+
+
+PARAPHRASE = {
+    "paraphrase": {
+        "model": {"pvc": {"claimName": MODEL_CLAIM, "path": ENDING_PATH}},
+        "copies": 3,
+        "temperature": 1.0,
+        "topP": 1.0,
+        "maxNewTokens": 12,
+    },
+    "fraction": 0.25,
+    "batchSize": 16,
+}
+
+
+def _augment(spec: FineTuneJobSpec, output: Path, monkeypatch, pvc_root: Path):
+    monkeypatch.setenv(ENV_PVC_ROOT, str(pvc_root))
+    data = prepare_data(spec.dataset, spec.training.seed)
+    augmented, results = augment_training_rows(spec, data, output, MAIN, CPU)
+    return data, augmented, results
+
+
+def _rows(dataset) -> list[str]:
+    return [json.dumps(row, sort_keys=True) for row in dataset]
+
+
+def test_paraphrases_are_added_to_the_training_rows_only_and_counted(
+    pvc_root, ending_model, generate_calls, monkeypatch, tmp_path
+):
+    data, augmented, results = _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
+    [result] = results
+    chosen = round(len(data.train) * 0.25)
+    assert (result.kind, result.source_rows, result.generated) == ("paraphrase", chosen, chosen * 3)
+    dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+    assert result.added + dropped == result.generated
+    assert result.added > 0, "the ending model finishes some texts: some rows must be added"
+    assert len(augmented.train) == len(data.train) + result.added
+    assert _rows(augmented.train)[: len(data.train)] == _rows(data.train)
+    assert _rows(augmented.eval) == _rows(data.eval), "evaluation rows are never augmented"
+    assert augmented.fingerprint != data.fingerprint
+    answers = set(data.train["completion"])
+    for row in augmented.train.select(range(len(data.train), len(augmented.train))):
+        assert row["completion"] in answers
+        instruction = row["prompt"].removeprefix("### Instruction:\n").removesuffix("\n\n### Response:\n")
+        assert row["prompt"] == ALPACA_TEMPLATE_NO_INPUT.format(instruction=instruction) and instruction.strip()
+    assert generate_calls == [chosen]  # one batch of every chosen row
+
+
+def test_same_seed_same_rows_other_seed_other_rows(pvc_root, ending_model, monkeypatch, tmp_path):
+    _, first, _ = _augment(_spec(PARAPHRASE), tmp_path / "a", monkeypatch, pvc_root)
+    _, again, _ = _augment(_spec(PARAPHRASE), tmp_path / "b", monkeypatch, pvc_root)
+    _, other, _ = _augment(_spec({**PARAPHRASE, "seed": 1234}), tmp_path / "c", monkeypatch, pvc_root)
+    assert _rows(first.train) == _rows(again.train)
+    assert _rows(first.train) != _rows(other.train)
+
+
+def test_a_second_run_reuses_the_cache_and_a_changed_setting_generates_again(
+    pvc_root, ending_model, generate_calls, monkeypatch, tmp_path
+):
+    _, first, results = _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
+    [cached] = (tmp_path / CACHE_DIR).glob("*.json")
+    assert len(generate_calls) == 1
+    _, again, results_again = _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
+    assert len(generate_calls) == 1, "a retry or resume generates nothing"
+    assert _rows(again.train) == _rows(first.train) and results_again == results
+    changed = {**PARAPHRASE, "paraphrase": {**PARAPHRASE["paraphrase"], "copies": 2}}
+    _augment(_spec(changed), tmp_path, monkeypatch, pvc_root)
+    assert len(generate_calls) == 2, "a changed setting makes new rows"
+    [current] = (tmp_path / CACHE_DIR).glob("*.json")
+    assert current != cached, "the other setting's rows are removed"
+
+
+def test_back_translation_goes_through_the_pivot_and_back(
+    pvc_root, ending_model, generate_calls, monkeypatch, tmp_path
+):
+    augmentation = {
+        "backTranslation": {
+            "model": {"pvc": {"claimName": MODEL_CLAIM, "path": ENDING_PATH}},
+            "sourceLanguage": "English",
+            "pivotLanguage": "French",
+            "maxNewTokens": 12,
+            "copies": 2,
+            "temperature": 1.0,
+        },
+        "fraction": 0.25,
+    }
+    data, augmented, [result] = _augment(_spec(augmentation, "facts-chat.jsonl"), tmp_path, monkeypatch, pvc_root)
+    chosen = round(len(data.train) * 0.25)
+    assert (result.kind, result.source_rows, result.generated) == ("backTranslation", chosen, chosen * 2)
+    dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+    assert result.added + dropped == result.generated
+    forward, back = generate_calls  # the chosen texts, then every pivot text that was not dropped
+    assert forward == chosen and result.added <= back <= chosen * 2
+    assert len(augmented.train) == len(data.train) + result.added
+    for row in augmented.train.select(range(len(data.train), len(augmented.train))):
+        assert row["completion"][0]["role"] == "assistant" and row["prompt"][-1]["role"] == "user"
+
+
+def test_text_rows_are_refused_with_a_clear_message(pvc_root, monkeypatch, tmp_path):
+    with pytest.raises(InvalidInputError, match="format text has no prompt to rewrite"):
+        _augment(_spec({"paraphrase": {}}, "facts-text.jsonl"), tmp_path, monkeypatch, pvc_root)
+
+
+def test_a_missing_augmentation_model_names_its_field(pvc_root, monkeypatch, tmp_path):
+    spec = _spec({"paraphrase": {"model": {"pvc": {"claimName": MODEL_CLAIM, "path": "nowhere"}}}})
+    with pytest.raises(Exception, match=r"spec\.dataset\.augmentation\.paraphrase\.model\.pvc: no model at"):
+        _augment(spec, tmp_path, monkeypatch, pvc_root)
+
+
+def test_a_training_run_reports_the_added_rows(pvc_root, ending_model, tmp_path):
+    """The whole trainer: rows added reach metrics.json (copied to the report and .status) and the model card."""
+    spec = base_spec(training={"maxSteps": 2, "loggingSteps": 1})
+    spec["dataset"] = {**spec["dataset"], "augmentation": PARAPHRASE}
+    output = tmp_path / "output"
+    assert run_in_process(write_spec(tmp_path, spec), output, pvc_root) == 0
+    metrics = json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())
+    [reported] = metrics["augmentation"]
+    assert reported["kind"] == "paraphrase" and reported["added"] > 0
+    card = (output / ADAPTER_DIR / "README.md").read_text()
+    assert f"{reported['added']} by paraphrase with pvc:{MODEL_CLAIM}/{ENDING_PATH}" in card
+    assert list((output / CACHE_DIR).glob("*.json")), "the rows are cached on the output volume"
+
