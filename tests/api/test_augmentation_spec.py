@@ -40,8 +40,16 @@ BACK = {"sourceLanguage": "Korean", "pivotLanguage": "English"}
         ({"paraphrase": {"copies": 17}}, "copies"),
         ({"paraphrase": {"model": {"name": "org/a", "pvc": {"claimName": "m"}}}}, "exactly one of name, pvc"),
     ],
-    ids=["nothing", "greedy-copies", "prompt-without-text", "same-language", "no-source-language", "fraction-0",
-         "too-many-copies", "two-model-sources"],
+    ids=[
+        "nothing",
+        "greedy-copies",
+        "prompt-without-text",
+        "same-language",
+        "no-source-language",
+        "fraction-0",
+        "too-many-copies",
+        "two-model-sources",
+    ],
 )
 def test_bad_augmentation_is_refused_with_the_field_and_the_rule(augmentation, expected):
     message = _error(augmentation)

@@ -73,8 +73,11 @@ def test_the_trainer_job_gets_what_the_augmentation_models_need(control_plane, r
     job = kube.wait_for(JOBS, ns, "sentiment-train", lambda j: j is not None, what="to be created")
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"] for v in pod["volumes"] if
-              "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims["models"].get("readOnly") is True  # the translator's claim, read-only
     env = {item["name"]: item for item in container["env"]}
     assert env["KUBETUNE_PARAPHRASE_HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "para-token", "key": "token"}

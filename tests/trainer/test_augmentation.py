@@ -64,8 +64,13 @@ def test_only_ended_new_different_texts_are_kept_and_each_drop_is_counted():
             "Sum it.",  # the input is the material the answer depends on: kept
             ALPACA_TEMPLATE.format(instruction="NEW", input="1 2"),
         ),
-        ("qa", QA_TEMPLATE, {"prompt": QA_TEMPLATE.format(question="Why?"), "completion": "Because."}, "Why?",
-         QA_TEMPLATE.format(question="NEW")),
+        (
+            "qa",
+            QA_TEMPLATE,
+            {"prompt": QA_TEMPLATE.format(question="Why?"), "completion": "Because."},
+            "Why?",
+            QA_TEMPLATE.format(question="NEW"),
+        ),
         ("qa", "Q: {question}\nA:", {"prompt": "Q: Who?\nA:", "completion": "Me."}, "Who?", "Q: NEW\nA:"),
     ],
     ids=["alpaca-no-input", "alpaca-input", "qa", "qa-custom-template"],
@@ -266,4 +271,3 @@ def test_a_training_run_reports_the_added_rows(pvc_root, ending_model, tmp_path)
     card = (output / ADAPTER_DIR / "README.md").read_text()
     assert f"{reported['added']} by paraphrase with pvc:{MODEL_CLAIM}/{ENDING_PATH}" in card
     assert list((output / CACHE_DIR).glob("*.json")), "the rows are cached on the output volume"
-

@@ -230,8 +230,11 @@ def generate_rows(
             rows.extend(counts.rows)
             results.append(counts.result())
         if settings.back_translation is not None:
-            names = [models[key].source.describe() for key in ("backTranslation.model", "backTranslation.reverseModel")
-                     if key in models]
+            names = [
+                models[key].source.describe()
+                for key in ("backTranslation.model", "backTranslation.reverseModel")
+                if key in models
+            ]
             counts = _Kind("backTranslation", " -> ".join(names), len(chosen))
             counts.not_rewritable = len(found) - len(targets)
             _back_translate(settings, targets, counts, generators, locations, seed + 2)
@@ -306,7 +309,9 @@ def augment_training_rows(
         for stale in folder.glob("*.json"):
             stale.unlink()  # another spec's or data's rows: never used by this run again
         _write_atomically(cache, {"rows": rows, "results": [result.to_wire() for result in results]})
-        log.info("augmentation: %d rows generated in %.1f s, cached in %s", len(rows), time.monotonic() - started, cache)
+        log.info(
+            "augmentation: %d rows generated in %.1f s, cached in %s", len(rows), time.monotonic() - started, cache
+        )
     elif not reused:
         _wait_for(cache)
     stored = json.loads(cache.read_text(encoding="utf-8"))

@@ -111,7 +111,9 @@ class TextGenerator:
             new = output if self.encoder_decoder else output[:, inputs["input_ids"].shape[1] :]
             decoded = [self._generated(row) for row in new.tolist()]
             results.extend(decoded[i : i + settings.copies] for i in range(0, len(decoded), settings.copies))
-            log.info("augmentation %s: batch %d/%d (%d texts x %d)", what, index + 1, batches, len(chunk), settings.copies)
+            log.info(
+                "augmentation %s: batch %d/%d (%d texts x %d)", what, index + 1, batches, len(chunk), settings.copies
+            )
         return results
 
     def _generated(self, tokens: list[int]) -> Generated:
