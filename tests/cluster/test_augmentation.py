@@ -7,12 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import ssl
+
 import pytest
 import yaml
+from kubetune_trainer.kube_status import KubeStatusClient
 
 from tests.support.kube.server import FTJ, JOBS
 
-from .helpers import condition, finetunejob, operator_requests, wait_phase
+from .helpers import condition, exists, finetunejob, operator_requests, wait_phase
 
 RUNTIMES = ("kubetune.dev/v1alpha1", "finetuneruntimes")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "augmentation.yaml"
@@ -94,3 +97,33 @@ def test_the_augmentation_example_is_admitted(kube, ns):
     augmentation = created["spec"]["dataset"]["augmentation"]
     assert augmentation["paraphrase"]["copies"] >= 1
     assert augmentation["backTranslation"]["pivotLanguage"]
+
+
+def test_the_rows_added_reach_the_finetunejob_status(control_plane, operator, kube, kubelet, ns, tmp_path):
+    """The trainer's augmentation report, sent with its own token to its report ConfigMap, is validated and copied
+    into .status.metrics by the operator, and the API server keeps it (the CRD schema has the field)."""
+    dataset = {"configMap": {"name": "facts", "key": "train.jsonl"}, "augmentation": {"paraphrase": {"copies": 2}}}
+    kube.create(FTJ, ns, finetunejob(ns, dataset=dataset))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    plane = control_plane.plane
+    (tmp_path / "token").write_text(plane.service_account_token(ns, "sentiment-trainer"))
+    context = ssl.create_default_context(cafile=str(plane.pki.ca))
+    trainer = KubeStatusClient(plane.url, ns, "sentiment-report", tmp_path / "token", context)
+    report = {
+        "kind": "paraphrase",
+        "model": "Qwen/Qwen2.5-0.5B-Instruct",
+        "sourceRows": 90,
+        "generated": 180,
+        "added": 171,
+        "droppedEmpty": 1,
+        "droppedUnchanged": 5,
+        "droppedDuplicate": 2,
+        "droppedTooLong": 1,
+        "notRewritable": 0,
+    }
+    metrics = {"trainLoss": 0.7, "augmentation": [report]}
+    assert trainer.patch_status({"metrics": metrics, "progress": {"step": 4, "totalSteps": 4, "percent": 100}})
+    copied = lambda ftj: (ftj or {}).get("status", {}).get("metrics") == metrics  # noqa: E731
+    kube.wait_for(FTJ, ns, "sentiment", copied, 30, what="to show the augmentation report")
