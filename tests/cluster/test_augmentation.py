@@ -4,10 +4,9 @@ and a FineTuneRuntime's allowedBaseModels refuses a disallowed augmentation mode
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
-
-import ssl
 
 import pytest
 import yaml
