@@ -23,12 +23,13 @@ from kubetune_trainer.device import DeviceInfo
 from kubetune_trainer.distributed import ProcessInfo
 from kubetune_trainer.errors import InvalidInputError
 
-from tests.support.tiny_model import build_tiny_model
+from tests.support.tiny_model import build_tiny_model, synthetic_facts
 from tests.trainer.helpers import MODEL_CLAIM, base_spec, run_in_process, write_spec
 
 MAIN = ProcessInfo(rank=0, world_size=1, local_world_size=1)
 CPU = DeviceInfo(kind="cpu")
 ENDING_PATH = "ending"
+TRANSLATION_PATH = "translator"
 
 
 # ---- the pure parts ------------------------------------------------------------------------------------------------
@@ -128,6 +129,44 @@ def ending_model(pvc_root: Path) -> Path:
         head = model.get_output_embeddings().weight
         head[:, 0] = 0.0
         head[eos, 0] = 0.4  # ~ln(450 * 0.25) / sqrt(hidden 128)
+    model.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def translation_model(pvc_root: Path) -> Path:
+    """A tiny Marian (opus-mt architecture) translation model with its sentencepiece tokenizer, built offline; its
+    final logits bias on eos ends most texts within a few tokens."""
+    import io
+
+    import sentencepiece
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    target = pvc_root / MODEL_CLAIM / TRANSLATION_PATH
+    target.mkdir(parents=True, exist_ok=True)
+    corpus = [fact.question for fact in synthetic_facts()] * 4
+    pieces = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=pieces, vocab_size=100, model_type="bpe", minloglevel=2,
+        eos_id=0, pad_id=1, unk_id=2, bos_id=-1, eos_piece="</s>", pad_piece="<pad>", unk_piece="<unk>",
+    )  # fmt: skip
+    for name in ("source.spm", "target.spm"):
+        (target / name).write_bytes(pieces.getvalue())
+    processor = sentencepiece.SentencePieceProcessor(model_proto=pieces.getvalue())
+    vocab = {processor.id_to_piece(index): index for index in range(processor.get_piece_size())}
+    (target / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    tokenizer = MarianTokenizer(str(target / "source.spm"), str(target / "target.spm"), str(target / "vocab.json"))
+    tokenizer.save_pretrained(target)
+    config = MarianConfig(
+        vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MarianMTModel(config)
+    with torch.no_grad():
+        model.final_logits_bias[0, tokenizer.eos_token_id] = 3.0
     model.save_pretrained(target)
     return target
 
@@ -246,6 +285,35 @@ def test_back_translation_goes_through_the_pivot_and_back(
     assert len(augmented.train) == len(data.train) + result.added
     for row in augmented.train.select(range(len(data.train), len(augmented.train))):
         assert row["completion"][0]["role"] == "assistant" and row["prompt"][-1]["role"] == "user"
+
+
+def test_a_translation_model_pair_back_translates_with_the_raw_text(
+    pvc_root, translation_model, generate_calls, monkeypatch, tmp_path, caplog
+):
+    """The tutorial's way: an opus-mt style encoder-decoder model each way, given the text without a prompt."""
+    translator = {"pvc": {"claimName": MODEL_CLAIM, "path": TRANSLATION_PATH}}
+    augmentation = {
+        "backTranslation": {
+            "model": translator,
+            "reverseModel": translator,
+            "sourceLanguage": "English",
+            "pivotLanguage": "German",
+            "maxNewTokens": 16,
+            "copies": 2,
+            "temperature": 1.0,
+        },
+        "fraction": 0.5,
+    }
+    caplog.set_level("INFO", logger="kubetune_trainer.augment_generation")
+    data, augmented, [result] = _augment(_spec(augmentation, "facts-qa.jsonl"), tmp_path, monkeypatch, pvc_root)
+    assert "(encoder-decoder)" in caplog.text
+    chosen = round(len(data.train) * 0.5)
+    dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+    assert (result.source_rows, result.generated, result.added + dropped) == (chosen, chosen * 2, chosen * 2)
+    assert result.added > 0 and len(augmented.train) == len(data.train) + result.added
+    assert result.model == f"pvc:{MODEL_CLAIM}/{TRANSLATION_PATH} -> pvc:{MODEL_CLAIM}/{TRANSLATION_PATH}"
+    for row in augmented.train.select(range(len(data.train), len(augmented.train))):
+        assert row["prompt"].startswith("### Instruction:\n") and row["completion"] in set(data.train["completion"])
 
 
 def test_text_rows_are_refused_with_a_clear_message(pvc_root, monkeypatch, tmp_path):
