@@ -24,12 +24,14 @@ from kubetune_trainer.distributed import ProcessInfo
 from kubetune_trainer.errors import InvalidInputError
 
 from tests.support.tiny_model import build_tiny_model, synthetic_facts
-from tests.trainer.helpers import MODEL_CLAIM, base_spec, run_in_process, write_spec
+from tests.trainer.helpers import DATA_CLAIM, MODEL_CLAIM, base_spec, run_in_process, write_spec
 
 MAIN = ProcessInfo(rank=0, world_size=1, local_world_size=1)
 CPU = DeviceInfo(kind="cpu")
 ENDING_PATH = "ending"
 TRANSLATION_PATH = "translator"
+INSTRUCTIONS, INSTRUCTIONS_QA = "augment-instructions.jsonl", "augment-instructions-qa.jsonl"
+INSTRUCTIONS_CHAT = "augment-instructions-chat.jsonl"
 
 
 # ---- the pure parts ------------------------------------------------------------------------------------------------
@@ -42,10 +44,19 @@ def test_only_ended_new_different_texts_are_kept_and_each_drop_is_counted():
         Generated("Where is the amber fox at home?", True),
         Generated("where is the amber fox at home?", True),  # the same as the copy before
         Generated("What is the amber fox's home?", True),
+        Generated("The amber fox lives in the north.", True),  # answered instead of rewritten
     ]
     kept = keep_outputs("Where does the amber fox live?", outputs, dropped)
     assert kept == ["Where is the amber fox at home?", "What is the amber fox's home?"]
-    assert dropped == Counter(unchanged=1, empty=1, too_long=1, duplicate=1)
+    assert dropped == Counter(unchanged=1, empty=1, too_long=1, duplicate=1, not_a_question=1)
+
+
+def test_a_question_must_stay_a_question_and_a_statement_may_become_anything():
+    dropped: Counter[str] = Counter()
+    full_width = "서울에는 몇 명이 사나요\uff1f"
+    assert keep_outputs("서울의 인구는?", [Generated(full_width, True)], dropped) == [full_width]
+    assert keep_outputs("Name the fox.", [Generated("Which fox is it?", True)], dropped) == ["Which fox is it?"]
+    assert not dropped
 
 
 @pytest.mark.parametrize(
@@ -185,7 +196,30 @@ def generate_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def _spec(augmentation: dict[str, Any], data_file: str = "facts.jsonl") -> FineTuneJobSpec:
+@pytest.fixture(scope="module")
+def instructions(pvc_root: Path) -> str:
+    """The facts as instructions, not questions ("Name the home of the amber fox."): a random tiny model never keeps
+    a question a question, so question rows would all be dropped (see keep_outputs)."""
+    rows = []
+    for fact in synthetic_facts() * 8:
+        subject = fact.question.removeprefix("Where does the ").removesuffix(" live?")
+        rows.append({"instruction": f"Name the home of the {subject}.", "input": "", "output": fact.answer})
+    lines = "".join(json.dumps(row) + "\n" for row in rows)
+    (pvc_root / DATA_CLAIM / INSTRUCTIONS).write_text(lines, encoding="utf-8")
+    qa = "".join(json.dumps({"question": row["instruction"], "answer": row["output"]}) + "\n" for row in rows)
+    (pvc_root / DATA_CLAIM / INSTRUCTIONS_QA).write_text(qa, encoding="utf-8")
+    chat = "".join(
+        json.dumps(
+            {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+        )
+        + "\n"
+        for r in rows
+    )
+    (pvc_root / DATA_CLAIM / INSTRUCTIONS_CHAT).write_text(chat, encoding="utf-8")
+    return INSTRUCTIONS
+
+
+def _spec(augmentation: dict[str, Any], data_file: str = "augment-instructions.jsonl") -> FineTuneJobSpec:
     wire = base_spec(data_file)
     wire["dataset"] = {**wire["dataset"], "evalFraction": 0.25, "augmentation": augmentation}
     return FineTuneJobSpec.model_validate(wire)
@@ -216,13 +250,13 @@ def _rows(dataset) -> list[str]:
 
 
 def test_paraphrases_are_added_to_the_training_rows_only_and_counted(
-    pvc_root, ending_model, generate_calls, monkeypatch, tmp_path
+    pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path
 ):
     data, augmented, results = _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
     [result] = results
     chosen = round(len(data.train) * 0.25)
     assert (result.kind, result.source_rows, result.generated) == ("paraphrase", chosen, chosen * 3)
-    dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+    dropped = result.total_dropped()
     assert result.added + dropped == result.generated
     assert result.added > 0, "the ending model finishes some texts: some rows must be added"
     assert len(augmented.train) == len(data.train) + result.added
@@ -237,7 +271,7 @@ def test_paraphrases_are_added_to_the_training_rows_only_and_counted(
     assert generate_calls == [chosen]  # one batch of every chosen row
 
 
-def test_same_seed_same_rows_other_seed_other_rows(pvc_root, ending_model, monkeypatch, tmp_path):
+def test_same_seed_same_rows_other_seed_other_rows(pvc_root, ending_model, instructions, monkeypatch, tmp_path):
     _, first, _ = _augment(_spec(PARAPHRASE), tmp_path / "a", monkeypatch, pvc_root)
     _, again, _ = _augment(_spec(PARAPHRASE), tmp_path / "b", monkeypatch, pvc_root)
     _, other, _ = _augment(_spec({**PARAPHRASE, "seed": 1234}), tmp_path / "c", monkeypatch, pvc_root)
@@ -246,7 +280,7 @@ def test_same_seed_same_rows_other_seed_other_rows(pvc_root, ending_model, monke
 
 
 def test_a_second_run_reuses_the_cache_and_a_changed_setting_generates_again(
-    pvc_root, ending_model, generate_calls, monkeypatch, tmp_path
+    pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path
 ):
     _, first, results = _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
     [cached] = (tmp_path / CACHE_DIR).glob("*.json")
@@ -262,7 +296,7 @@ def test_a_second_run_reuses_the_cache_and_a_changed_setting_generates_again(
 
 
 def test_back_translation_goes_through_the_pivot_and_back(
-    pvc_root, ending_model, generate_calls, monkeypatch, tmp_path
+    pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path
 ):
     augmentation = {
         "backTranslation": {
@@ -275,20 +309,20 @@ def test_back_translation_goes_through_the_pivot_and_back(
         },
         "fraction": 0.25,
     }
-    data, augmented, [result] = _augment(_spec(augmentation, "facts-chat.jsonl"), tmp_path, monkeypatch, pvc_root)
+    data, augmented, [result] = _augment(_spec(augmentation, INSTRUCTIONS_CHAT), tmp_path, monkeypatch, pvc_root)
     chosen = round(len(data.train) * 0.25)
     assert (result.kind, result.source_rows, result.generated) == ("backTranslation", chosen, chosen * 2)
-    dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+    dropped = result.total_dropped()
     assert result.added + dropped == result.generated
     forward, back = generate_calls  # the chosen texts, then every pivot text that was not dropped
-    assert forward == chosen and result.added <= back <= chosen * 2
+    assert forward == chosen and 0 < result.added <= back <= chosen * 2
     assert len(augmented.train) == len(data.train) + result.added
     for row in augmented.train.select(range(len(data.train), len(augmented.train))):
         assert row["completion"][0]["role"] == "assistant" and row["prompt"][-1]["role"] == "user"
 
 
 def test_a_translation_model_pair_back_translates_with_the_raw_text(
-    pvc_root, translation_model, generate_calls, monkeypatch, tmp_path, caplog
+    pvc_root, translation_model, instructions, generate_calls, monkeypatch, tmp_path, caplog
 ):
     """The tutorial's way: an opus-mt style encoder-decoder model each way, given the text without a prompt."""
     translator = {"pvc": {"claimName": MODEL_CLAIM, "path": TRANSLATION_PATH}}
@@ -305,10 +339,10 @@ def test_a_translation_model_pair_back_translates_with_the_raw_text(
         "fraction": 0.5,
     }
     caplog.set_level("INFO", logger="kubetune_trainer.augment_generation")
-    data, augmented, [result] = _augment(_spec(augmentation, "facts-qa.jsonl"), tmp_path, monkeypatch, pvc_root)
+    data, augmented, [result] = _augment(_spec(augmentation, INSTRUCTIONS_QA), tmp_path, monkeypatch, pvc_root)
     assert "(encoder-decoder)" in caplog.text
     chosen = round(len(data.train) * 0.5)
-    dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+    dropped = result.total_dropped()
     assert (result.source_rows, result.generated, result.added + dropped) == (chosen, chosen * 2, chosen * 2)
     assert result.added > 0 and len(augmented.train) == len(data.train) + result.added
     assert result.model == f"pvc:{MODEL_CLAIM}/{TRANSLATION_PATH} -> pvc:{MODEL_CLAIM}/{TRANSLATION_PATH}"
@@ -321,15 +355,15 @@ def test_text_rows_are_refused_with_a_clear_message(pvc_root, monkeypatch, tmp_p
         _augment(_spec({"paraphrase": {}}, "facts-text.jsonl"), tmp_path, monkeypatch, pvc_root)
 
 
-def test_a_missing_augmentation_model_names_its_field(pvc_root, monkeypatch, tmp_path):
+def test_a_missing_augmentation_model_names_its_field(pvc_root, instructions, monkeypatch, tmp_path):
     spec = _spec({"paraphrase": {"model": {"pvc": {"claimName": MODEL_CLAIM, "path": "nowhere"}}}})
     with pytest.raises(Exception, match=r"spec\.dataset\.augmentation\.paraphrase\.model\.pvc: no model at"):
         _augment(spec, tmp_path, monkeypatch, pvc_root)
 
 
-def test_a_training_run_reports_the_added_rows(pvc_root, ending_model, tmp_path):
+def test_a_training_run_reports_the_added_rows(pvc_root, ending_model, instructions, tmp_path):
     """The whole trainer: rows added reach metrics.json (copied to the report and .status) and the model card."""
-    spec = base_spec(training={"maxSteps": 2, "loggingSteps": 1})
+    spec = base_spec(INSTRUCTIONS, training={"maxSteps": 2, "loggingSteps": 1})
     spec["dataset"] = {**spec["dataset"], "augmentation": PARAPHRASE}
     output = tmp_path / "output"
     assert run_in_process(write_spec(tmp_path, spec), output, pvc_root) == 0

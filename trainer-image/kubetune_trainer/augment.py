@@ -44,6 +44,10 @@ CACHE_DIR = "augmentation"
 CACHE_VERSION = 1  # part of the key: a change of how rows are generated or stored makes new ones
 TRANSLATE_PROMPT = "Translate the following text into {language}. Reply with the translation only.\n\n{text}"
 WAIT_LOG_SECONDS = 60
+# Measured with SmolLM2-135M-Instruct: asked to rewrite "Where does the amber fox live?", it answered ("The amber fox
+# lives in the forest") for 16 questions of 16, whatever the instruction; such a prompt would pair a made-up answer
+# with the real one. So a question must stay a question (ASCII, full-width and Arabic question marks).
+QUESTION_MARKS = ("?", "\uff1f", "\u061f")
 Locations = dict[str, tuple[ModelLocation, str]]
 """Augmentation field ('paraphrase.model', ...) -> where its model loads from, and the field named in errors."""
 
@@ -52,15 +56,21 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
 
 
+def _is_question(text: str) -> bool:
+    return text.rstrip().endswith(QUESTION_MARKS)
+
+
 def keep_outputs(source: str, outputs: list[Generated], dropped: Counter[str]) -> list[str]:
-    """The outputs worth a new row: not empty, ended by the model, different from the source and from each other.
-    Every other one is counted in `dropped` under its reason."""
+    """The outputs worth a new row: not empty, ended by the model, still a question when the source is one,
+    different from the source and from each other. Every other one is counted in `dropped` under its reason."""
     kept: list[str] = []
     for output in outputs:
         if not output.text:
             dropped["empty"] += 1
         elif not output.finished:
             dropped["too_long"] += 1
+        elif _is_question(source) and not _is_question(output.text):
+            dropped["not_a_question"] += 1
         elif _same(output.text, source):
             dropped["unchanged"] += 1
         elif any(_same(output.text, other) for other in kept):
@@ -129,6 +139,7 @@ class _Kind:
             dropped_unchanged=self.dropped["unchanged"],
             dropped_duplicate=self.dropped["duplicate"],
             dropped_too_long=self.dropped["too_long"],
+            dropped_not_a_question=self.dropped["not_a_question"],
             not_rewritable=self.not_rewritable,
         )
 
@@ -249,7 +260,7 @@ def _log_results(results: list[AugmentationResult], reused: bool) -> None:
     for result in results:
         log.info(
             "augmentation %s (%s)%s: %d rows chosen, %d texts generated, %d rows added; dropped %d empty, "
-            "%d too long, %d unchanged, %d duplicate; %d rows without a prompt to rewrite",
+            "%d too long, %d no longer a question, %d unchanged, %d duplicate; %d rows without a prompt to rewrite",
             result.kind,
             result.model,
             " reused from the cache" if reused else "",
@@ -258,6 +269,7 @@ def _log_results(results: list[AugmentationResult], reused: bool) -> None:
             result.added,
             result.dropped_empty,
             result.dropped_too_long,
+            result.dropped_not_a_question,
             result.dropped_unchanged,
             result.dropped_duplicate,
             result.not_rewritable,

@@ -43,7 +43,7 @@ def _augmentation_line(metrics: TrainingMetrics) -> str:
         return ""
     parts = []
     for result in metrics.augmentation:
-        dropped = result.dropped_empty + result.dropped_unchanged + result.dropped_duplicate + result.dropped_too_long
+        dropped = result.total_dropped()
         parts.append(
             f"{result.added} by {result.kind} with {result.model} ({result.source_rows} rows chosen, "
             f"{result.generated} texts generated, {dropped} dropped)"

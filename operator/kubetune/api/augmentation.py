@@ -194,6 +194,20 @@ class AugmentationResult(ApiModel):
     dropped_too_long: int = Field(default=0, ge=0)
     """Generated texts dropped because they had not ended within maxNewTokens."""
 
+    dropped_not_a_question: int = Field(default=0, ge=0)
+    """Generated texts dropped because the source is a question (ends with ?) and they are not: small models often
+    answer the question instead of rewriting it, and an answer in the prompt would teach nothing true."""
+
+    def total_dropped(self) -> int:
+        """Generated texts dropped for any reason (added + total_dropped() == generated)."""
+        return (
+            self.dropped_empty
+            + self.dropped_unchanged
+            + self.dropped_duplicate
+            + self.dropped_too_long
+            + self.dropped_not_a_question
+        )
+
     not_rewritable: int = Field(default=0, ge=0)
     """Chosen rows left alone because their prompt has nothing to rewrite (a chat prompt without a user message,
     or a prompt that does not follow dataset.promptTemplate)."""
