@@ -295,6 +295,40 @@ def test_a_second_run_reuses_the_cache_and_a_changed_setting_generates_again(
     assert current != cached, "the other setting's rows are removed"
 
 
+def test_other_processes_wait_for_the_main_ones_rows_and_the_model_is_freed(
+    pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path
+):
+    """With several trainer processes only the main one generates; the others read its cache file. The
+    augmentation model is gone from memory before the training model would load."""
+    import gc
+    import threading
+    import weakref
+
+    models: list[weakref.ref] = []
+    original_init = augment_generation.TextGenerator.__init__
+
+    def remembering(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        models.append(weakref.ref(self.model))
+
+    monkeypatch.setattr(augment_generation.TextGenerator, "__init__", remembering)
+    monkeypatch.setenv(ENV_PVC_ROOT, str(pvc_root))
+    spec = _spec(PARAPHRASE)
+    data = prepare_data(spec.dataset, spec.training.seed)
+    second: dict[str, Any] = {}
+    other = ProcessInfo(rank=1, world_size=2, local_world_size=2)
+    waiter = threading.Thread(
+        target=lambda: second.update(rows=augment_training_rows(spec, data, tmp_path, other, CPU)[0].train)
+    )
+    waiter.start()
+    main_rows = augment_training_rows(spec, data, tmp_path, MAIN, CPU)[0].train
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and _rows(second["rows"]) == _rows(main_rows)
+    assert len(generate_calls) == 1, "only the main process generated"
+    gc.collect()
+    assert len(models) == 1 and models[0]() is None, "the augmentation model was freed"
+
+
 def test_back_translation_goes_through_the_pivot_and_back(
     pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path
 ):
