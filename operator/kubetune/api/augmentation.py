@@ -92,7 +92,7 @@ class BackTranslationSpec(GenerationSettings):
 
     reverse_model: ModelSource | None = None
     """The model that translates back from pivotLanguage; empty uses `model` (one multilingual instruct model does
-    both directions; a one-direction translation model needs its reverse here, e.g. Helsinki-NLP/opus-mt-en-ko)."""
+    both directions; a one-direction translation model needs one for the other direction here, or an instruct model)."""
 
     source_language: ShortText
     """Language of the dataset's prompts, as a name the model understands (e.g. 'Korean'); the back translation
