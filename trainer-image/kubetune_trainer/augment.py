@@ -258,6 +258,12 @@ def generate_rows(
 
 def _log_results(results: list[AugmentationResult], reused: bool) -> None:
     for result in results:
+        if result.generated and not result.added:
+            log.warning(
+                "augmentation %s added no rows: every generated text was dropped (see the counts below); a larger "
+                "instruct model, a higher maxNewTokens or another prompt may do better",
+                result.kind,
+            )
         log.info(
             "augmentation %s (%s)%s: %d rows chosen, %d texts generated, %d rows added; dropped %d empty, "
             "%d too long, %d no longer a question, %d unchanged, %d duplicate; %d rows without a prompt to rewrite",
