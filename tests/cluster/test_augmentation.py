@@ -85,8 +85,9 @@ def test_the_trainer_job_gets_what_the_augmentation_models_need(control_plane, r
     assert env["KUBETUNE_PARAPHRASE_HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "para-token", "key": "token"}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # the base model's, unchanged
     assert "KUBETUNE_BACK_TRANSLATION_HF_TOKEN" not in env  # a folder on a claim needs no token
-    ftj = kube.get(FTJ, ns, "sentiment")
-    assert condition(ftj, "Validated")["status"] == "True"
+    # The Job is created before the status says so: wait for the condition rather than read it once.
+    validated = lambda ftj: bool(ftj) and (condition(ftj, "Validated") or {}).get("status") == "True"  # noqa: E731
+    kube.wait_for(FTJ, ns, "sentiment", validated, 30, what="to be Validated")
 
 
 def test_the_augmentation_example_is_admitted(kube, ns):
