@@ -27,6 +27,8 @@ METRIC_LABELS = [
 
 def format_metrics(metrics: dict) -> str:
     parts = [f"{label} {fmt.format(metrics[key])}" for key, label, fmt in METRIC_LABELS if metrics.get(key) is not None]
+    # dataset.augmentation: the training rows each kind added (details in metrics.json and the model card)
+    parts += [f"{kind.get('added', 0)} rows added by {kind.get('kind')}" for kind in metrics.get("augmentation") or []]
     return ", ".join(parts) if parts else "no metrics reported"
 
 
