@@ -54,6 +54,8 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
     changed = {
         ("resources", "nodes"): 2,
         ("training", "neftuneNoiseAlpha"): 5.0,
+        ("training", "earlyStopping"): {"patience": 2},
+        ("training", "lossWeights"): {"terms": ["insulin"]},
         ("dataset", "augmentation"): {"paraphrase": {"copies": 2}},
     }.get(path, True if NEUTRAL_DEFAULTS[path] is False else None)
     assert changed is not None, f"give {'.'.join(path)} a changed value in this test"
@@ -62,6 +64,8 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
         extra = {"output": {"accessMode": "ReadWriteMany"}}
     if path == ("training", "loadBestModelAtEnd"):
         extra = {"training": {"evalSteps": 10, "saveSteps": 10, "loadBestModelAtEnd": True}}
+    if path == ("training", "earlyStopping"):
+        extra = {"training": {"evalSteps": 10, "saveSteps": 10, "earlyStopping": changed}}
     base = FineTuneJobSpec.model_validate(VALID_FTJ_SPEC)
     other = FineTuneJobSpec.model_validate(_with(path, changed) | extra)
     assert base.fingerprint() != other.fingerprint()

@@ -124,3 +124,5 @@ def test_serve_config_resolves_adapters_and_base(tmp_path: Path) -> None:
 def test_metrics_summary_skips_missing_values() -> None:
     assert format_metrics({"trainLoss": 0.5, "evalLoss": None, "steps": 40}) == "train loss 0.5000, steps 40"
     assert format_metrics({}) == "no metrics reported"
+    early = {"steps": 60, "publishedStep": 50, "stopReason": "EarlyStopped", "stopMessage": "eval loss did not improve"}
+    assert format_metrics(early) == "steps 60, published step 50, stopped: eval loss did not improve"

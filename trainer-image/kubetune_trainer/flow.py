@@ -28,6 +28,7 @@ from .configs import build_configs
 from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
+from .early_stopping import KubetuneEarlyStopping, stop_summary
 from .full_memory import check_full_training_memory
 from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
@@ -50,6 +51,7 @@ from .reporting import ProgressCallback, choose_sink
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, build_trainer, check_prompts_fit
 from .tracking import prepare_tracking
+from .weighted_loss import build_weighted_loss
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     tokenizer = load_tokenizer(location)
     for split, rows in (("train", data.train), ("eval", data.eval)):
         check_prompts_fit(split, rows, tokenizer, spec.training.max_seq_length)
+    loss_weights = spec.training.loss_weights  # tokenized before the model loads: a bad term fails fast
+    loss_func = build_weighted_loss(loss_weights, tokenizer) if loss_weights is not None else None
     if spec.method == "full":
         check_full_training_memory(spec, location, device)
     # Full fine-tuning keeps fp32 master weights (bf16/fp16 only in autocast): 16-bit weights would lose small updates.
@@ -123,7 +127,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
 
     progress = ProgressCallback(choose_sink(output_dir))
     callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]
-    trainer = build_trainer(model, tokenizer, configs, data.train, data.eval, callbacks, spec.training.max_seq_length)
+    early = KubetuneEarlyStopping.from_spec(spec.training.early_stopping) if spec.training.early_stopping else None
+    if early is not None:
+        callbacks.append(early)
+    trainer = build_trainer(
+        model, tokenizer, configs, data.train, data.eval, callbacks, spec.training.max_seq_length, loss_func
+    )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     started = time.monotonic()
@@ -136,7 +145,16 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
         raise watch.stopped(trainer.state.global_step)
     wall = time.monotonic() - started
     metrics = _final_metrics(trainer, result, spec, data, resumed=resume_from is not None, wall=wall, me=me)
-    metrics = metrics.model_copy(update={"augmentation": augmentation})
+    stop = stop_summary(spec, trainer.state.log_history, trainer.state.global_step, early.stopped_at if early else None)
+    log.info("training ended (%s): %s", stop.reason, stop.message)
+    metrics = metrics.model_copy(
+        update={
+            "stop_reason": stop.reason,
+            "stop_message": stop.message,
+            "best_step": stop.best_step,
+            "augmentation": augmentation,
+        }
+    )
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
     summary: dict[str, Any] = {}
@@ -223,12 +241,13 @@ def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
     reloaded it), else the one the Trainer ran at the last step (epoch or evalSteps schedule), else a new one:
     evaluating the same weights twice costs a full pass over the evaluation rows for nothing."""
     if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
-        log.info(
-            "publishing the best checkpoint %s (eval loss %.4f)",
-            trainer.state.best_model_checkpoint,
-            trainer.state.best_metric,
-        )
-        return {"eval_loss": trainer.state.best_metric}
+        # The best checkpoint's own evaluation: with saveSteps above evalSteps the best evaluated step may have no
+        # checkpoint, and the Trainer then publishes the best saved one, whose loss is not state.best_metric.
+        published = _published_step(trainer)
+        logged = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == published]
+        loss = logged[-1]["eval_loss"] if logged else trainer.state.best_metric
+        log.info("publishing the best checkpoint %s (eval loss %.4f)", trainer.state.best_model_checkpoint, loss)
+        return {"eval_loss": loss}
     last = trainer.state.log_history[-3:]
     for entry in reversed(last):
         if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:

@@ -67,6 +67,27 @@ def _lora_modules(spec: FineTuneJobSpec) -> str:
     return modules
 
 
+def _controls_rows(spec: FineTuneJobSpec) -> str:
+    """Table rows for training.earlyStopping and training.lossWeights, when set."""
+    rows = ""
+    if (early := spec.training.early_stopping) is not None:
+        rows += f"| Early stopping | patience {early.patience} evaluations, threshold {early.threshold:g} |\n"
+    if (weights := spec.training.loss_weights) is not None:
+        terms = ", ".join(f"`{term}`" for term in weights.terms)
+        rows += f"| Loss weights | x{weights.weight:g} on the tokens of {terms} (training loss only) |\n"
+    return rows
+
+
+def _stop_rows(metrics: TrainingMetrics) -> str:
+    """Why training ended and which step's weights these are."""
+    rows = ""
+    if metrics.stop_reason is not None:
+        rows += f"| Stopped | {metrics.stop_reason}: {metrics.stop_message} |\n"
+    if metrics.published_step is not None:
+        rows += f"| Published step | {metrics.published_step} |\n"
+    return rows
+
+
 def _value(number: float | int | None, digits: int = 4) -> str:
     if number is None:
         return "n/a"
@@ -136,7 +157,7 @@ skipped). {_length_line(lengths, training.max_seq_length)}
 | Precision | {manifest.get("precision")} on {manifest.get("device")} |
 | Loss | {"completion only" if training.completion_only_loss and data.format != "text" else "full sequence"} |
 | Seed | {training.seed} |
-
+{_controls_rows(spec)}
 ## Results
 
 | Metric | Value |
@@ -148,7 +169,7 @@ skipped). {_length_line(lengths, training.max_seq_length)}
 | BLEU | {_value(metrics.bleu)} |
 | Steps | {_value(metrics.steps)} |
 | Loss-bearing tokens / s | {_value(metrics.tokens_per_second, 1)} |
-{generation}
+{_stop_rows(metrics)}{generation}
 ## Usage
 
 ```python

@@ -5,7 +5,8 @@ clear message when no row is left."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -156,15 +157,21 @@ def build_trainer(
     evaluation: Dataset | None,
     callbacks: Sequence[TrainerCallback],
     max_seq_length: int,
+    compute_loss_func: Callable | None = None,
 ) -> KubetuneSFTTrainer:
-    """The trainer with the LoRA adapter attached (trl applies `configs.lora` to the model)."""
-    return KubetuneSFTTrainer(
-        model=model,
-        args=configs.sft,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=configs.lora,
-        callbacks=list(callbacks),
-        max_seq_length=max_seq_length,
-    )
+    """The trainer with the LoRA adapter attached (trl applies `configs.lora` to the model). `compute_loss_func`
+    replaces the plain loss (training.lossWeights); trl 1.x still supports it, with a deprecation warning for 2.0
+    that is filtered here (the pin is trl<2), since users cannot act on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`compute_loss_func` is deprecated", category=FutureWarning)
+        return KubetuneSFTTrainer(
+            model=model,
+            args=configs.sft,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=configs.lora,
+            callbacks=list(callbacks),
+            max_seq_length=max_seq_length,
+            compute_loss_func=compute_loss_func,
+        )

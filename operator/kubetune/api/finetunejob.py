@@ -26,6 +26,7 @@ from .queueing import WorkloadMetadata
 from .sources import ModelSource, PvcPath, QuantizationSpec, SecretKeyRef, Toleration, exactly_one
 from .storage import ModelCacheSpec
 from .tracking import TrackingSpec
+from .training_controls import EarlyStoppingSpec, LossWeightsSpec, StopReason
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALL_LINEAR = "all-linear"
@@ -55,6 +56,8 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("training", "ligerKernel"): False,
     ("training", "neftuneNoiseAlpha"): None,
     ("training", "loadBestModelAtEnd"): False,
+    ("training", "earlyStopping"): None,
+    ("training", "lossWeights"): None,
     ("dataset", "augmentation"): None,
 }
 
@@ -214,7 +217,18 @@ class TrainingSpec(ApiModel):
                     "rule": "!has(self.loadBestModelAtEnd) || !self.loadBestModelAtEnd || (has(self.evalSteps) && "
                     "(!has(self.saveSteps) || self.saveSteps % self.evalSteps == 0))",
                     "message": "loadBestModelAtEnd needs evalSteps and saveSteps a multiple of it",
-                }
+                },
+                {
+                    "rule": "!has(self.earlyStopping) || (has(self.evalSteps) && "
+                    "(!has(self.saveSteps) || self.saveSteps % self.evalSteps == 0))",
+                    "message": "earlyStopping needs evalSteps and saveSteps a multiple of it (it publishes the best "
+                    "checkpoint)",
+                },
+                {
+                    "rule": "!has(self.lossWeights) || !has(self.ligerKernel) || !self.ligerKernel",
+                    "message": "lossWeights and ligerKernel cannot be combined (Liger's fused loss builds no logits "
+                    "to weigh)",
+                },
             ]
         }
     }
@@ -297,6 +311,24 @@ class TrainingSpec(ApiModel):
     neftune_noise_alpha: float | None = Field(default=None, gt=0, le=100)
     """NEFTune: add uniform noise of this scale to the input embeddings while training (TRL neftune_noise_alpha;
     5 is the paper's value), which often improves instruction following on small datasets. Empty: off."""
+
+    early_stopping: EarlyStoppingSpec | None = None
+    """Stop when the evaluation loss has not improved for `patience` evaluations and publish the best checkpoint
+    (implies loadBestModelAtEnd). Needs evaluation rows and evalSteps, with saveSteps a multiple of it. Empty: off."""
+
+    loss_weights: LossWeightsSpec | None = None
+    """Make the listed words count more in the training loss. Empty: every answer token weighs the same."""
+
+    @model_validator(mode="after")
+    def _training_controls(self) -> TrainingSpec:
+        if self.early_stopping is not None and (self.eval_steps is None or self.save_steps % self.eval_steps):
+            raise ValueError(
+                "earlyStopping needs evalSteps and saveSteps a multiple of it (it publishes the best checkpoint; got "
+                f"evalSteps {self.eval_steps}, saveSteps {self.save_steps})"
+            )
+        if self.loss_weights is not None and self.liger_kernel:
+            raise ValueError("lossWeights and ligerKernel cannot be combined (Liger's fused loss builds no logits)")
+        return self
 
     @model_validator(mode="after")
     def _packing(self) -> TrainingSpec:
@@ -403,7 +435,13 @@ class FineTuneJobSpec(ApiModel):
                 {
                     "rule": "self.method == 'qlora' ? has(self.quantization) : !has(self.quantization)",
                     "message": "quantization is required with method qlora and not allowed with methods lora and full",
-                }
+                },
+                {
+                    "rule": "!has(self.training) || !has(self.training.earlyStopping) || has(self.dataset.evalSplit) "
+                    "|| !has(self.dataset.evalFraction) || self.dataset.evalFraction > 0.0",
+                    "message": "training.earlyStopping needs evaluation rows: dataset.evalFraction above 0 or "
+                    "dataset.evalSplit",
+                },
             ]
         }
     }
@@ -503,6 +541,15 @@ class FineTuneJobSpec(ApiModel):
         return self
 
     @model_validator(mode="after")
+    def _evaluation_for_early_stopping(self) -> FineTuneJobSpec:
+        no_eval_rows = self.dataset.eval_split is None and not self.dataset.eval_fraction
+        if self.training.early_stopping is not None and no_eval_rows:
+            raise ValueError(
+                "training.earlyStopping needs evaluation rows: dataset.evalFraction above 0 or dataset.evalSplit"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _quantization_matches_method(self) -> FineTuneJobSpec:
         if self.method == "qlora" and self.quantization is None:
             raise ValueError(
@@ -590,6 +637,17 @@ class TrainingMetrics(ApiModel):
     published_step: int | None = Field(default=None, ge=0)
     """Step of the published weights: the checkpoint with the lowest evalLoss with training.loadBestModelAtEnd
     (evalLoss is then that checkpoint's), else the last step."""
+
+    best_step: int | None = Field(default=None, ge=0)
+    """Evaluated step with the lowest evaluation loss; empty without evaluation during training. With earlyStopping
+    or loadBestModelAtEnd it is the published step when saveSteps equals evalSteps (else the best saved one is)."""
+
+    stop_reason: StopReason | None = None
+    """Why training ended: EarlyStopped (training.earlyStopping), MaxSteps (training.maxSteps reached) or Epochs
+    (training.epochs completed)."""
+
+    stop_message: str | None = Field(default=None, max_length=1024)
+    """Why training ended, in words (e.g. how long the evaluation loss did not improve, and its best value)."""
 
     augmentation: list[AugmentationResult] | None = Field(default=None, max_length=2)
     """Rows added to the training rows by dataset.augmentation, per kind, and the generated texts dropped."""

@@ -17,6 +17,7 @@ METRIC_LABELS = [
     ("perplexity", "perplexity", "{:.2f}"),
     ("steps", "steps", "{}"),
     ("publishedStep", "published step", "{}"),
+    ("stopMessage", "stopped:", "{}"),
     ("trainTokens", "loss tokens", "{}"),
     ("tokensPerSecond", "tokens/s", "{:.1f}"),
     ("wallSeconds", "wall time (s)", "{:.1f}"),
