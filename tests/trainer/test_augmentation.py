@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.runtime import ADAPTER_DIR, ENV_PVC_ROOT, METRICS_FILE
 from kubetune_trainer import augment_generation
@@ -23,14 +22,14 @@ from kubetune_trainer.device import DeviceInfo
 from kubetune_trainer.distributed import ProcessInfo
 from kubetune_trainer.errors import InvalidInputError
 
-from tests.support.tiny_model import build_tiny_model, synthetic_facts
+from tests.support.augmentation_models import build_ending_model, build_tiny_translation_model, write_instruction_rows
 from tests.trainer.helpers import DATA_CLAIM, MODEL_CLAIM, base_spec, run_in_process, write_spec
 
 MAIN = ProcessInfo(rank=0, world_size=1, local_world_size=1)
 CPU = DeviceInfo(kind="cpu")
 ENDING_PATH = "ending"
 TRANSLATION_PATH = "translator"
-INSTRUCTIONS, INSTRUCTIONS_QA = "augment-instructions.jsonl", "augment-instructions-qa.jsonl"
+INSTRUCTIONS, INSTRUCTIONS_QA = "augment-instructions-alpaca.jsonl", "augment-instructions-qa.jsonl"
 INSTRUCTIONS_CHAT = "augment-instructions-chat.jsonl"
 
 
@@ -126,60 +125,12 @@ def test_rows_are_chosen_by_seed_and_fraction():
 # ---- with a tiny model ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ending_model(pvc_root: Path) -> Path:
-    """The tiny model made to end its texts: a constant direction in every embedding, read only by the eos row of
-    the output head, gives eos a steady ~20% per token while the other tokens stay random. A random tiny model
-    almost never ends within a few tokens, so every output would be dropped as too long."""
-    from transformers import AutoModelForCausalLM
-
-    target = pvc_root / MODEL_CLAIM / ENDING_PATH
-    build_tiny_model(target, seed=3)
-    model = AutoModelForCausalLM.from_pretrained(target)
-    eos = model.config.eos_token_id
-    with torch.no_grad():
-        model.get_input_embeddings().weight[:, 0] = 50.0
-        head = model.get_output_embeddings().weight
-        head[:, 0] = 0.0
-        head[eos, 0] = 0.4  # ~ln(450 * 0.25) / sqrt(hidden 128)
-    model.save_pretrained(target)
-    return target
+    return build_ending_model(pvc_root / MODEL_CLAIM / ENDING_PATH)
 
 
 @pytest.fixture(scope="module")
 def translation_model(pvc_root: Path) -> Path:
-    """A tiny Marian (opus-mt architecture) translation model with its sentencepiece tokenizer, built offline; its
-    final logits bias on eos ends most texts within a few tokens."""
-    import io
-
-    import sentencepiece
-    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
-
-    target = pvc_root / MODEL_CLAIM / TRANSLATION_PATH
-    target.mkdir(parents=True, exist_ok=True)
-    corpus = [fact.question for fact in synthetic_facts()] * 4
-    pieces = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=pieces, vocab_size=100, model_type="bpe", minloglevel=2,
-        eos_id=0, pad_id=1, unk_id=2, bos_id=-1, eos_piece="</s>", pad_piece="<pad>", unk_piece="<unk>",
-    )  # fmt: skip
-    for name in ("source.spm", "target.spm"):
-        (target / name).write_bytes(pieces.getvalue())
-    processor = sentencepiece.SentencePieceProcessor(model_proto=pieces.getvalue())
-    vocab = {processor.id_to_piece(index): index for index in range(processor.get_piece_size())}
-    (target / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    tokenizer = MarianTokenizer(str(target / "source.spm"), str(target / "target.spm"), str(target / "vocab.json"))
-    tokenizer.save_pretrained(target)
-    config = MarianConfig(
-        vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = MarianMTModel(config)
-    with torch.no_grad():
-        model.final_logits_bias[0, tokenizer.eos_token_id] = 3.0
-    model.save_pretrained(target)
-    return target
+    return build_tiny_translation_model(pvc_root / MODEL_CLAIM / TRANSLATION_PATH)
 
 
 @pytest.fixture
@@ -198,28 +149,12 @@ def generate_calls(monkeypatch) -> list[int]:
 
 @pytest.fixture(scope="module")
 def instructions(pvc_root: Path) -> str:
-    """The facts as instructions, not questions ("Name the home of the amber fox."): a random tiny model never keeps
-    a question a question, so question rows would all be dropped (see keep_outputs)."""
-    rows = []
-    for fact in synthetic_facts() * 8:
-        subject = fact.question.removeprefix("Where does the ").removesuffix(" live?")
-        rows.append({"instruction": f"Name the home of the {subject}.", "input": "", "output": fact.answer})
-    lines = "".join(json.dumps(row) + "\n" for row in rows)
-    (pvc_root / DATA_CLAIM / INSTRUCTIONS).write_text(lines, encoding="utf-8")
-    qa = "".join(json.dumps({"question": row["instruction"], "answer": row["output"]}) + "\n" for row in rows)
-    (pvc_root / DATA_CLAIM / INSTRUCTIONS_QA).write_text(qa, encoding="utf-8")
-    chat = "".join(
-        json.dumps(
-            {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
-        )
-        + "\n"
-        for r in rows
-    )
-    (pvc_root / DATA_CLAIM / INSTRUCTIONS_CHAT).write_text(chat, encoding="utf-8")
+    """Instruction rows (not questions) in alpaca, qa and chat files on the data claim."""
+    write_instruction_rows(pvc_root / DATA_CLAIM)
     return INSTRUCTIONS
 
 
-def _spec(augmentation: dict[str, Any], data_file: str = "augment-instructions.jsonl") -> FineTuneJobSpec:
+def _spec(augmentation: dict[str, Any], data_file: str = INSTRUCTIONS) -> FineTuneJobSpec:
     wire = base_spec(data_file)
     wire["dataset"] = {**wire["dataset"], "evalFraction": 0.25, "augmentation": augmentation}
     return FineTuneJobSpec.model_validate(wire)
