@@ -12,7 +12,9 @@ import pytest
 import yaml
 from kubetune_trainer.kube_status import KubeStatusClient
 
+from tests.support.augmentation_models import build_ending_model, write_instruction_rows
 from tests.support.kube.server import FTJ, JOBS
+from tests.support.tiny_model import build_tiny_model
 
 from .helpers import condition, exists, finetunejob, operator_requests, wait_phase
 
@@ -128,3 +130,42 @@ def test_the_rows_added_reach_the_finetunejob_status(control_plane, operator, ku
     assert trainer.patch_status({"metrics": metrics, "progress": {"step": 4, "totalSteps": 4, "percent": 100}})
     copied = lambda ftj: (ftj or {}).get("status", {}).get("metrics") == metrics  # noqa: E731
     kube.wait_for(FTJ, ns, "sentiment", copied, 30, what="to show the augmentation report")
+
+
+@pytest.mark.slow
+def test_the_trainer_pod_paraphrases_with_a_model_on_its_own_claim(operator, kube, kubelet, ns, tmp_path):
+    """The real trainer, run from the Job's pod spec by the fake kubelet: the augmentation model's claim is mounted
+    where the trainer looks for it, the rows are generated and cached on the output claim, and the count reaches
+    the FineTuneJob's status."""
+    claims = tmp_path / "claims"
+    build_tiny_model(claims / "models" / "tiny")
+    build_ending_model(claims / "paraphrasers" / "ending")
+    rows = write_instruction_rows(claims / "data")["alpaca"]
+    augmentation = {
+        "paraphrase": {
+            "model": {"pvc": {"claimName": "paraphrasers", "path": "ending"}},
+            "copies": 2,
+            "temperature": 1.0,
+            "maxNewTokens": 12,
+        },
+        "fraction": 0.25,
+    }
+    dataset = {"pvc": {"claimName": "data", "path": rows.name}, "format": "alpaca", "augmentation": augmentation}
+    spec = {
+        "baseModel": {"pvc": {"claimName": "models", "path": "tiny"}},
+        "dataset": dataset,
+        "training": {"maxSteps": 2, "batchSize": 8, "gradientAccumulationSteps": 1},
+        "resources": {"gpus": 0, "cpu": "2", "memory": "4Gi"},
+    }
+    kube.create(FTJ, ns, finetunejob(ns, **spec))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists, 30, "to be created")
+    run = kubelet.run_job(ns, "sentiment-train", tmp_path / "trainer-pod", claims_root=claims)
+    assert run.returncode == 0, run.stderr[-3000:]
+    status = wait_phase(kube, ns, "sentiment", "Succeeded", "Failed")["status"]
+    assert status["phase"] == "Succeeded", status
+    [reported] = status["metrics"]["augmentation"]
+    assert reported["kind"] == "paraphrase" and reported["model"] == "pvc:paraphrasers/ending"
+    assert reported["added"] > 0 and reported["generated"] == reported["sourceRows"] * 2
+    adapter = status["output"]["pvc"]
+    run_folder = claims / adapter["claimName"] / adapter["path"]
+    assert list((run_folder.parent / "augmentation").glob("*.json")), "cached beside the adapter, on the output claim"
