@@ -134,9 +134,10 @@ def test_the_rows_added_reach_the_finetunejob_status(control_plane, operator, ku
 
 @pytest.mark.slow
 def test_the_trainer_pod_paraphrases_with_a_model_on_its_own_claim(operator, kube, kubelet, ns, tmp_path):
-    """The real trainer, run from the Job's pod spec by the fake kubelet: the augmentation model's claim is mounted
-    where the trainer looks for it, the rows are generated and cached on the output claim, and the count reaches
-    the FineTuneJob's status."""
+    """The real trainer, run from the Job's pod spec (command, args, env) by the fake kubelet: it loads the
+    augmentation model from its claim, generates and caches the rows on the output claim, trains, and the count
+    reaches the FineTuneJob's status. (The host harness shows every claim folder to the pod, so that the claim is
+    mounted at all is checked on the Job above, in test_the_trainer_job_gets_what_the_augmentation_models_need.)"""
     claims = tmp_path / "claims"
     build_tiny_model(claims / "models" / "tiny")
     build_ending_model(claims / "paraphrasers" / "ending")
