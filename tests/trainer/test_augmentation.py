@@ -230,6 +230,24 @@ def test_a_second_run_reuses_the_cache_and_a_changed_setting_generates_again(
     assert current != cached, "the other setting's rows are removed"
 
 
+def test_a_replaced_model_generates_again(pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path):
+    """The cache key names the model's files (size, modification time): new weights in the same folder are a
+    different model."""
+    import os
+
+    _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
+    _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
+    assert len(generate_calls) == 1
+    weights = ending_model / "model.safetensors"
+    stat = weights.stat()
+    try:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        _augment(_spec(PARAPHRASE), tmp_path, monkeypatch, pvc_root)
+        assert len(generate_calls) == 2
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_other_processes_wait_for_the_main_ones_rows_and_the_model_is_freed(
     pvc_root, ending_model, instructions, generate_calls, monkeypatch, tmp_path
 ):
