@@ -45,7 +45,7 @@ CACHE_VERSION = 1  # part of the key: a change of how rows are generated or stor
 TRANSLATE_PROMPT = "Translate the following text into {language}. Reply with the translation only.\n\n{text}"
 WAIT_LOG_SECONDS = 60
 # Measured with SmolLM2-135M-Instruct: asked to rewrite "Where does the amber fox live?", it answered ("The amber fox
-# lives in the forest") for 16 questions of 16, whatever the instruction; such a prompt would pair a made-up answer
+# lives in the forest") for 16 questions of 16, with both instructions tried; such a prompt would pair a made-up answer
 # with the real one. So a question must stay a question (ASCII, full-width and Arabic question marks).
 QUESTION_MARKS = ("?", "\uff1f", "\u061f")
 Locations = dict[str, tuple[ModelLocation, str]]
