@@ -56,8 +56,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest; `format` and `promptTemplate` let a server build prompts exactly as in training
     (alpaca rows with an empty input use `promptTemplateWithoutInput` unless a custom template was given)."""
-    custom = spec.dataset.prompt_template is not None
-    return {
+    custom = spec.dataset.prompt_template is not None or any(s.prompt_template for s in spec.dataset.mix or [])
+    manifest = {
         "specHash": spec_hash(spec),
         "datasetFingerprint": data.fingerprint,
         "datasetSource": data.source,
@@ -76,3 +76,24 @@ def build_manifest(
         "libraries": library_versions(),
         "completedAt": now_rfc3339(),
     }
+    if data.mix is not None:
+        manifest["mixSources"] = mix_sources_manifest(data)
+    return manifest
+
+
+def mix_sources_manifest(data: PreparedData) -> list[dict[str, Any]]:
+    """Per mix source what a server needs to build its prompts (format, template, task prefix) and what it gave."""
+    assert data.mix is not None
+    return [
+        {
+            "name": source.name,
+            "source": source.description,
+            "format": source.format,
+            "promptTemplate": source.prompt_template,
+            "taskPrefix": source.task_prefix,
+            "probability": data.mix.probabilities[source.name],
+            "trainRows": data.mix.rows_per_source[source.name],
+            "evalRows": len(data.eval_by_source[source.name]) if source.name in data.eval_by_source else 0,
+        }
+        for source in data.sources
+    ]
