@@ -13,10 +13,10 @@ import pytest
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.runtime import ADAPTER_DIR, ENV_PVC_ROOT, METRICS_FILE
 from kubetune_trainer import augment_generation
-from kubetune_trainer.augment import CACHE_DIR, augment_training_rows, choose_rows, keep_outputs
+from kubetune_trainer.augment import CACHE_DIR, augment_sources, choose_rows, keep_outputs
 from kubetune_trainer.augment_generation import Generated
 from kubetune_trainer.augment_prompts import rewritable
-from kubetune_trainer.data import prepare_data
+from kubetune_trainer.data import combine_sources, prepare_sources
 from kubetune_trainer.data_formats import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, QA_TEMPLATE
 from kubetune_trainer.device import DeviceInfo
 from kubetune_trainer.distributed import ProcessInfo
@@ -111,6 +111,16 @@ def test_chat_rewrites_the_last_user_message_only():
     assert rewritable({"prompt": [{"role": "system", "content": "x"}], "completion": []}, "chat", None) is None
 
 
+def test_a_task_prefix_is_kept_out_of_the_rewrite_and_put_back():
+    row = {"prompt": ALPACA_TEMPLATE_NO_INPUT.format(instruction="[med] Name the fox."), "completion": "amber"}
+    found = rewritable(row, "alpaca", ALPACA_TEMPLATE, task_prefix="[med] ")
+    assert found is not None and found.text == "Name the fox."
+    assert found.rebuild("NEW")["prompt"] == ALPACA_TEMPLATE_NO_INPUT.format(instruction="[med] NEW")
+    chat = {"prompt": [{"role": "user", "content": "[med] Hi"}], "completion": [{"role": "assistant", "content": "x"}]}
+    found = rewritable(chat, "chat", None, task_prefix="[med] ")
+    assert found is not None and found.rebuild("Hello")["prompt"][0]["content"] == "[med] Hello"
+
+
 def test_a_prompt_that_does_not_follow_the_template_is_left_alone():
     assert rewritable({"prompt": "free text", "completion": "x"}, "qa", QA_TEMPLATE) is None
 
@@ -173,11 +183,13 @@ PARAPHRASE = {
 }
 
 
-def _augment(spec: FineTuneJobSpec, output: Path, monkeypatch, pvc_root: Path):
+def _augment(spec: FineTuneJobSpec, output: Path, monkeypatch, pvc_root: Path, me: ProcessInfo = MAIN):
+    """The trainer's data step with augmentation: (the rows without it, the rows with it, the report)."""
     monkeypatch.setenv(ENV_PVC_ROOT, str(pvc_root))
-    data = prepare_data(spec.dataset, spec.training.seed)
-    augmented, results = augment_training_rows(spec, data, output, MAIN, CPU)
-    return data, augmented, results
+    sources = prepare_sources(spec.dataset, spec.training.seed)
+    augmented, results = augment_sources(spec, sources, output, me, CPU)
+    seed = spec.training.seed
+    return combine_sources(spec.dataset, sources, seed), combine_sources(spec.dataset, augmented, seed), results
 
 
 def _rows(dataset) -> list[str]:
@@ -265,16 +277,14 @@ def test_other_processes_wait_for_the_main_ones_rows_and_the_model_is_freed(
         models.append(weakref.ref(self.model))
 
     monkeypatch.setattr(augment_generation.TextGenerator, "__init__", remembering)
-    monkeypatch.setenv(ENV_PVC_ROOT, str(pvc_root))
     spec = _spec(PARAPHRASE)
-    data = prepare_data(spec.dataset, spec.training.seed)
     second: dict[str, Any] = {}
     other = ProcessInfo(rank=1, world_size=2, local_world_size=2)
     waiter = threading.Thread(
-        target=lambda: second.update(rows=augment_training_rows(spec, data, tmp_path, other, CPU)[0].train)
+        target=lambda: second.update(rows=_augment(spec, tmp_path, monkeypatch, pvc_root, other)[1].train)
     )
     waiter.start()
-    main_rows = augment_training_rows(spec, data, tmp_path, MAIN, CPU)[0].train
+    main_rows = _augment(spec, tmp_path, monkeypatch, pvc_root)[1].train
     waiter.join(timeout=60)
     assert not waiter.is_alive() and _rows(second["rows"]) == _rows(main_rows)
     assert len(generate_calls) == 1, "only the main process generated"
@@ -335,6 +345,33 @@ def test_a_translation_model_pair_back_translates_with_the_raw_text(
     assert result.model == f"pvc:{MODEL_CLAIM}/{TRANSLATION_PATH} -> pvc:{MODEL_CLAIM}/{TRANSLATION_PATH}"
     for row in augmented.train.select(range(len(data.train), len(augmented.train))):
         assert row["prompt"].startswith("### Instruction:\n") and row["completion"] in set(data.train["completion"])
+
+
+def test_each_mix_source_is_augmented_before_the_mix_and_keeps_its_task_prefix(
+    pvc_root, ending_model, instructions, monkeypatch, tmp_path
+):
+    mix = [
+        {"name": "facts", "pvc": {"claimName": DATA_CLAIM, "path": INSTRUCTIONS}, "taskPrefix": "[facts] "},
+        {"name": "quiz", "pvc": {"claimName": DATA_CLAIM, "path": INSTRUCTIONS_QA}, "taskPrefix": "[quiz] "},
+    ]
+    wire = base_spec()
+    wire["dataset"] = {"mix": mix, "mixUntil": "all_exhausted", "evalFraction": 0.25, "augmentation": PARAPHRASE}
+    spec = FineTuneJobSpec.model_validate(wire)
+    monkeypatch.setenv(ENV_PVC_ROOT, str(pvc_root))
+    sources = prepare_sources(spec.dataset, spec.training.seed)
+    augmented, [result] = augment_sources(spec, sources, tmp_path, MAIN, CPU)
+    assert result.source_rows == sum(round(len(source.train) * 0.25) for source in sources)
+    assert result.generated == result.source_rows * 3 and result.added + result.total_dropped() == result.generated
+    assert result.added > 0
+    for before, after in zip(sources, augmented, strict=True):
+        assert _rows(after.eval) == _rows(before.eval), "evaluation rows are never augmented"
+        new = list(after.train)[len(before.train) :]
+        prefix = "### Instruction:\n" + before.task_prefix
+        assert all(row["prompt"].startswith(prefix) for row in new), (before.name, new[:2])
+    added = [len(after.train) - len(before.train) for before, after in zip(sources, augmented, strict=True)]
+    assert sum(added) == result.added
+    mixed = combine_sources(spec.dataset, augmented, spec.training.seed)
+    assert len(mixed.train) >= sum(len(source.train) for source in augmented)  # all_exhausted draws every row
 
 
 def test_text_rows_are_refused_with_a_clear_message(pvc_root, monkeypatch, tmp_path):

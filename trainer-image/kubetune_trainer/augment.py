@@ -1,10 +1,11 @@
 """dataset.augmentation: new training rows made by paraphrase and back-translation, before training.
 
-Runs on the training rows after the evaluation rows were split off (evaluation rows are never augmented: an
-evaluation on generated copies of itself would measure the generator, not the adapter). The new rows are cached on
-the output volume under a key of (training rows, augmentation settings, seed, model identities), so a retry or a
-resumed run reuses them instead of generating again, and any change of those makes new ones. Only the main process
-generates; the others wait for its cache file (the output volume is shared by every process of a run).
+Runs on each source's training rows after its evaluation rows were split off and before a dataset.mix interleaves
+the sources (evaluation rows are never augmented: an evaluation on generated copies of itself would measure the
+generator, not the adapter); a source's task prefix is kept out of the rewritten text and put back. The new rows are
+cached on the output volume under a key of (training rows, augmentation settings, seed, model identities), so a
+retry or a resumed run reuses them instead of generating again, and any change of those makes new ones. Only the
+main process generates; the others wait for its cache file (the output volume is shared by every process of a run).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from kubetune.api.runtime import AUGMENTATION_TOKEN_ENV, ENV_HF_TOKEN
 
 from .augment_generation import Generated, TextGenerator
 from .augment_prompts import Rewritable, rewritable
-from .data import PreparedData
+from .data import SINGLE_SOURCE, SourceRows
 from .data_formats import fingerprint
 from .device import DeviceInfo
 from .distributed import ProcessInfo
@@ -81,7 +82,10 @@ def keep_outputs(source: str, outputs: list[Generated], dropped: Counter[str]) -
 
 
 def choose_rows(count: int, fraction: float, seed: int) -> list[int]:
-    """Indices of the rows to augment: `fraction` of them (at least one), chosen with `seed`, in row order."""
+    """Indices of the rows to augment: `fraction` of them (at least one of a non-empty source), chosen with `seed`,
+    in row order."""
+    if count == 0:
+        return []
     chosen = max(1, round(count * fraction))
     return sorted(random.Random(seed).sample(range(count), chosen)) if chosen < count else list(range(count))
 
@@ -105,15 +109,23 @@ def model_identity(location: ModelLocation) -> dict[str, Any]:
     return {"folder": location.path, "files": files}
 
 
-def cache_key(train: Dataset, settings: AugmentationSpec, seed: int, identities: dict[str, Any]) -> str:
+def cache_key(sources: list[SourceRows], settings: AugmentationSpec, seed: int, identities: dict[str, Any]) -> str:
     described = {
         "version": CACHE_VERSION,
-        "rows": fingerprint(train),
+        "rows": {source.name: fingerprint(source.train) for source in sources},
         "settings": settings.model_dump(mode="json", by_alias=True),
         "seed": seed,
         "models": identities,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A chosen training row with a prompt to rewrite, and the source it belongs to."""
+
+    source: str
+    row: Rewritable
 
 
 @dataclass
@@ -126,7 +138,8 @@ class _Kind:
     generated: int = 0
     not_rewritable: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """(source name, new row)."""
 
     def result(self) -> AugmentationResult:
         return AugmentationResult(
@@ -163,23 +176,28 @@ class _Generators:
             self.current = self.loaded = None
 
 
+def _keep(target: _Target, generated: list[Generated], counts: _Kind) -> None:
+    kept = keep_outputs(target.row.text, generated, counts.dropped)
+    counts.rows.extend((target.source, target.row.rebuild(text)) for text in kept)
+
+
 def _paraphrase(
-    spec: AugmentationSpec, targets: list[tuple[int, Rewritable]], counts: _Kind, generator: TextGenerator, seed: int
+    spec: AugmentationSpec, targets: list[_Target], counts: _Kind, generator: TextGenerator, seed: int
 ) -> None:
     settings = spec.paraphrase
     assert settings is not None
-    texts = [target.text for _, target in targets]
+    texts = [target.row.text for target in targets]
     outputs = generator.generate(
         texts, settings.prompt or DEFAULT_PARAPHRASE_PROMPT, settings, seed, spec.batch_size, "paraphrase"
     )
-    for (_, target), generated in zip(targets, outputs, strict=True):
+    for target, generated in zip(targets, outputs, strict=True):
         counts.generated += len(generated)
-        counts.rows.extend(target.rebuild(text) for text in keep_outputs(target.text, generated, counts.dropped))
+        _keep(target, generated, counts)
 
 
 def _back_translate(
     spec: AugmentationSpec,
-    targets: list[tuple[int, Rewritable]],
+    targets: list[_Target],
     counts: _Kind,
     generators: _Generators,
     locations: Locations,
@@ -190,7 +208,7 @@ def _back_translate(
     forward_prompt = TRANSLATE_PROMPT.replace("{language}", settings.pivot_language)
     forward_location, forward_field = locations["backTranslation.model"]
     forward = generators.get(forward_location, forward_field)
-    texts = [target.text for _, target in targets]
+    texts = [target.row.text for target in targets]
     pivots = forward.generate(texts, forward_prompt, settings, seed, spec.batch_size, "back-translation (forward)")
     # A translation that is empty or cut off has nothing sound to translate back: dropped at the first step.
     pending: list[tuple[int, str]] = []
@@ -214,28 +232,38 @@ def _back_translate(
     for (position, _), generated in zip(pending, backs, strict=True):
         by_target.setdefault(position, []).extend(generated)
     for position, generated in sorted(by_target.items()):
-        target = targets[position][1]
-        counts.rows.extend(target.rebuild(text) for text in keep_outputs(target.text, generated, counts.dropped))
+        _keep(targets[position], generated, counts)
+
+
+def _targets(sources: list[SourceRows], fraction: float, seed: int) -> tuple[int, list[_Target]]:
+    """How many rows were chosen (`fraction` of each source's, with the seed), and those with a prompt to rewrite."""
+    chosen, targets = 0, []
+    for source in sources:
+        indices = choose_rows(len(source.train), fraction, seed)
+        chosen += len(indices)
+        for index in indices:
+            found = rewritable(source.train[index], source.format, source.prompt_template, source.task_prefix)
+            if found is not None:
+                targets.append(_Target(source.name, found))
+    return chosen, targets
 
 
 def generate_rows(
-    spec: FineTuneJobSpec, data: PreparedData, locations: Locations, device: DeviceInfo
-) -> tuple[list[dict[str, Any]], list[AugmentationResult]]:
-    """The new rows of every configured kind, and what each kind added and dropped."""
+    spec: FineTuneJobSpec, sources: list[SourceRows], locations: Locations, device: DeviceInfo
+) -> tuple[list[tuple[str, dict[str, Any]]], list[AugmentationResult]]:
+    """The new rows of every configured kind with their source's name, and what each kind added and dropped."""
     settings = spec.dataset.augmentation
     assert settings is not None
     seed = spec.training.seed if settings.seed is None else settings.seed
-    chosen = choose_rows(len(data.train), settings.fraction, seed)
-    found = [(index, rewritable(data.train[index], data.format, data.prompt_template)) for index in chosen]
-    targets = [(index, target) for index, target in found if target is not None]
+    chosen, targets = _targets(sources, settings.fraction, seed)
     models = {model.field: model for model in settings.models(spec.base_model)}
     generators = _Generators(device)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
     results: list[AugmentationResult] = []
     try:
         if settings.paraphrase is not None:
-            counts = _Kind("paraphrase", models["paraphrase.model"].source.describe(), len(chosen))
-            counts.not_rewritable = len(found) - len(targets)
+            counts = _Kind("paraphrase", models["paraphrase.model"].source.describe(), chosen)
+            counts.not_rewritable = chosen - len(targets)
             generator = generators.get(*locations["paraphrase.model"])
             _paraphrase(settings, targets, counts, generator, seed)
             rows.extend(counts.rows)
@@ -246,8 +274,8 @@ def generate_rows(
                 for key in ("backTranslation.model", "backTranslation.reverseModel")
                 if key in models
             ]
-            counts = _Kind("backTranslation", " -> ".join(names), len(chosen))
-            counts.not_rewritable = len(found) - len(targets)
+            counts = _Kind("backTranslation", " -> ".join(names), chosen)
+            counts.not_rewritable = chosen - len(targets)
             _back_translate(settings, targets, counts, generators, locations, seed + 2)
             rows.extend(counts.rows)
             results.append(counts.result())
@@ -298,18 +326,20 @@ def _wait_for(path: Path) -> None:
             log.info("waiting %.0f s for the main process to write %s", waited, path)
 
 
-def augment_training_rows(
-    spec: FineTuneJobSpec, data: PreparedData, output_dir: Path, me: ProcessInfo, device: DeviceInfo
-) -> tuple[PreparedData, list[AugmentationResult] | None]:
-    """`data` with the augmented rows appended to its training rows (evaluation rows untouched), and the report;
-    `data` itself and None when dataset.augmentation is not set."""
+def augment_sources(
+    spec: FineTuneJobSpec, sources: list[SourceRows], output_dir: Path, me: ProcessInfo, device: DeviceInfo
+) -> tuple[list[SourceRows], list[AugmentationResult] | None]:
+    """Each source with its augmented rows appended to its training rows (evaluation rows untouched), and the
+    report; `sources` themselves and None when dataset.augmentation is not set."""
     settings = spec.dataset.augmentation
     if settings is None:
-        return data, None
-    if data.format == "text":
+        return sources, None
+    text = [source.name for source in sources if source.format == "text"]
+    if text:
+        which = "" if text == [SINGLE_SOURCE] else f" (dataset.mix source {', '.join(text)})"
         raise InvalidInputError(
-            "dataset.augmentation needs prompt/completion rows (format alpaca, qa or chat): format text has no "
-            "prompt to rewrite apart from what is trained; remove dataset.augmentation or use another format"
+            f"dataset.augmentation needs prompt/completion rows (format alpaca, qa or chat): format text{which} has "
+            "no prompt to rewrite apart from what is trained; remove dataset.augmentation or use another format"
         )
     seed = spec.training.seed if settings.seed is None else settings.seed
     locations: Locations = {}
@@ -318,15 +348,16 @@ def augment_training_rows(
         locations[model.field] = (locate_model(model.source, where, token_env(model)), where)
     identities = {key: model_identity(location) for key, (location, _) in locations.items()}
     folder = output_dir / CACHE_DIR
-    cache = folder / f"{cache_key(data.train, settings, seed, identities)}.json"
+    cache = folder / f"{cache_key(sources, settings, seed, identities)}.json"
     reused = cache.is_file()
     if not reused and me.is_main:
         started = time.monotonic()
-        rows, results = generate_rows(spec, data, locations, device)
+        rows, results = generate_rows(spec, sources, locations, device)
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.json"):
             stale.unlink()  # another spec's or data's rows: never used by this run again
-        _write_atomically(cache, {"rows": rows, "results": [result.to_wire() for result in results]})
+        by_source = {source.name: [row for name, row in rows if name == source.name] for source in sources}
+        _write_atomically(cache, {"rows": by_source, "results": [result.to_wire() for result in results]})
         log.info(
             "augmentation: %d rows generated in %.1f s, cached in %s", len(rows), time.monotonic() - started, cache
         )
@@ -335,7 +366,11 @@ def augment_training_rows(
     stored = json.loads(cache.read_text(encoding="utf-8"))
     results = [AugmentationResult.model_validate(result) for result in stored["results"]]
     _log_results(results, reused)
-    if not stored["rows"]:
-        return data, results
-    train = concatenate_datasets([data.train, Dataset.from_list(stored["rows"], features=data.train.features)])
-    return replace(data, train=train, fingerprint=fingerprint(train, data.eval)), results
+    return [_with_rows(source, stored["rows"].get(source.name) or []) for source in sources], results
+
+
+def _with_rows(source: SourceRows, rows: list[dict[str, Any]]) -> SourceRows:
+    if not rows:
+        return source
+    added = Dataset.from_list(rows, features=source.train.features)
+    return replace(source, train=concatenate_datasets([source.train, added]))

@@ -3,7 +3,9 @@
 Only the prompt side is rewritten and the completion is kept word for word: a paraphrased question still has the
 same answer, while a paraphrased answer could stop being correct (a changed number, name or step), and the
 completion is what the loss trains. What is rewritten per format: the instruction of alpaca rows (their input is
-often the material the answer quotes), the question of qa rows, and the last user message of a chat prompt.
+often the material the answer quotes), the question of qa rows, and the last user message of a chat prompt. A
+dataset.mix source's task prefix (which starts the instruction, question or first user message) is not rewritten: it
+is taken off the text and put back on the new one, so the new row still says which task it is.
 """
 
 from __future__ import annotations
@@ -79,11 +81,22 @@ def _from_chat(row: dict[str, Any]) -> Rewritable | None:
     return Rewritable(messages[last]["content"], rebuild)
 
 
-def rewritable(row: dict[str, Any], fmt: str, template: str | None) -> Rewritable | None:
-    """The prompt text of a formatted alpaca, qa or chat row, or None when there is none to rewrite (a chat prompt
-    without a user message, a prompt that does not follow the template)."""
+def _without_prefix(found: Rewritable | None, prefix: str | None) -> Rewritable | None:
+    if found is None or not prefix or not found.text.startswith(prefix):
+        return found
+    rest = found.text[len(prefix) :]
+    if not rest.strip():
+        return None
+    return Rewritable(rest, lambda text: found.rebuild(prefix + text))
+
+
+def rewritable(
+    row: dict[str, Any], fmt: str, template: str | None, task_prefix: str | None = None
+) -> Rewritable | None:
+    """The prompt text of a formatted alpaca, qa or chat row (without the source's task prefix), or None when there
+    is none to rewrite (a chat prompt without a user message, a prompt that does not follow the template)."""
     if fmt == "chat":
-        return _from_chat(row)
+        return _without_prefix(_from_chat(row), task_prefix)
     if fmt in REWRITTEN_FIELD and isinstance(row.get("prompt"), str):
-        return _from_template(row, fmt, template)
+        return _without_prefix(_from_template(row, fmt, template), task_prefix)
     return None
