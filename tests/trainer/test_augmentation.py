@@ -374,6 +374,22 @@ def test_each_mix_source_is_augmented_before_the_mix_and_keeps_its_task_prefix(
     assert len(mixed.train) >= sum(len(source.train) for source in augmented)  # all_exhausted draws every row
 
 
+def test_rows_without_a_prompt_to_rewrite_are_counted_and_load_no_model(
+    pvc_root, ending_model, instructions, monkeypatch, tmp_path
+):
+    """When no chosen row has a prompt to rewrite, they are counted as notRewritable and no model is loaded."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("no augmentation model may be loaded")
+
+    monkeypatch.setattr("kubetune_trainer.augment.rewritable", lambda *args: None)
+    monkeypatch.setattr(augment_generation.TextGenerator, "__init__", never)
+    spec = _spec({"paraphrase": {"model": {"pvc": {"claimName": MODEL_CLAIM, "path": ENDING_PATH}}}, "fraction": 0.5})
+    data, augmented, [result] = _augment(spec, tmp_path, monkeypatch, pvc_root)
+    assert (result.not_rewritable, result.generated, result.added) == (round(len(data.train) * 0.5), 0, 0)
+    assert _rows(augmented.train) == _rows(data.train)
+
+
 def test_text_rows_are_refused_with_a_clear_message(pvc_root, monkeypatch, tmp_path):
     with pytest.raises(InvalidInputError, match="format text has no prompt to rewrite"):
         _augment(_spec({"paraphrase": {}}, "facts-text.jsonl"), tmp_path, monkeypatch, pvc_root)

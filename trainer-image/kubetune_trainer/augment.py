@@ -264,8 +264,8 @@ def generate_rows(
         if settings.paraphrase is not None:
             counts = _Kind("paraphrase", models["paraphrase.model"].source.describe(), chosen)
             counts.not_rewritable = chosen - len(targets)
-            generator = generators.get(*locations["paraphrase.model"])
-            _paraphrase(settings, targets, counts, generator, seed)
+            if targets:  # no model is loaded when no chosen row has a prompt to rewrite
+                _paraphrase(settings, targets, counts, generators.get(*locations["paraphrase.model"]), seed)
             rows.extend(counts.rows)
             results.append(counts.result())
         if settings.back_translation is not None:
@@ -276,7 +276,8 @@ def generate_rows(
             ]
             counts = _Kind("backTranslation", " -> ".join(names), chosen)
             counts.not_rewritable = chosen - len(targets)
-            _back_translate(settings, targets, counts, generators, locations, seed + 2)
+            if targets:
+                _back_translate(settings, targets, counts, generators, locations, seed + 2)
             rows.extend(counts.rows)
             results.append(counts.result())
     finally:
