@@ -55,10 +55,12 @@ class TextGenerator:
         self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device.is_cuda else "cpu"
         dtype = (torch.bfloat16 if device.bf16_supported else torch.float16) if device.is_cuda else torch.float32
         auto = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
+        placement = {"": self.device} if device.is_cuda else None
         try:
             self.model = with_retries(
                 f"loading the augmentation model from {location.path!r}",
-                lambda: auto.from_pretrained(location.path, dtype=dtype, **location.kwargs()),
+                # Straight onto the GPU (device_map), not through a copy in host memory.
+                lambda: auto.from_pretrained(location.path, dtype=dtype, device_map=placement, **location.kwargs()),
             )
         except NetworkError:
             raise
@@ -67,7 +69,7 @@ class TextGenerator:
                 f"{field}: cannot load {location.path!r} as a {'translation' if self.encoder_decoder else 'causal'} "
                 f"model: {type(error).__name__}: {error}"
             ) from error
-        self.model.to(self.device).eval()
+        self.model.eval()
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
