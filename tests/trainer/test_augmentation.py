@@ -92,22 +92,24 @@ def test_the_prompt_side_is_rewritten_and_the_answer_kept(fmt, template, row, te
     assert found.rebuild("NEW") == {"prompt": rewritten, "completion": row["completion"]}
 
 
-def test_chat_rewrites_the_last_user_message_only():
+def test_chat_rewrites_the_first_user_message_only():
+    """The message that starts the conversation: every assistant turn's row (completion-only loss makes one per
+    turn) then has a context that differs from the original's, instead of repeating the earlier turns unchanged."""
     row = {
         "prompt": [
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"},
             {"role": "user", "content": "Where does the fox live?"},
+            {"role": "assistant", "content": "north"},
+            {"role": "user", "content": "And the owl?"},
         ],
-        "completion": [{"role": "assistant", "content": "north"}],
+        "completion": [{"role": "assistant", "content": "south"}],
     }
     found = rewritable(row, "chat", None)
     assert found is not None and found.text == "Where does the fox live?"
     rebuilt = found.rebuild("NEW")
-    assert [m["content"] for m in rebuilt["prompt"]] == ["Be brief.", "Hi", "Hello", "NEW"]
+    assert [m["content"] for m in rebuilt["prompt"]] == ["Be brief.", "NEW", "north", "And the owl?"]
     assert rebuilt["completion"] == row["completion"]
-    assert row["prompt"][-1]["content"] == "Where does the fox live?", "the source row is not changed"
+    assert row["prompt"][1]["content"] == "Where does the fox live?", "the source row is not changed"
     assert rewritable({"prompt": [{"role": "system", "content": "x"}], "completion": []}, "chat", None) is None
 
 

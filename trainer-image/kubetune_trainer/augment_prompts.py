@@ -3,7 +3,10 @@
 Only the prompt side is rewritten and the completion is kept word for word: a paraphrased question still has the
 same answer, while a paraphrased answer could stop being correct (a changed number, name or step), and the
 completion is what the loss trains. What is rewritten per format: the instruction of alpaca rows (their input is
-often the material the answer quotes), the question of qa rows, and the last user message of a chat prompt. A
+often the material the answer quotes), the question of qa rows, and the first user message of a chat conversation,
+the one that starts it: with completion-only loss every assistant turn becomes a row of its own whose context begins
+with that message, so every turn of an augmented conversation differs from the original (rewriting a later message
+would repeat the earlier turns unchanged, which only weighs them double). A
 dataset.mix source's task prefix (which starts the instruction, question or first user message) is not rewritten: it
 is taken off the text and put back on the new one, so the new row still says which task it is.
 """
@@ -69,16 +72,16 @@ def _from_template(row: dict[str, Any], fmt: str, template: str | None) -> Rewri
 def _from_chat(row: dict[str, Any]) -> Rewritable | None:
     messages = row["prompt"]
     users = [index for index, message in enumerate(messages) if message["role"] == "user"]
-    if not users or not messages[users[-1]]["content"].strip():
+    if not users or not messages[users[0]]["content"].strip():
         return None
-    last = users[-1]
+    first = users[0]
 
     def rebuild(text: str) -> dict[str, Any]:
         changed = [dict(message) for message in messages]
-        changed[last]["content"] = text
+        changed[first]["content"] = text
         return {**row, "prompt": changed}
 
-    return Rewritable(messages[last]["content"], rebuild)
+    return Rewritable(messages[first]["content"], rebuild)
 
 
 def _without_prefix(found: Rewritable | None, prefix: str | None) -> Rewritable | None:
