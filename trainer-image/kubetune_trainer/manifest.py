@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from importlib import metadata
 from typing import Any
 
@@ -22,12 +20,10 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
 
 
 def checkpoint_spec_hash(spec: FineTuneJobSpec) -> str:
-    """Hash of what shapes the training run: the whole spec except `suspend`, the one field that may change
-    while the run goes on (suspending and resuming must find its checkpoints again)."""
-    wire = spec.model_dump(mode="json", by_alias=True)
-    wire.pop("suspend", None)
-    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    """Hash of what shapes the training run: the fingerprint (no placement; fields added later at their neutral
+    default left out, so an operator upgrade keeps a running job's checkpoints) of the spec with `suspend` unset,
+    the one field that may change while the run goes on (suspending and resuming must find its checkpoints)."""
+    return spec.model_copy(update={"suspend": False}).fingerprint()
 
 
 def run_identity(spec: FineTuneJobSpec, data: PreparedData) -> dict[str, str]:
