@@ -54,6 +54,7 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
     changed = {
         ("resources", "nodes"): 2,
         ("training", "neftuneNoiseAlpha"): 5.0,
+        ("evaluation", "humanEvalSamples"): 8,
     }.get(path, True if NEUTRAL_DEFAULTS[path] is False else None)
     assert changed is not None, f"give {'.'.join(path)} a changed value in this test"
     extra: dict[str, Any] = {}
