@@ -10,6 +10,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,6 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     # Full fine-tuning keeps fp32 master weights (bf16/fp16 only in autocast): 16-bit weights would lose small updates.
     weights = "fp32" if spec.method == "full" else configs.precision
     model = load_model(location, weights, device, configs.quantization, configs.gradient_checkpointing)
-    base_load = (configs.precision, device, None, False)  # the untrained base for inference (human-eval sheet)
 
     progress = ProgressCallback(choose_sink(output_dir))
     callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]
@@ -153,7 +153,8 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
             device_name=device.name,
             steps=trainer.state.global_step,
         )
-        sheet = _human_eval(spec, trainer, tokenizer, data, output_dir, lambda: load_model(location, *base_load))
+        untrained_base = partial(load_model, location, configs.precision, device, None, False)  # for inference
+        sheet = _human_eval(spec, trainer, tokenizer, data, output_dir, untrained_base)
         curves = draw_loss_curves(trainer.state.log_history, partial_adapter_dir(output_dir) / LOSS_CURVES_FILE)
         card = render_model_card(
             spec,

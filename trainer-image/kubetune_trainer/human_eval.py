@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def write_human_eval(
     if "prompt" not in rows.column_names:
         log.warning("evaluation.humanEvalSamples needs prompt/answer data; skipped for text data")
         return None
+    started = time.monotonic()
     chosen = pick_rows(rows, samples, seed)
     model.eval()
     finetuned = [greedy_answer(model, tokenizer, row, max_new_tokens) for row in chosen]
@@ -82,7 +84,8 @@ def write_human_eval(
             prompt = readable_prompt(row["prompt"])
             writer.writerow((number, prompt, reference_text(row).strip(), base_answer, answer, "", ""))
     temporary.replace(path)
-    log.info("human-evaluation sheet with %d prompts written to %s", len(chosen), path)
+    seconds = time.monotonic() - started
+    log.info("human-evaluation sheet with %d prompts written to %s in %.1f s", len(chosen), path, seconds)
     return HumanEvalExport(path, len(chosen))
 
 
