@@ -187,6 +187,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("target", metavar="ftj/NAME", help="the FineTuneJob (ftj/NAME or NAME)")
     parser.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
-    parser.add_argument("--output", "-o", help="folder to write the files to (default: ./NAME-results)")
+    parser.add_argument("--output", help="folder to write the files to (default: ./NAME-results)")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
     parser.set_defaults(handler=_results)

@@ -44,8 +44,10 @@ def _write_outputs(output: Path) -> dict[str, bytes]:
     return {name: path.read_bytes() for name, path in files.items()}
 
 
-def _results(kubeconfig: Path, ns: str, target: Path, capsys) -> tuple[int, str, str]:
-    code = main(["results", "ftj/sentiment", "-n", ns, "--output", str(target), "--kubeconfig", str(kubeconfig)])
+def _results(kubeconfig: Path, ns: str | None, target: Path, capsys) -> tuple[int, str, str]:
+    """Run the CLI; without `ns` it takes the kubeconfig context's namespace, as kubectl does."""
+    namespace = ["-n", ns] if ns else []
+    code = main(["results", "ftj/sentiment", *namespace, "--output", str(target), "--kubeconfig", str(kubeconfig)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -58,7 +60,7 @@ def test_results_are_fetched_with_a_kubeconfig_once_the_job_succeeded(
     kubelet.start_job(ns, "sentiment-train")
     wait_phase(kube, ns, "sentiment", "Running")
     plane = control_plane.plane
-    kubeconfig = plane.write_admin_kubeconfig(tmp_path / "user.kubeconfig")
+    kubeconfig = plane.write_admin_kubeconfig(tmp_path / "user.kubeconfig", namespace=ns)
     target = tmp_path / "fetched"
 
     code, out, err = _results(kubeconfig, ns, target, capsys)
@@ -79,7 +81,7 @@ def test_results_are_fetched_with_a_kubeconfig_once_the_job_succeeded(
     status = wait_phase(kube, ns, "sentiment", "Succeeded")["status"]
     assert status["metrics"] == metrics and "results" not in json.dumps(status), "the status holds no result files"
 
-    code, out, err = _results(kubeconfig, ns, target, capsys)
+    code, out, err = _results(kubeconfig, None, target, capsys)
     assert code == 0, err
     written = [Path(line) for line in out.splitlines()]
     assert [path.name for path in written] == [MODEL_CARD_FILE, METRICS_FILE, LOSS_CURVES_FILE, HUMAN_EVAL_FILE]
@@ -92,5 +94,6 @@ def test_results_are_fetched_with_a_kubeconfig_once_the_job_succeeded(
     assert f"the first {len(rows) - 1} of {len(SHEET_ROWS)} rows" in err
     assert str(tmp_path / "output" / HUMAN_EVAL_FILE) in err, "where the whole sheet is"
 
-    code = main(["results", "ftj/nope", "-n", ns, "--kubeconfig", str(kubeconfig)])
+    other = plane.write_admin_kubeconfig(tmp_path / "default.kubeconfig")
+    code = main(["results", "ftj/nope", "-n", ns, "--kubeconfig", str(other)])
     assert code == 1 and f"no FineTuneJob 'nope' in namespace '{ns}'" in capsys.readouterr().err
