@@ -187,3 +187,28 @@ def test_files_not_written_are_removed_and_oversized_ones_only_indexed(tmp_path:
     index = json.loads(patch["data"]["results"])["files"]
     assert index == {MODEL_CARD_FILE: {"volumePath": str(tmp_path / MODEL_CARD_FILE), "leftOutBytes": 100}}
     assert cut_sheet(b"", 10).rows == 0
+
+
+def test_an_answer_cut_inside_a_character_loses_the_partial_character():
+    """maxNewTokens can stop inside a Hangul syllable's byte tokens: the sheet shows 아마, not 아마\ufffd."""
+    from transformers import BatchEncoding
+
+    class Tokenizer:
+        pad_token_id = eos_token_id = 0
+
+        def __call__(self, text: str, **_) -> BatchEncoding:
+            return BatchEncoding({"input_ids": torch.tensor([[1, 2]])})
+
+        def decode(self, ids, **_) -> str:
+            return " 아마\ufffd" if len(ids) == 2 else " 아마 \ufffd\ufffd"
+
+    class Model(torch.nn.Module):
+        def __init__(self, tokens: int) -> None:
+            super().__init__()
+            self.weight, self.tokens = torch.nn.Parameter(torch.zeros(1)), tokens
+
+        def generate(self, **_) -> torch.Tensor:
+            return torch.ones(1, 2 + self.tokens, dtype=torch.long)
+
+    assert greedy_answer(Model(2), Tokenizer(), {"prompt": "p"}, 2) == "아마"
+    assert greedy_answer(Model(3), Tokenizer(), {"prompt": "p"}, 3) == "아마"

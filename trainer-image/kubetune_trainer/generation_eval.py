@@ -87,7 +87,8 @@ def score(predictions: list[str], references: list[str]) -> tuple[float, float]:
 
 @torch.no_grad()
 def greedy_answer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, row: dict, max_new_tokens: int) -> str:
-    """The model's greedy answer to one row's prompt (rendered as in training), stripped."""
+    """The model's greedy answer to one row's prompt (rendered as in training), stripped; an answer cut at
+    max_new_tokens inside a multi-byte character loses the partial character (U+FFFD) it would end with."""
     device = next(model.parameters()).device
     encoded = tokenizer(prompt_text(row, tokenizer), return_tensors="pt", add_special_tokens=False).to(device)
     output = model.generate(
@@ -97,7 +98,8 @@ def greedy_answer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ro
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    answer = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    return answer.rstrip().rstrip("\ufffd").strip()
 
 
 @torch.no_grad()
