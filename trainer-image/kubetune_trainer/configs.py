@@ -68,7 +68,13 @@ def build_configs(
     precision = resolve_precision(training.precision, device)
     check_device_features(spec, device)
     checkpointing = resolve_gradient_checkpointing(spec, device)
-    load_best = training.load_best_model_at_end and has_eval
+    if training.early_stopping is not None and not has_eval:
+        raise InvalidInputError(
+            "training.earlyStopping needs evaluation rows, but this dataset has none: set dataset.evalFraction "
+            "above 0 (or dataset.evalSplit), or remove earlyStopping"
+        )
+    # Early stopping publishes the best checkpoint: it implies loadBestModelAtEnd.
+    load_best = (training.load_best_model_at_end or training.early_stopping is not None) and has_eval
     # trl refuses max_length with padding-free batches (it cannot truncate them); the tokenized rows are cut
     # to maxSeqLength after trl prepares them instead (sft_trainer.truncate_tokenized), so the limit still holds.
     max_length = None if training.padding_free else training.max_seq_length

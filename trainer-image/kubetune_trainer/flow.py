@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from kubetune.api import FineTuneJobSpec, TrainingMetrics
+from kubetune.api.finetunejob import SourceMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR, HUMAN_EVAL_FILE, LOSS_CURVES_FILE
 from transformers import set_seed
 
@@ -29,6 +30,7 @@ from .configs import build_configs
 from .data import PreparedData, prepare_data
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
+from .early_stopping import KubetuneEarlyStopping, stop_summary
 from .full_memory import check_full_training_memory
 from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
@@ -54,6 +56,7 @@ from .results_report import result_files
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, build_trainer, check_prompts_fit
 from .tracking import prepare_tracking
+from .weighted_loss import build_weighted_loss
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     tokenizer = load_tokenizer(location)
     for split, rows in (("train", data.train), ("eval", data.eval)):
         check_prompts_fit(split, rows, tokenizer, spec.training.max_seq_length)
+    loss_weights = spec.training.loss_weights  # tokenized before the model loads: a bad term fails fast
+    loss_func = build_weighted_loss(loss_weights, tokenizer) if loss_weights is not None else None
     if spec.method == "full":
         check_full_training_memory(spec, location, device)
     # Full fine-tuning keeps fp32 master weights (bf16/fp16 only in autocast): 16-bit weights would lose small updates.
@@ -125,7 +130,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
 
     progress = ProgressCallback(choose_sink(output_dir))
     callbacks = [CheckpointMarker(identity), progress, PreemptionCallback(watch)]
-    trainer = build_trainer(model, tokenizer, configs, data.train, data.eval, callbacks, spec.training.max_seq_length)
+    early = KubetuneEarlyStopping.from_spec(spec.training.early_stopping) if spec.training.early_stopping else None
+    if early is not None:
+        callbacks.append(early)
+    trainer = build_trainer(
+        model, tokenizer, configs, data.train, data.trainer_eval, callbacks, spec.training.max_seq_length, loss_func
+    )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     started = time.monotonic()
@@ -138,6 +148,11 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
         raise watch.stopped(trainer.state.global_step)
     wall = time.monotonic() - started
     metrics = _final_metrics(trainer, result, spec, data, resumed=resume_from is not None, wall=wall, me=me)
+    stop = stop_summary(spec, trainer.state.log_history, trainer.state.global_step, early.stopped_at if early else None)
+    log.info("training ended (%s): %s", stop.reason, stop.message)
+    metrics = metrics.model_copy(
+        update={"stop_reason": stop.reason, "stop_message": stop.message, "best_step": stop.best_step}
+    )
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
     summary: dict[str, Any] = {}
@@ -216,8 +231,25 @@ def _final_metrics(
         truncated_rows=sum(report.cut for report in lengths.values()),
         dropped_rows=sum(report.dropped for report in lengths.values()),
         skipped_rows=data.skipped_rows,
+        sources=_source_metrics(data, final_eval),
         published_step=_published_step(trainer),
     )
+
+
+def _source_metrics(data: PreparedData, final_eval: dict[str, float]) -> list[SourceMetrics] | None:
+    """Per source of dataset.mix: its probability, the training rows drawn from it, its evaluation rows and loss."""
+    if data.mix is None:
+        return None
+    return [
+        SourceMetrics(
+            name=name,
+            probability=round(probability, 6),
+            train_rows=data.mix.rows_per_source[name],
+            eval_rows=len(data.eval_by_source[name]) if name in data.eval_by_source else 0,
+            eval_loss=_finite(final_eval.get(f"eval_{name}_loss")),
+        )
+        for name, probability in data.mix.probabilities.items()
+    ]
 
 
 def _human_eval(
@@ -257,17 +289,26 @@ def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
     reloaded it), else the one the Trainer ran at the last step (epoch or evalSteps schedule), else a new one:
     evaluating the same weights twice costs a full pass over the evaluation rows for nothing."""
     if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
-        log.info(
-            "publishing the best checkpoint %s (eval loss %.4f)",
-            trainer.state.best_model_checkpoint,
-            trainer.state.best_metric,
-        )
-        return {"eval_loss": trainer.state.best_metric}
-    last = trainer.state.log_history[-3:]
-    for entry in reversed(last):
-        if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
-            return entry
+        # The best checkpoint's own evaluation: with saveSteps above evalSteps the best evaluated step may have no
+        # checkpoint, and the Trainer then publishes the best saved one, whose loss is not state.best_metric.
+        logged = _logged_evaluation(trainer.state.log_history, _published_step(trainer))
+        loss = logged.get("eval_loss", trainer.state.best_metric)
+        log.info("publishing the best checkpoint %s (eval loss %.4f)", trainer.state.best_model_checkpoint, loss)
+        return {**logged, "eval_loss": loss}
+    last = _logged_evaluation(trainer.state.log_history, trainer.state.global_step)
+    if "eval_loss" in last:
+        return last
     return trainer.evaluate()
+
+
+def _logged_evaluation(log_history: list[dict[str, float]], step: int) -> dict[str, float]:
+    """The eval_* metrics logged at `step`, merged: with several evaluation sets (dataset.mix) the Trainer logs each
+    set's loss, and the overall eval_loss, as entries of their own."""
+    merged: dict[str, float] = {}
+    for entry in log_history:
+        if entry.get("step") == step:
+            merged.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+    return merged
 
 
 def remove_training_args(folder: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.base import GROUP_VERSION
-from kubetune.api.finetunejob import FineTuneJobStatus, OutputStatus
+from kubetune.api.finetunejob import FineTuneJobStatus, OutputStatus, TrainingMetrics
 from kubetune.api.resources import FineTuneJob
 from kubetune.api.runtime import TrainerExit, adapter_path
 
@@ -220,6 +220,13 @@ def _pending(
     nxt.conditions = set_condition(nxt.conditions, "Running", "False", reason, message, generation, now)
 
 
+def _early_stop_words(metrics: TrainingMetrics | None) -> str:
+    """What the Succeeded message adds when training.earlyStopping ended the run: which step won and why."""
+    if metrics is None or metrics.stop_reason != "EarlyStopped":
+        return ""
+    return f"; stopped early, published step {metrics.published_step}: {metrics.stop_message}"
+
+
 def _copy_reported(nxt: FineTuneJobStatus, reported: ReportedProgress | None) -> None:
     """The trainer's validated progress, and its final metrics unless the operator has them already."""
     if reported is None:
@@ -335,6 +342,7 @@ def plan_finetunejob(
         nxt.completion_time = job_status.get("completionTime") or now
         assert nxt.output.pvc is not None
         nxt.message = f"adapter written to {nxt.output.pvc.claim_name}/{nxt.output.pvc.path}"
+        nxt.message += _early_stop_words(nxt.metrics)
         conds = set_condition(conds, "Running", "False", "Completed", "the trainer finished", generation, now)
         conds = set_condition(conds, "Succeeded", "True", "TrainingSucceeded", nxt.message, generation, now)
     elif phase == "Failed":
