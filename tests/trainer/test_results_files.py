@@ -57,6 +57,15 @@ def test_the_loss_curves_are_a_png_of_train_and_eval_loss(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == [LOSS_CURVES_FILE], "no temporary file is left"
 
 
+def test_a_mix_draws_each_sources_eval_loss_beside_the_overall_one(tmp_path: Path):
+    history = [*HISTORY, {"eval_medical_loss": 1.7, "eval_chat_loss": 1.3, "eval_runtime": 2.0, "step": 10}]
+    curves = loss_points(history)
+    assert curves.sources == {"medical": [(10, 1.7)], "chat": [(10, 1.3)]}
+    assert curves.eval == [(5, 2.1), (10, 1.5)]
+    assert draw_loss_curves(history, tmp_path / "mix.png")
+    _png_ok(tmp_path / "mix.png")
+
+
 def test_a_run_without_evaluation_still_draws_its_train_curve(tmp_path: Path):
     train_only = [entry for entry in HISTORY if "eval_loss" not in entry]
     assert draw_loss_curves(train_only, tmp_path / "train.png")

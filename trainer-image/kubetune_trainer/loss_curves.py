@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +23,38 @@ PICTURE_INCHES = (7.0, 4.0)  # 700 x 400 pixels: readable on the Hub and in a te
 class LossCurves:
     train: list[tuple[int, float]]
     eval: list[tuple[int, float]]
+    sources: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    """dataset.mix: each source's own eval loss (`eval_<source>_loss`), beside the overall one."""
+
+
+SOURCE_EVAL = re.compile(r"eval_(.+)_loss")
 
 
 def loss_points(log_history: Iterable[Mapping[str, Any]]) -> LossCurves:
     """(step, loss) pairs: `loss` entries are the training loss averaged since the previous log line, `eval_loss`
     entries one evaluation each. The end-of-run summary (`train_loss`) and non-finite values are left out."""
-    train, evaluation = [], []
+    curves = LossCurves([], [])
     for entry in log_history:
         step = entry.get("step")
         if step is None:
             continue
-        for key, points in (("loss", train), ("eval_loss", evaluation)):
-            value = entry.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                points.append((int(step), float(value)))
-    return LossCurves(train, evaluation)
+        for key, value in entry.items():
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                continue
+            source = SOURCE_EVAL.fullmatch(key)
+            if key == "loss":
+                curves.train.append((int(step), float(value)))
+            elif key == "eval_loss":
+                curves.eval.append((int(step), float(value)))
+            elif source is not None:
+                curves.sources.setdefault(source.group(1), []).append((int(step), float(value)))
+    return curves
 
 
 def draw_loss_curves(log_history: Iterable[Mapping[str, Any]], path: Path) -> bool:
     """Write the PNG at `path`; False (and no file) when nothing was logged to draw."""
     curves = loss_points(log_history)
-    if not curves.train and not curves.eval:
+    if not curves.train and not curves.eval and not curves.sources:
         log.info("no loss was logged (loggingSteps above the steps run?): no loss-curve picture")
         return False
     import matplotlib
@@ -52,7 +64,9 @@ def draw_loss_curves(log_history: Iterable[Mapping[str, Any]], path: Path) -> bo
 
     figure, axes = pyplot.subplots(figsize=PICTURE_INCHES, dpi=PICTURE_DPI)
     try:
-        for label, points, style in (("train loss", curves.train, "-"), ("eval loss", curves.eval, "o-")):
+        lines = [("train loss", curves.train, "-"), ("eval loss", curves.eval, "o-")]
+        lines += [(f"eval loss: {name}", points, "x--") for name, points in sorted(curves.sources.items())]
+        for label, points, style in lines:
             if points:
                 steps, losses = zip(*points, strict=True)
                 axes.plot(steps, losses, style, label=label, markersize=4)
