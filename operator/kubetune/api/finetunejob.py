@@ -62,6 +62,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("training", "earlyStopping"): None,
     ("training", "lossWeights"): None,
     ("dataset", "augmentation"): None,
+    ("evaluation", "humanEvalSamples"): 0,
 }
 
 
@@ -479,7 +480,13 @@ class EvaluationSpec(ApiModel):
     """Generate answers for up to this many evaluation rows and score them with ROUGE-L and BLEU; 0 skips it."""
 
     max_new_tokens: int = Field(default=128, ge=1, le=4096)
-    """Longest generated answer during this evaluation."""
+    """Longest generated answer during this evaluation (and of the human-evaluation export)."""
+
+    human_eval_samples: int = Field(default=0, ge=0, le=1000)
+    """Write `human-eval.csv` beside the adapter on the output volume: this many held-out (evaluation) prompts,
+    chosen by training.seed, with the reference answer, the base model's and the fine-tuned model's greedy answers,
+    and empty `rating` and `comment` columns for people to fill in. Needs prompt/answer data and evaluation rows;
+    0 writes nothing. `kubetune results` fetches it (the first rows that fit the report's size budget)."""
 
 
 class ResourceSpec(ApiModel):

@@ -90,6 +90,8 @@ class LocalRun:
             self.trained[job.metadata.name] = result
             self.say(f"FineTuneJob {job.metadata.name} {result.how}: {format_metrics(result.metrics)}")
             self.say(f"  adapter: {result.adapter_dir}")
+            for what, path in result.result_files():
+                self.say(f"  {what}: {path}")
 
     def serve_all(self) -> None:
         for offset, serve in enumerate(self.bundle.serves):

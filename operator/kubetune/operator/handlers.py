@@ -13,6 +13,7 @@ from kubetune.api.base import API_GROUP, API_VERSION
 from . import naming
 from .manifests.trainer import REPORT_COMPONENT
 from .reconcile.finetunejob import job_phase
+from .reconcile.trainer_report import without_results
 from .services import FORGOTTEN, OperatorContext
 
 REGISTRY = kopf.OperatorRegistry()
@@ -64,9 +65,20 @@ def _by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple
     return {(namespace, name): dict(body)}
 
 
+def _configmap_by_name(
+    body: kopf.Body, namespace: str, name: str, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """As _by_name, but a trainer's report ConfigMap without the result files it carries for `kubetune results`."""
+    configmap = dict(body)
+    if labels.get(naming.LABEL_COMPONENT) == REPORT_COMPONENT:
+        configmap = without_results(configmap)
+    return {(namespace, name): configmap}
+
+
 for _kind, (_resource, _index_id) in CACHED_CHILDREN.items():
     _label = CHILD_WATCHES[_resource].split("=")[0]
-    kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_by_name)
+    _indexer = _configmap_by_name if _kind == "ConfigMap" else _by_name
+    kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_indexer)
 # A ModelServe reads the FineTuneJobs it serves from (their phase and output) from kopf's index too: a phase change
 # reaches the index before finetunejob_phase_changed wakes the ModelServe.
 CACHED_FINETUNEJOBS = "cached_finetunejobs"
