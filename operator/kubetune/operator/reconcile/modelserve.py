@@ -283,6 +283,8 @@ def plan_modelserve(
         if refusal is not None:
             resolution.failed.append(("StorageNotShared", refusal))
     conds = nxt.conditions
+    if get_condition(conds, "Validated") is not None:  # a refusal of plan_invalid is over: the spec passed
+        conds = set_condition(conds, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
     if resolution.failed:
         reason, _ = resolution.failed[0]
         message = "; ".join(text for _, text in resolution.failed)
