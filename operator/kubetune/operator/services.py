@@ -431,7 +431,10 @@ class FineTuneJobService(_Service):
         checked = job is None  # the plan creates (and so checks) every child when there is no Job
         if job is not None:
             desired = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, self.ctx.settings)
-            self._verify({"kind": "Job", **job}, desired[-1])
+            observed = {"kind": "Job", **job}
+            if ftj_logic.job_phase(job) in ftj_logic.TERMINAL:  # being deleted (TTL) or not, it says how it ended
+                observed["metadata"] = {k: v for k, v in job["metadata"].items() if k != "deletionTimestamp"}
+            self._verify(observed, desired[-1])
             if ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:  # a finished Job needs no children
                 problem, checked = self._ensure_each(desired[:-1], body), True
         if job is not None and ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:
