@@ -497,9 +497,13 @@ class FineTuneJobService(_Service):
             )
         pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
         meta, reported = ftj.metadata, None
-        if job is not None:  # the report ConfigMap is created with the other children, before the Job
+        # The report ConfigMap is created with the other children, before the Job; it outlives a Job that finished
+        # and was removed (TTL), and then says whether the trainer got to its final metrics.
+        if job is not None or status.job_name is not None:
             name = naming.report_configmap(meta.name)
-            reported = parse_report(self.ctx.children.get(k8s.CONFIGMAPS, meta.namespace or "default", name))
+            found = self.ctx.children.get(k8s.CONFIGMAPS, meta.namespace or "default", name)
+            if found is not None and (drift.controller_of(found) or {}).get("uid") == meta.uid:
+                reported = parse_report(found)
         return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
 
     def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
