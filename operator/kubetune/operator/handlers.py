@@ -295,9 +295,12 @@ def modelserve_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
     _ctx(memo).modelserves.reconcile(namespace, name)
 
 
-@kopf.on.delete(*MSV, registry=REGISTRY, optional=True)
-def modelserve_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
-    _ctx(memo).modelserves.forget(dict(body))
+@kopf.on.event(*MSV, registry=REGISTRY)
+def modelserve_deleted(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Forget a deleted ModelServe. Its DELETED event, not kopf.on.delete: kopf calls delete handlers only while its
+    own finalizer holds the object, and no handler puts one there."""
+    if event.get("type") == "DELETED":
+        _ctx(memo).modelserves.forget(dict(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED_BY_MSV, registry=REGISTRY)
