@@ -27,7 +27,7 @@ from ..manifests.server import (
 from ..manifests.storage import cache_claim
 from ..settings import OperatorSettings
 from .conditions import get_condition, raw_condition, set_condition
-from .drift import drifted, repair_patch
+from .drift import drifted, repair_patch, scaled_elsewhere
 from .plan import Event, Plan
 from .served_adapters import ReplicaReport, loaded_condition, needs_recheck, served_adapters
 
@@ -311,7 +311,11 @@ def plan_modelserve(
             models = server_model_storage(msv.spec, serve_config(msv, resolution), settings)
             cache = cache_claim(owner.namespace, models, settings)
             plan.shared = [cache] if cache is not None else []
-        phase, reason, message, ready = _deployment_state(deployment, msv.spec.replicas)
+        wanted = msv.spec.replicas
+        if deployment is not None and scaled_elsewhere(deployment):  # the autoscaler's size is the one wanted
+            wanted = int((deployment.get("spec") or {}).get("replicas", wanted))
+            nxt.replicas = wanted
+        phase, reason, message, ready = _deployment_state(deployment, wanted)
         if phase != "Failed" and any(current["kind"] == "Deployment" for current, _ in plan.patches):
             # What was observed predates this reconcile's patch: a rollout of the patched spec starts now.
             phase, reason, message = "Deploying", "RolloutInProgress", "updating the server Deployment"
