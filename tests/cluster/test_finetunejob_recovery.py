@@ -197,8 +197,10 @@ def test_job_finished_and_removed_while_the_operator_was_down_reported_in_its_co
     kube.wait_for(JOBS, ns, "sentiment-train", gone, what="to be removed by the ttl-after-finished controller")
     operator.start()
     wait_until(
-        lambda: kube.find(JOBS, ns, "sentiment-train") is not None
-        or kube.get(FTJ, ns, "sentiment")["status"]["phase"] == "Succeeded",
+        lambda: (
+            kube.find(JOBS, ns, "sentiment-train") is not None
+            or kube.get(FTJ, ns, "sentiment")["status"]["phase"] == "Succeeded"
+        ),
         "for the FineTuneJob to succeed (or its Job to be created again)",
     )
     done = kube.get(FTJ, ns, "sentiment")

@@ -296,7 +296,9 @@ def test_deleting_the_modelserve_deletes_its_children(
         wait_until(lambda res=res: not kube.list(res, ns), f"for every {res[1]} in {ns} to be garbage-collected")
 
 
-def test_a_deleted_modelserve_is_forgotten(operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):
+def test_a_deleted_modelserve_is_forgotten(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
     """kopf calls no delete handler for an object without its finalizer (and the operator adds none): the DELETED
     event is what tells the operator to forget a ModelServe, so it leaves the kubetune_modelserves gauge."""
     created = kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}))
