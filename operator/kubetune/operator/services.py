@@ -320,10 +320,12 @@ class _Service:
             self._apply(plan, body)
             return None, status, plan.phase
 
-    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
-        """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
-        names does not exist, or (only while `fresh`: no child created yet) several runtimes claim its namespace
-        or its spec breaks the runtime's policy. Which runtime: policy.runtime_name."""
+    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None, bool]:
+        """(the object with its FineTuneRuntime applied, None, False), or (it, phase, False) after refusing it: the
+        runtime it names does not exist, or (only while `fresh`: no child created yet) several runtimes claim its
+        namespace or its spec breaks the runtime's policy. Which runtime: policy.runtime_name. (it, None, True): not
+        fresh, and the runtime that shaped its children cannot be read any more (deleted, invalid, contested): the
+        children it has are kept as they are, never re-rendered without it."""
         namespace = body["metadata"]["namespace"]
         claimants = self.ctx.namespace_runtimes(namespace)
         try:
@@ -332,38 +334,38 @@ class _Service:
             if not fresh:  # a running child is never stopped by an admin's later mistake
                 where = f"{self.kind} {namespace}/{obj.metadata.name}"
                 log.warning("%s: %s; rendering without a runtime", where, conflict)
-                return obj, None
-            return obj, self._refuse(body, status, str(conflict), policy.RUNTIME_CONFLICT)
+                return obj, None, True
+            return obj, self._refuse(body, status, str(conflict), policy.RUNTIME_CONFLICT), False
         if name is None:
-            return obj, None
+            return obj, None, False
         found = self.ctx.kube.get(k8s.FINETUNERUNTIMES, None, name)
         if found is None:
             if not obj.spec.runtime_name and claimants:  # deleted since the watch saw it: its claim goes next
                 raise kopf.TemporaryError(f"FineTuneRuntime {name} is being deleted", delay=WAIT_SECONDS)
             if not obj.spec.runtime_name:  # the operator's default is not installed: no runtime applies
                 log.warning("the default FineTuneRuntime %s does not exist; %ss run without one", name, self.kind)
-                return obj, None
+                return obj, None, False
             if not fresh:
-                return obj, None  # deleted under a running child: keep rendering as it was created
+                return obj, None, True  # deleted under a running child: keep its children as they were created
             message = (
                 f"spec.runtimeName: FineTuneRuntime {name} does not exist (kubectl get finetuneruntimes lists them); "
                 "name an existing runtime"
             )
-            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND), False
         try:
             runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
         except ValidationError as exc:  # only past an older CRD: refused once, never retried
             message = f"FineTuneRuntime {name} is invalid: {format_validation_error(exc, 'spec')}"
             if not fresh:
                 log.warning("%s; rendering without it", message)
-                return obj, None
-            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+                return obj, None, True
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND), False
         violations, effective = self.runtime_rules
         if fresh:
             problems = violations(obj.spec, name, runtime)
             if problems:
-                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION)
-        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None
+                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION), False
+        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None, False
 
     def _refuse(self, body: dict[str, Any], status: Any, message: str, reason: str) -> str:
         plan = self.logic.plan_invalid(status, message, body["metadata"].get("generation"), now_rfc3339(), reason)
@@ -405,7 +407,7 @@ class FineTuneJobService(_Service):
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
                 return status.phase
-            ftj, refused = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
+            ftj, refused, _ = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
             if refused is not None:
                 return refused
             try:
@@ -598,18 +600,20 @@ class ModelServeService(_Service):
             msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
             if msv is None:
                 return invalid_phase
-            msv, refused = self._with_runtime(msv, status, body, fresh=status.deployment_name is None)
+            fresh = status.deployment_name is None
+            msv, refused, runtime_lost = self._with_runtime(msv, status, body, fresh=fresh)
             if refused is not None:
                 return refused
             try:
-                phase = self._step(msv, status, body)
+                phase = self._step(msv, status, body, keep_deployment=runtime_lost)
             except ChildProblem as problem:
                 raise self._blocked(body, status, problem) from None
             self._settled(body)
             return phase
 
-    def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any]) -> str:
-        """Resolve adapters, read the children (refusing any that is not ours), plan and apply."""
+    def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any], keep_deployment: bool) -> str:
+        """Resolve adapters, read the children (refusing any that is not ours), plan and apply. `keep_deployment`:
+        the runtime that shaped the Deployment is gone, so its drift is not repaired (see _with_runtime)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
@@ -638,7 +642,7 @@ class ModelServeService(_Service):
                     self._verify(child, _stub(child, body))
         reports = self._ask_servers(namespace, observed.get("Deployment"))
         plan = msv_logic.plan_modelserve(
-            msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports, access_modes
+            msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports, access_modes, keep_deployment
         )
         self._apply(plan, body, pending=cleared if cleared is not status else None)
         if plan.recheck:

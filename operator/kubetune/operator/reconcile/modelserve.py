@@ -266,10 +266,12 @@ def plan_modelserve(
     now: str,
     reports: list[ReplicaReport] | None = None,
     access_modes: dict[str, list[str]] | None = None,
+    keep_deployment: bool = False,
 ) -> Plan:
     """`observed` maps each desired child's kind ('ConfigMap', 'Deployment', 'Service') to what exists; `reports`
     are the ready server replicas' GET /adapters answers (served_adapters.py); `access_modes` the access modes of
-    the claims the replicas mount (read when replicas > 1)."""
+    the claims the replicas mount (read when replicas > 1); `keep_deployment`: an existing Deployment is left as
+    it is (the FineTuneRuntime that shaped it cannot be read any more)."""
     plan = Plan()
     generation = msv.metadata.generation
     nxt = status.model_copy(deep=True)
@@ -304,7 +306,7 @@ def plan_modelserve(
             current = observed.get(child["kind"])
             if current is None:
                 plan.create.append(child)
-            elif drifted(current, child):
+            elif drifted(current, child) and not (keep_deployment and child["kind"] == "Deployment"):
                 plan.patches.append((current, repair_patch(child, current)))
         if any(child["kind"] == "Deployment" for child in plan.create):
             deployment = None
