@@ -51,9 +51,15 @@ def test_fields_at_their_neutral_default_keep_the_old_fingerprint():
 
 @pytest.mark.parametrize("path", list(NEUTRAL_DEFAULTS), ids=".".join)
 def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
+    two_sources = [
+        {"name": "a", "configMap": {"name": "data", "key": "a.jsonl"}},
+        {"name": "b", "configMap": {"name": "data", "key": "b.jsonl"}},
+    ]
     changed = {
         ("resources", "nodes"): 2,
         ("training", "neftuneNoiseAlpha"): 5.0,
+        ("dataset", "mix"): two_sources,
+        ("dataset", "mixUntil"): "all_exhausted",
         ("training", "earlyStopping"): {"patience": 2},
         ("training", "lossWeights"): {"terms": ["insulin"]},
     }.get(path, True if NEUTRAL_DEFAULTS[path] is False else None)
@@ -65,6 +71,13 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
         extra = {"training": {"evalSteps": 10, "saveSteps": 10, "loadBestModelAtEnd": True}}
     if path == ("training", "earlyStopping"):
         extra = {"training": {"evalSteps": 10, "saveSteps": 10, "earlyStopping": changed}}
+    if path[0] == "dataset":  # a mix replaces the single source: mixUntil is compared on two mixes of one data
+        mix = {"mix": two_sources}
+        base_spec = VALID_FTJ_SPEC if path[1] == "mix" else VALID_FTJ_SPEC | {"dataset": mix}
+        other_spec = VALID_FTJ_SPEC | {"dataset": mix | ({path[1]: changed} if path[1] != "mix" else {})}
+        base, other = FineTuneJobSpec.model_validate(base_spec), FineTuneJobSpec.model_validate(other_spec)
+        assert base.fingerprint() != other.fingerprint()
+        return
     base = FineTuneJobSpec.model_validate(VALID_FTJ_SPEC)
     other = FineTuneJobSpec.model_validate(_with(path, changed) | extra)
     assert base.fingerprint() != other.fingerprint()

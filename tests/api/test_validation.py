@@ -21,6 +21,9 @@ from tests.support.kube.patching import merge_patch
 FTJ, MSV = "FineTuneJob", "ModelServe"
 
 
+_MIX_A = {"name": "qa", "configMap": {"name": "data", "key": "qa.jsonl"}, "weight": 3, "taskPrefix": "answer: "}
+_MIX_B = {"name": "summaries", "pvc": {"claimName": "data", "path": "summaries.jsonl"}}
+
 # (id, kind, patch, field the message must name, fragment of the message, CRD layer that also rejects it)
 CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
     (
@@ -67,6 +70,87 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "cel",
     ),
     ("dataset-no-source", FTJ, {"dataset": {"configMap": None}}, "dataset", "exactly one of", "cel"),
+    (
+        "mix-and-a-single-source",
+        FTJ,
+        {"dataset": {"mix": [_MIX_A, _MIX_B]}},
+        "dataset",
+        "exactly one of hf, pvc, configMap, url, mix",
+        "cel",
+    ),
+    (
+        "mix-source-without-source",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {"name": "summaries", "weight": 2}]}},
+        "dataset.mix[1]",
+        "mix source 'summaries' needs exactly one of hf, pvc, configMap, url",
+        "cel",
+    ),
+    (
+        "mix-source-two-sources",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {**_MIX_B, "url": "https://example.com/b.jsonl"}]}},
+        "dataset.mix[1]",
+        "mix source 'summaries' needs exactly one of",
+        "cel",
+    ),
+    (
+        "mix-names-repeated",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {**_MIX_B, "name": "qa"}]}},
+        "dataset",
+        "repeated: qa",
+        "cel",
+    ),
+    (
+        "mix-name-not-a-label",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {**_MIX_B, "name": "Summaries_v1"}]}},
+        "dataset.mix[1].name",
+        "not a valid DNS-1123 label",
+        "schema",
+    ),
+    (
+        "mix-weight-zero",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {**_MIX_B, "weight": 0}]}},
+        "dataset.mix[1].weight",
+        "greater than 0",
+        "schema",
+    ),
+    (
+        "mix-of-one",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A]}},
+        "dataset.mix",
+        "at least 2",
+        "schema",
+    ),
+    (
+        "mix-source-eval-split-without-hf",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {**_MIX_B, "evalSplit": "test"}]}},
+        "dataset.mix[1]",
+        "mix source 'summaries': evalSplit is only valid with hf",
+        "cel",
+    ),
+    ("mix-until-without-mix", FTJ, {"dataset": {"mixUntil": "all_exhausted"}}, "dataset", "only valid with", "cel"),
+    (
+        "mix-until-unknown",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, _MIX_B], "mixUntil": "never"}},
+        "dataset.mixUntil",
+        "first_exhausted",
+        "schema",
+    ),
+    (
+        "mix-task-prefix-too-long",
+        FTJ,
+        {"dataset": {"configMap": None, "mix": [_MIX_A, {**_MIX_B, "taskPrefix": "x" * 1025}]}},
+        "dataset.mix[1].taskPrefix",
+        "at most 1024",
+        "schema",
+    ),
     (
         "dataset-http-url",
         FTJ,

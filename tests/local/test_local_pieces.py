@@ -124,5 +124,7 @@ def test_serve_config_resolves_adapters_and_base(tmp_path: Path) -> None:
 def test_metrics_summary_skips_missing_values() -> None:
     assert format_metrics({"trainLoss": 0.5, "evalLoss": None, "steps": 40}) == "train loss 0.5000, steps 40"
     assert format_metrics({}) == "no metrics reported"
+    mixed = {"evalLoss": 1.5, "sources": [{"name": "qa", "evalLoss": 1.25, "trainRows": 30}, {"name": "sum"}]}
+    assert format_metrics(mixed) == "eval loss 1.5000, eval loss per source: qa 1.2500 (30 training rows)"
     early = {"steps": 60, "publishedStep": 50, "stopReason": "EarlyStopped", "stopMessage": "eval loss did not improve"}
     assert format_metrics(early) == "steps 60, published step 50, stopped: eval loss did not improve"

@@ -126,12 +126,38 @@ def _plain_text(row: dict[str, Any], template: str | None) -> dict[str, Any]:
 
 
 FORMATTERS = {"alpaca": _alpaca, "qa": _qa, "chat": _chat, "text": _plain_text}
+PREFIXED_FIELD = {"alpaca": "instruction", "qa": "question", "text": "text"}
+
+
+def add_task_prefix(row: dict[str, Any], fmt: str, prefix: str) -> dict[str, Any]:
+    """The row with `prefix` put before what the user asks (alpaca instruction, qa question, first user message of
+    a chat; the text of text rows), never before the answer. Rows whose field is missing or empty are left as they
+    are, so the format check still reports them."""
+    if fmt == "chat":
+        messages = row.get("messages")
+        if not isinstance(messages, list):
+            return row
+        for index, message in enumerate(messages):
+            if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
+                prefixed = {**message, "content": prefix + message["content"]}
+                return {**row, "messages": [*messages[:index], prefixed, *messages[index + 1 :]]}
+        return row
+    field = PREFIXED_FIELD[fmt]
+    value = row.get(field)
+    return {**row, field: prefix + value} if isinstance(value, str) and value.strip() else row
 
 
 def format_rows(
-    rows: Dataset, fmt: str | None, template: str | None = None, *, skip_invalid: bool = False, what: str = "dataset"
+    rows: Dataset,
+    fmt: str | None,
+    template: str | None = None,
+    *,
+    skip_invalid: bool = False,
+    what: str = "dataset",
+    task_prefix: str | None = None,
 ) -> FormattedData:
-    """Format every row; row numbers in errors count from 1 in source order."""
+    """Format every row (after `add_task_prefix` when a prefix is given); row numbers in errors count from 1 in
+    source order."""
     if len(rows) == 0:
         raise InvalidInputError(f"{what} is empty: it has no rows")
     fmt = fmt or detect_format(rows.column_names)
@@ -145,7 +171,7 @@ def format_rows(
     formatted, problems = [], []
     for number, row in enumerate(rows, start=1):
         try:
-            formatted.append(formatter(row, template))
+            formatted.append(formatter(add_task_prefix(row, fmt, task_prefix) if task_prefix else row, template))
         except RowError as error:
             problems.append(f"row {number}: {error}")
             if not skip_invalid:

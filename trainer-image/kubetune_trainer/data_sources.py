@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
-from kubetune.api import DatasetSpec
+from kubetune.api.finetunejob import DatasetSource, HfDataset
 from kubetune.api.runtime import ENV_HF_TOKEN, configmap_file_path, resolve_pvc_path
 
 from .errors import InvalidInputError, NetworkError, TrainerFailure
@@ -40,45 +40,47 @@ class RawData:
     description: str
 
 
-def load_raw_data(spec: DatasetSpec, download_dir: Path | None = None) -> RawData:
-    """Dispatch on the one source the spec sets."""
+def load_raw_data(
+    spec: DatasetSource, download_dir: Path | None = None, *, eval_split: str | None = None, where: str = "dataset"
+) -> RawData:
+    """Dispatch on the one source `spec` sets (a dataset, or one source of its mix named `where` in errors).
+    `eval_split` defaults to the dataset's evalSplit."""
+    if eval_split is None:
+        eval_split = getattr(spec, "eval_split", None)
     if spec.hf is not None:
-        return _load_hub(spec)
+        return _load_hub(spec.hf, eval_split, where)
     if spec.pvc is not None:
         path = Path(resolve_pvc_path(spec.pvc))
-        return RawData(load_files(path, "dataset.pvc"), None, f"pvc:{spec.pvc.claim_name}/{spec.pvc.path}".rstrip("/"))
+        return RawData(load_files(path, f"{where}.pvc"), None, spec.describe())
     if spec.config_map is not None:
         path = Path(configmap_file_path(spec.config_map.name, spec.config_map.key))
-        return RawData(
-            load_files(path, "dataset.configMap"), None, f"configmap:{spec.config_map.name}/{spec.config_map.key}"
-        )
+        return RawData(load_files(path, f"{where}.configMap"), None, spec.describe())
     assert spec.url is not None  # the API guarantees exactly one source
-    target = download(spec.url, download_dir or Path(tempfile.mkdtemp(prefix="kubetune-data-")))
-    return RawData(load_files(target, "dataset.url"), None, spec.url)
+    target = download(spec.url, download_dir or Path(tempfile.mkdtemp(prefix="kubetune-data-")), field=f"{where}.url")
+    return RawData(load_files(target, f"{where}.url"), None, spec.url)
 
 
-def _load_hub(spec: DatasetSpec) -> RawData:
+def _load_hub(hf: HfDataset, eval_split: str | None, where: str) -> RawData:
     from datasets import load_dataset
 
-    assert spec.hf is not None
     token = os.environ.get(ENV_HF_TOKEN) or None
 
     def split(name: str) -> Dataset:
         def load() -> Dataset:
-            return load_dataset(spec.hf.name, spec.hf.config, split=name, revision=spec.hf.revision, token=token)  # type: ignore[return-value]
+            return load_dataset(hf.name, hf.config, split=name, revision=hf.revision, token=token)  # type: ignore[return-value]
 
         try:
-            return with_retries(f"dataset.hf: loading {spec.hf.name!r} split {name!r}", load)
+            return with_retries(f"{where}.hf: loading {hf.name!r} split {name!r}", load)
         except NetworkError:
             raise
         except Exception as error:  # datasets raises many types (FileNotFoundError, ValueError, HfHubHTTPError)
             raise InvalidInputError(
-                f"dataset.hf: cannot load {spec.hf.name!r} (config {spec.hf.config!r}, split {name!r}): "
+                f"{where}.hf: cannot load {hf.name!r} (config {hf.config!r}, split {name!r}): "
                 f"{type(error).__name__}: {error}"
             ) from error
 
-    eval_rows = split(spec.eval_split) if spec.eval_split else None
-    return RawData(split(spec.hf.split), eval_rows, f"hf:{spec.hf.name}")
+    eval_rows = split(eval_split) if eval_split else None
+    return RawData(split(hf.split), eval_rows, f"hf:{hf.name}")
 
 
 def data_files(path: Path, field: str) -> tuple[str, list[str]]:
@@ -181,12 +183,12 @@ def locate_json_error(files: list[Path]) -> str | None:
     return None
 
 
-def download(url: str, target_dir: Path, policy: AddressPolicy | None = None) -> Path:
+def download(url: str, target_dir: Path, policy: AddressPolicy | None = None, field: str = "dataset.url") -> Path:
     """Fetch an https dataset file (system CA bundle, honouring SSL_CERT_FILE) into `target_dir`: https at every
     redirect, public addresses only (safe_fetch.py; `policy` defaults to ADDRESS_POLICY)."""
     name = Path(url.split("?", 1)[0].rstrip("/")).name or "dataset.jsonl"
     if Path(name).suffix.lower() not in BUILDERS:
-        raise InvalidInputError(f"dataset.url: {url!r} must end in one of {', '.join(BUILDERS)} to tell its type")
+        raise InvalidInputError(f"{field}: {url!r} must end in one of {', '.join(BUILDERS)} to tell its type")
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / name
 
@@ -196,16 +198,16 @@ def download(url: str, target_dir: Path, policy: AddressPolicy | None = None) ->
             shutil.copyfileobj(response, out)
 
     try:
-        with_retries(f"dataset.url: downloading {url}", fetch)
+        with_retries(f"{field}: downloading {url}", fetch)
     except NetworkError:
         raise
     except UnsafeUrlError as error:
-        raise UnsafeUrlError(f"dataset.url: {error}") from None
+        raise UnsafeUrlError(f"{field}: {error}") from None
     except urllib.error.HTTPError as error:
         # 429 and 5xx were retried above and ended as NetworkError; any other status will not fix itself.
-        message = f"dataset.url: cannot download {url}: HTTP {error.code} {error.reason}"
+        message = f"{field}: cannot download {url}: HTTP {error.code} {error.reason}"
         raise InvalidInputError(message) from error
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error
-        raise TrainerFailure(f"dataset.url: cannot download {url}: {reason}") from error
+        raise TrainerFailure(f"{field}: cannot download {url}: {reason}") from error
     return target

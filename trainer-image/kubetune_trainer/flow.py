@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from kubetune.api import FineTuneJobSpec, TrainingMetrics
+from kubetune.api.finetunejob import SourceMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR
 from transformers import set_seed
 
@@ -128,7 +129,7 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     if early is not None:
         callbacks.append(early)
     trainer = build_trainer(
-        model, tokenizer, configs, data.train, data.eval, callbacks, spec.training.max_seq_length, loss_func
+        model, tokenizer, configs, data.train, data.trainer_eval, callbacks, spec.training.max_seq_length, loss_func
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
@@ -216,8 +217,25 @@ def _final_metrics(
         truncated_rows=sum(report.cut for report in lengths.values()),
         dropped_rows=sum(report.dropped for report in lengths.values()),
         skipped_rows=data.skipped_rows,
+        sources=_source_metrics(data, final_eval),
         published_step=_published_step(trainer),
     )
+
+
+def _source_metrics(data: PreparedData, final_eval: dict[str, float]) -> list[SourceMetrics] | None:
+    """Per source of dataset.mix: its probability, the training rows drawn from it, its evaluation rows and loss."""
+    if data.mix is None:
+        return None
+    return [
+        SourceMetrics(
+            name=name,
+            probability=round(probability, 6),
+            train_rows=data.mix.rows_per_source[name],
+            eval_rows=len(data.eval_by_source[name]) if name in data.eval_by_source else 0,
+            eval_loss=_finite(final_eval.get(f"eval_{name}_loss")),
+        )
+        for name, probability in data.mix.probabilities.items()
+    ]
 
 
 def _published_step(trainer: KubetuneSFTTrainer) -> int:
@@ -235,16 +253,24 @@ def _final_evaluation(trainer: KubetuneSFTTrainer) -> dict[str, float]:
     if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
         # The best checkpoint's own evaluation: with saveSteps above evalSteps the best evaluated step may have no
         # checkpoint, and the Trainer then publishes the best saved one, whose loss is not state.best_metric.
-        published = _published_step(trainer)
-        logged = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == published]
-        loss = logged[-1]["eval_loss"] if logged else trainer.state.best_metric
+        logged = _logged_evaluation(trainer.state.log_history, _published_step(trainer))
+        loss = logged.get("eval_loss", trainer.state.best_metric)
         log.info("publishing the best checkpoint %s (eval loss %.4f)", trainer.state.best_model_checkpoint, loss)
-        return {"eval_loss": loss}
-    last = trainer.state.log_history[-3:]
-    for entry in reversed(last):
-        if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
-            return entry
+        return {**logged, "eval_loss": loss}
+    last = _logged_evaluation(trainer.state.log_history, trainer.state.global_step)
+    if "eval_loss" in last:
+        return last
     return trainer.evaluate()
+
+
+def _logged_evaluation(log_history: list[dict[str, float]], step: int) -> dict[str, float]:
+    """The eval_* metrics logged at `step`, merged: with several evaluation sets (dataset.mix) the Trainer logs each
+    set's loss, and the overall eval_loss, as entries of their own."""
+    merged: dict[str, float] = {}
+    for entry in log_history:
+        if entry.get("step") == step:
+            merged.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+    return merged
 
 
 def remove_training_args(folder: Path) -> None:

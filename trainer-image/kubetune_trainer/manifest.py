@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from importlib import metadata
 from typing import Any
 
@@ -22,12 +20,10 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
 
 
 def checkpoint_spec_hash(spec: FineTuneJobSpec) -> str:
-    """Hash of what shapes the training run: the whole spec except `suspend`, the one field that may change
-    while the run goes on (suspending and resuming must find its checkpoints again)."""
-    wire = spec.model_dump(mode="json", by_alias=True)
-    wire.pop("suspend", None)
-    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    """Hash of what shapes the training run: the fingerprint (no placement; fields added later at their neutral
+    default left out, so an operator upgrade keeps a running job's checkpoints) of the spec with `suspend` unset,
+    the one field that may change while the run goes on (suspending and resuming must find its checkpoints)."""
+    return spec.model_copy(update={"suspend": False}).fingerprint()
 
 
 def run_identity(spec: FineTuneJobSpec, data: PreparedData) -> dict[str, str]:
@@ -56,8 +52,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest; `format` and `promptTemplate` let a server build prompts exactly as in training
     (alpaca rows with an empty input use `promptTemplateWithoutInput` unless a custom template was given)."""
-    custom = spec.dataset.prompt_template is not None
-    return {
+    custom = spec.dataset.prompt_template is not None or any(s.prompt_template for s in spec.dataset.mix or [])
+    manifest = {
         "specHash": spec_hash(spec),
         "datasetFingerprint": data.fingerprint,
         "datasetSource": data.source,
@@ -76,3 +72,24 @@ def build_manifest(
         "libraries": library_versions(),
         "completedAt": now_rfc3339(),
     }
+    if data.mix is not None:
+        manifest["mixSources"] = mix_sources_manifest(data)
+    return manifest
+
+
+def mix_sources_manifest(data: PreparedData) -> list[dict[str, Any]]:
+    """Per mix source what a server needs to build its prompts (format, template, task prefix) and what it gave."""
+    assert data.mix is not None
+    return [
+        {
+            "name": source.name,
+            "source": source.description,
+            "format": source.format,
+            "promptTemplate": source.prompt_template,
+            "taskPrefix": source.task_prefix,
+            "probability": data.mix.probabilities[source.name],
+            "trainRows": data.mix.rows_per_source[source.name],
+            "evalRows": len(data.eval_by_source[source.name]) if source.name in data.eval_by_source else 0,
+        }
+        for source in data.sources
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,16 +16,21 @@ METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "Fully fine-tuned"}
 
 
 def _example_prompt(data: PreparedData) -> str:
-    """Python lines that build a prompt the way training did, for the usage snippet."""
-    if data.format == "chat":
+    """Python lines that build a prompt the way training did, for the usage snippet (with dataset.mix: as the first
+    source did, its task prefix included)."""
+    fmt, template, prefix = data.format, data.prompt_template, ""
+    if data.mix is not None and data.sources:
+        first = data.sources[0]
+        fmt, template, prefix = first.format, first.prompt_template, first.task_prefix or ""
+    if fmt == "chat":
         return (
-            'messages = [{"role": "user", "content": "Your question"}]\n'
+            f'messages = [{{"role": "user", "content": {json.dumps(prefix + "Your question", ensure_ascii=False)}}}]\n'
             "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)"
         )
-    if data.format == "text":
-        return 'prompt = "The beginning of a text to continue"'
-    example = (data.prompt_template or "").replace("{instruction}", "Your instruction")
-    example = example.replace("{input}", "Your input").replace("{question}", "Your question")
+    if fmt == "text":
+        return f"prompt = {json.dumps(prefix + 'The beginning of a text to continue', ensure_ascii=False)}"
+    example = (template or "").replace("{instruction}", prefix + "Your instruction")
+    example = example.replace("{input}", "Your input").replace("{question}", prefix + "Your question")
     return f"prompt = {example!r}"
 
 
@@ -35,6 +41,34 @@ def _length_line(lengths: Mapping[str, LengthReport], max_seq_length: int) -> st
         for split, report in lengths.items()
     ]
     return f"Rows longer than maxSeqLength {max_seq_length}: {'; '.join(parts) or 'none counted'}."
+
+
+def _mix_section(data: PreparedData, metrics: TrainingMetrics) -> str:
+    """A table of the mix's sources: where from, task prefix, probability, rows and evaluation loss."""
+    if data.mix is None:
+        return ""
+    losses = {source.name: source.eval_loss for source in metrics.sources or []}
+    rows = [
+        f"| {source.name} | `{source.description}` | {source.format} | "
+        f"{repr(source.task_prefix) if source.task_prefix else '-'} | {data.mix.probabilities[source.name]:.3f} | "
+        f"{data.mix.rows_per_source[source.name]} of {len(source.train)} | "
+        f"{len(data.eval_by_source.get(source.name) or [])} | {_value(losses.get(source.name))} |"
+        for source in data.sources
+    ]
+    return (
+        f"""
+## Data mix
+
+Each training row is drawn from a source with its probability, in an order fixed by training.seed, until
+`{data.mix.stopping_strategy}` (dataset.mixUntil). Each source is evaluated on its own held-out rows; the eval loss
+above is their mean weighted by evaluation rows. Prompts of a source must start with its task prefix.
+
+| Source | From | Format | Task prefix | Probability | Training rows (of its rows) | Eval rows | Eval loss |
+|---|---|---|---|---|---|---|---|
+"""
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def _lora_settings(spec: FineTuneJobSpec) -> str:
@@ -151,7 +185,7 @@ skipped). {_length_line(lengths, training.max_seq_length)}
 | BLEU | {_value(metrics.bleu)} |
 | Steps | {_value(metrics.steps)} |
 | Loss-bearing tokens / s | {_value(metrics.tokens_per_second, 1)} |
-{_stop_rows(metrics)}{generation}
+{_stop_rows(metrics)}{generation}{_mix_section(data, metrics)}
 ## Usage
 
 ```python

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import CallbackHandler
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
@@ -60,7 +62,8 @@ class KubetuneSFTTrainer(SFTTrainer):
         finally:
             args.max_length = limit
         prepared, report = cut_to_length(prepared, self.max_seq_length)
-        self.length_reports[dataset_name] = report
+        # trl prepares the training set first, as "train"; an evaluation set (a mix source) of that name too.
+        self.length_reports[f"eval_{dataset_name}" if dataset_name in self.length_reports else dataset_name] = report
         check_rows_left(dataset_name, report, self.max_seq_length)
         if packing:
             columns = prepared.select_columns(["input_ids", "labels"])
@@ -73,10 +76,50 @@ class KubetuneSFTTrainer(SFTTrainer):
             self.loss_tokens += int((labels[..., 1:] != IGNORED).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """With several evaluation sets (dataset.mix) the Trainer evaluates and logs each (eval_<source>_loss) and
+        tells the callbacks once per set, none of them with an eval_loss. Here the callbacks hear of one evaluation
+        with every set's metrics plus the overall eval_loss (the row-weighted mean, `overall_eval_loss`), which is
+        also logged and returned: progress, loadBestModelAtEnd and early stopping read eval_loss as with one set."""
+        sets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(sets, dict):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        with _evaluate_events_held(self.callback_handler):
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        overall = overall_eval_loss(metrics, {name: len(rows) for name, rows in sets.items()}, metric_key_prefix)
+        if overall is not None:
+            key = f"{metric_key_prefix}_loss"
+            metrics[key] = overall
+            self.log({key: overall})
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     def total_loss_tokens(self) -> int:
         """Summed over all processes of a distributed run."""
         count = torch.tensor(self.loss_tokens, device=self.accelerator.device)
         return int(self.accelerator.reduce(count, reduction="sum").item())
+
+
+@contextmanager
+def _evaluate_events_held(handler: CallbackHandler) -> Iterator[None]:
+    """Swallow the per-set on_evaluate events of one multi-set evaluation (an instance attribute shadows the
+    handler's method while it lasts); the caller sends one event with all the metrics afterwards."""
+    handler.on_evaluate = lambda args, state, control, metrics: control  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del handler.on_evaluate
+
+
+def overall_eval_loss(metrics: dict[str, float], rows: dict[str, int], prefix: str = "eval") -> float | None:
+    """The mean of the per-set losses weighted by their rows: what one pass over all the sets gives (up to how
+    batches fall), so eval_loss keeps its meaning whether the rows are evaluated together or per source."""
+    losses = {name: metrics.get(f"{prefix}_{name}_loss") for name in rows}
+    counted = {name: loss for name, loss in losses.items() if loss is not None and rows[name] > 0}
+    total = sum(rows[name] for name in counted)
+    if not total:
+        return None
+    return sum(loss * rows[name] for name, loss in counted.items()) / total
 
 
 def cut_to_length(dataset: Dataset, max_length: int) -> tuple[Dataset, LengthReport]:
@@ -154,13 +197,14 @@ def build_trainer(
     tokenizer: PreTrainedTokenizerBase,
     configs: TrainerConfigs,
     train: Dataset,
-    evaluation: Dataset | None,
+    evaluation: Dataset | dict[str, Dataset] | None,
     callbacks: Sequence[TrainerCallback],
     max_seq_length: int,
     compute_loss_func: Callable | None = None,
 ) -> KubetuneSFTTrainer:
     """The trainer with the LoRA adapter attached (trl applies `configs.lora` to the model). `compute_loss_func`
-    replaces the plain loss (training.lossWeights); trl 1.x still supports it, with a deprecation warning for 2.0
+    replaces the plain loss (training.lossWeights); `evaluation` may be a dict of named sets (dataset.mix), each
+    evaluated and logged apart. trl 1.x still supports it, with a deprecation warning for 2.0
     that is filtered here (the pin is trl<2), since users cannot act on it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`compute_loss_func` is deprecated", category=FutureWarning)

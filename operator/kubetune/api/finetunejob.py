@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from .base import (
     ApiModel,
     DataKey,
+    Dns1123Label,
     ExtendedResourceName,
     HfRepoId,
     HttpsUrl,
@@ -55,6 +56,8 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("training", "ligerKernel"): False,
     ("training", "neftuneNoiseAlpha"): None,
     ("training", "loadBestModelAtEnd"): False,
+    ("dataset", "mix"): None,
+    ("dataset", "mixUntil"): None,
     ("training", "earlyStopping"): None,
     ("training", "lossWeights"): None,
 }
@@ -86,23 +89,13 @@ class ConfigMapKey(ApiModel):
     """Key inside the ConfigMap; its extension (.jsonl, .json, .csv) tells the file type."""
 
 
-class DatasetSpec(ApiModel):
-    """Training data: exactly one source, its row format, and how the evaluation rows are chosen."""
+SOURCE_FIELDS = ("hf", "pvc", "config_map", "url")
+MAX_MIX_SOURCES = 16
+MixUntil = Literal["first_exhausted", "all_exhausted", "all_exhausted_without_replacement"]
 
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "[has(self.hf), has(self.pvc), has(self.configMap), has(self.url)].exists_one(x, x)",
-                    "message": "dataset needs exactly one of hf, pvc, configMap, url",
-                },
-                {
-                    "rule": "!has(self.evalSplit) || has(self.hf)",
-                    "message": "dataset.evalSplit is only valid with dataset.hf",
-                },
-            ]
-        }
-    }
+
+class DatasetSource(ApiModel):
+    """Where rows come from: exactly one of hf, pvc, configMap, url (shared by a dataset and each mix source)."""
 
     hf: HfDataset | None = None
     """A Hugging Face Hub dataset."""
@@ -116,6 +109,127 @@ class DatasetSpec(ApiModel):
     url: HttpsUrl | None = None
     """An https:// address of a JSONL, JSON, CSV or Parquet file."""
 
+    def describe(self) -> str:
+        """A short label of the source for logs, manifests and model cards."""
+        if self.hf is not None:
+            return f"hf:{self.hf.name}"
+        if self.pvc is not None:
+            return f"pvc:{self.pvc.claim_name}/{self.pvc.path}".rstrip("/")
+        if self.config_map is not None:
+            return f"configmap:{self.config_map.name}/{self.config_map.key}"
+        return self.url or ""
+
+
+class MixSource(DatasetSource):
+    """One source of a multi-task mix: where its rows come from, how they are formatted and prefixed, how often
+    they are drawn, and how many of them are held out for its own evaluation."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.hf), has(self.pvc), has(self.configMap), has(self.url)].exists_one(x, x)",
+                    "message": "each mix source needs exactly one of hf, pvc, configMap, url",
+                    "messageExpression": "'mix source ' + self.name + ' needs exactly one of hf, pvc, configMap, url'",
+                },
+                {
+                    "rule": "!has(self.evalSplit) || has(self.hf)",
+                    "message": "evalSplit of a mix source is only valid with its hf",
+                    "messageExpression": "'mix source ' + self.name + ': evalSplit is only valid with hf'",
+                },
+            ]
+        }
+    }
+
+    name: Dns1123Label
+    """Name of the source (a DNS label, unique in the mix): its evaluation loss is reported as eval_<name>_loss
+    and in status.metrics.sources."""
+
+    format: DatasetFormat | None = None
+    """Row format of this source; empty uses dataset.format, else it is detected from the columns. Sources must
+    give rows of one kind: chat with chat, text with text, alpaca and qa together."""
+
+    prompt_template: str | None = Field(default=None, max_length=8192)
+    """Prompt template of this source (as dataset.promptTemplate); empty uses dataset.promptTemplate."""
+
+    weight: float = Field(default=1.0, gt=0, le=1_000_000)
+    """Relative sampling weight: each training row of the mix is drawn from this source with probability
+    weight / (sum of all weights)."""
+
+    task_prefix: str | None = Field(default=None, max_length=1024)
+    """Text put verbatim in front of each row's instruction (alpaca), question (qa), first user message (chat)
+    or text (text), in training and evaluation rows alike, never in the answer; include the separator, e.g.
+    'summarize: '. Serve prompts must carry it too."""
+
+    eval_fraction: float | None = Field(default=None, ge=0.0, lt=0.5)
+    """Fraction of this source's rows held out for its evaluation; empty uses dataset.evalFraction; 0 leaves the
+    source out of evaluation."""
+
+    eval_split: ShortText | None = None
+    """A named split of this source's Hub dataset to evaluate on, instead of holding out evalFraction."""
+
+    max_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many of this source's training rows (the first ones after shuffling with the seed),
+    before mixing."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MixSource:
+        exactly_one(self, SOURCE_FIELDS, f"mix source {self.name!r}")
+        if self.eval_split is not None and self.hf is None:
+            raise ValueError(f"mix source {self.name!r}: evalSplit is only valid with hf; use evalFraction")
+        return self
+
+
+class DatasetSpec(DatasetSource):
+    """Training data: exactly one source (or a mix of several), its row format, and how the evaluation rows are
+    chosen."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.hf), has(self.pvc), has(self.configMap), has(self.url), has(self.mix)]"
+                    ".exists_one(x, x)",
+                    "message": "dataset needs exactly one of hf, pvc, configMap, url, mix",
+                },
+                {
+                    "rule": "!has(self.evalSplit) || has(self.hf)",
+                    "message": "dataset.evalSplit is only valid with dataset.hf",
+                },
+                {
+                    "rule": "!has(self.mixUntil) || has(self.mix)",
+                    "message": "dataset.mixUntil is only valid with dataset.mix",
+                },
+            ]
+        }
+    }
+
+    mix: list[MixSource] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=MAX_MIX_SOURCES,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(a, self.exists_one(b, b.name == a.name))",
+                    "message": "the names of dataset.mix sources must be unique",
+                }
+            ]
+        },
+    )
+    """Several sources trained together (multi-task), instead of hf, pvc, configMap or url: each training row is
+    drawn from one source with the probability of its weight, in an order fixed by training.seed. Each source
+    keeps its own evaluation rows, reported per source. Below, skipInvalidRows applies to every source, format,
+    promptTemplate and evalFraction to those that do not set their own, and maxSamples caps the mixed rows."""
+
+    mix_until: MixUntil | None = None
+    """When the mix ends (datasets.interleave_datasets stopping_strategy). first_exhausted (empty): when a
+    source runs out; every row is drawn at most once and the weights hold exactly, so a mix has about
+    min(rows of a source / its probability) rows per epoch and large sources are cut. all_exhausted: when every
+    source has been drawn whole; small sources repeat to keep the weights, about max(rows / probability) rows.
+    all_exhausted_without_replacement: every row exactly once (sum of the sources' rows); the weights hold only
+    until a source runs out. The rows taken from each source are reported."""
+
     format: DatasetFormat | None = None
     """Row format: alpaca (instruction/input/output), chat (messages), qa (question/answer) or text.
     Detected from the columns when empty."""
@@ -126,23 +240,39 @@ class DatasetSpec(ApiModel):
 
     eval_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
     """Fraction of rows held out for evaluation, chosen with the training seed; 0 disables evaluation.
-    Not used when evalSplit is set."""
+    Not used when evalSplit is set. With mix, each source holds out its own fraction."""
 
     eval_split: ShortText | None = None
     """A named split of the Hub dataset to evaluate on, instead of holding out evalFraction."""
 
     max_samples: int | None = Field(default=None, ge=1)
-    """Use at most this many training rows (the first ones after shuffling with the seed)."""
+    """Use at most this many training rows (the first ones after shuffling with the seed); with mix, of the
+    mixed rows."""
 
     skip_invalid_rows: bool = False
     """Skip rows that do not fit the format (counted and reported) instead of failing the job."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        exactly_one(self, ("hf", "pvc", "config_map", "url"), "dataset")
+        exactly_one(self, (*SOURCE_FIELDS, "mix"), "dataset")
         if self.eval_split is not None and self.hf is None:
             raise ValueError("evalSplit is only valid with dataset.hf; use evalFraction for other sources")
+        if self.mix_until is not None and self.mix is None:
+            raise ValueError("mixUntil is only valid with dataset.mix")
+        names = [source.name for source in self.mix or []]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"mix source names must be unique; repeated: {', '.join(repeated)}")
         return self
+
+    def describe(self) -> str:
+        if self.mix is not None:
+            return "mix:" + ",".join(source.name for source in self.mix)
+        return super().describe()
+
+    def sources(self) -> list[DatasetSource]:
+        """Every source the job reads: the mix's, or the dataset itself (for mounts and checks)."""
+        return list(self.mix) if self.mix is not None else [self]
 
 
 class LoraSpec(ApiModel):
@@ -583,6 +713,25 @@ class Progress(ApiModel):
     """When the trainer last reported (RFC 3339)."""
 
 
+class SourceMetrics(ApiModel):
+    """What one source of dataset.mix contributed and how the model does on its evaluation rows."""
+
+    name: Dns1123Label
+    """The mix source's name."""
+
+    probability: float = Field(ge=0, le=1)
+    """Its sampling probability: weight / sum of the weights."""
+
+    train_rows: int = Field(ge=0)
+    """Training rows drawn from it into the mix (one epoch; a chat conversation counts once)."""
+
+    eval_rows: int = Field(default=0, ge=0)
+    """Its evaluation rows."""
+
+    eval_loss: float | None = None
+    """Loss on its evaluation rows at the end (eval_<name>_loss in the trainer's logs)."""
+
+
 class TrainingMetrics(ApiModel):
     """Final metrics of a finished run (also in metrics.json next to the adapter)."""
 
@@ -590,7 +739,8 @@ class TrainingMetrics(ApiModel):
     """Mean training loss over the run."""
 
     eval_loss: float | None = None
-    """Loss on the evaluation rows at the end."""
+    """Loss on the evaluation rows at the end; with dataset.mix, the mean of the sources' evaluation losses
+    weighted by their evaluation rows (what one pass over all of them gives)."""
 
     perplexity: float | None = None
     """exp(evalLoss)."""
@@ -627,6 +777,9 @@ class TrainingMetrics(ApiModel):
 
     skipped_rows: int | None = Field(default=None, ge=0)
     """Rows skipped because they do not fit the dataset format (dataset.skipInvalidRows)."""
+
+    sources: list[SourceMetrics] | None = Field(default=None, max_length=MAX_MIX_SOURCES)
+    """Per source of dataset.mix: its probability, rows and evaluation loss."""
 
     published_step: int | None = Field(default=None, ge=0)
     """Step of the published weights: the checkpoint with the lowest evalLoss with training.loadBestModelAtEnd

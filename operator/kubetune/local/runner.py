@@ -28,6 +28,13 @@ METRIC_LABELS = [
 
 def format_metrics(metrics: dict) -> str:
     parts = [f"{label} {fmt.format(metrics[key])}" for key, label, fmt in METRIC_LABELS if metrics.get(key) is not None]
+    sources = [  # dataset.mix: each source's own evaluation loss and the rows it gave
+        f"{source['name']} {source['evalLoss']:.4f} ({source.get('trainRows', 0)} training rows)"
+        for source in metrics.get("sources") or []
+        if source.get("evalLoss") is not None
+    ]
+    if sources:
+        parts.append(f"eval loss per source: {'; '.join(sources)}")
     return ", ".join(parts) if parts else "no metrics reported"
 
 

@@ -97,7 +97,7 @@ def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
 
 def trainer_model_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> storage.ModelStorage:
     """Where the trainer downloads a Hub base model or dataset: the shared model cache, or its scratch volume."""
-    needs_hub = spec.base_model.name is not None or spec.dataset.hf is not None
+    needs_hub = spec.base_model.name is not None or any(source.hf is not None for source in spec.dataset.sources())
     return storage.model_storage(spec.model_cache, needs_hub, settings)
 
 
@@ -113,17 +113,19 @@ def trainer_volumes(
     )
     output = output_location(owner.name, spec)
     volumes.add_claim("output", output.claim_name, runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT), False)
-    for source in (spec.base_model.pvc, spec.dataset.pvc):
-        if source is not None:
-            path = runtime.claim_mount_path(source.claim_name, runtime.PVC_ROOT)
-            volumes.add_claim(naming.volume_name("pvc", source.claim_name), source.claim_name, path, True)
-    if spec.dataset.config_map is not None:
-        name = spec.dataset.config_map.name
-        folder = str(PurePosixPath(runtime.CONFIGMAP_ROOT) / name)
-        volumes.add(
-            pod.configmap_volume(naming.volume_name("cm", name), name),
-            pod.mount(naming.volume_name("cm", name), folder, read_only=True),
-        )
+    data = spec.dataset.sources()  # the dataset itself, or every source of its mix
+    for claim in (spec.base_model.pvc, *(source.pvc for source in data)):
+        if claim is not None:
+            path = runtime.claim_mount_path(claim.claim_name, runtime.PVC_ROOT)
+            volumes.add_claim(naming.volume_name("pvc", claim.claim_name), claim.claim_name, path, True)
+    for source in data:
+        if source.config_map is not None:
+            name = source.config_map.name
+            folder = str(PurePosixPath(runtime.CONFIGMAP_ROOT) / name)
+            volumes.add(
+                pod.configmap_volume(naming.volume_name("cm", name), name),
+                pod.mount(naming.volume_name("cm", name), folder, read_only=True),
+            )
     if models is not None:
         storage.add_model_storage(volumes, models)
     if store is not None:
