@@ -99,6 +99,26 @@ def test_a_pod_the_api_server_refuses_shows_the_jobs_failed_create(operator, kub
     assert kube.list(PODS, ns) == []
 
 
+def test_a_retry_pod_the_api_server_refuses_shows_the_jobs_failed_create(
+    operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """The first trainer pod failed (counted against backoffLimit) and a quota refuses its replacement: the
+    Job's FailedCreate must show, not 'waiting for the trainer pod to start' read from the finished pod's Events."""
+    kube.create(FTJ, ns, finetunejob(ns, backoffLimit=3))
+    kube.wait_for(JOBS, ns, JOB, exists, TIMEOUT)
+    kubelet.start_job(ns, JOB)
+    wait_phase(kube, ns, "sentiment", "Running")
+    quota = {"metadata": {"name": "no-more-pods"}, "spec": {"hard": {"pods": "1"}}}
+    kube.create(QUOTAS, ns, {"apiVersion": "v1", "kind": "ResourceQuota", **quota})
+    # No quota controller runs here: write the usage it would compute (the failed pod still counts until removed).
+    kube.patch(QUOTAS, ns, "no-more-pods", {"status": {"hard": {"pods": "1"}, "used": {"pods": "1"}}}, "status")
+    kubelet.finish_job(ns, JOB, 1, '{"exitReason": "TrainerError", "message": "transient"}')
+    refused = _message_has("exceeded quota: no-more-pods")
+    ftj = kube.wait_for(FTJ, ns, "sentiment", refused, 60, "the FailedCreate message of the replacement pod")
+    assert ftj["status"]["phase"] == "Pending"
+    assert (condition(ftj, "Running") or {}).get("reason") == "FailedCreate"
+
+
 def test_a_volume_that_cannot_be_mounted_shows_at_once(operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):
     """The kubelet reports a volume it cannot mount only as a FailedMount Event on the pod (the pod itself just
     stays ContainerCreating): the operator watches those Events (events.k8s.io, filtered by the API server) and

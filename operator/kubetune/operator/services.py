@@ -527,7 +527,9 @@ class FineTuneJobService(_Service):
         cause = ftj_logic.pending_cause(job, pods, [])
         if cause is not None:
             return cause
-        newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=job)
+        # A finished pod's Events explain nothing now: with no live pod, the Job's (FailedCreate of the next pod).
+        live = [pod for pod in pods if (pod.get("status") or {}).get("phase") in (None, "Pending")]
+        newest = max(live, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=job)
         uid = newest["metadata"]["uid"]
         events = kube.list(k8s.EVENTS, meta["namespace"], field_selector=f"involvedObject.uid={uid}")
         return ftj_logic.pending_cause(job, pods, events)
