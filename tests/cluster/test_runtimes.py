@@ -210,3 +210,23 @@ def test_a_runtime_deleted_under_a_running_modelserve_does_not_reshape_its_serve
     assert template["containers"][0]["image"] == spec["serverImage"]
     assert TAINT in template["tolerations"] and template["nodeSelector"] == GPU_POOL
     assert operator_requests(control_plane, since, "patch", "deployments") == []
+
+
+def test_an_edit_that_breaks_the_runtime_policy_is_refused_on_a_running_modelserve(
+    runtime, operator, kube, kubelet, ns
+):
+    """A ModelServe's spec can be edited after it deployed: the runtime's policy holds for the edit too (no
+    LoadBalancer the runtime does not allow). The running server and its Service are left as they were."""
+    kube.create(
+        MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "Qwen/Qwen2.5-0.5B-Instruct"}, runtimeName=runtime)
+    )
+    kube.wait_for(DEPLOYMENTS, ns, "plain", lambda d: d is not None, what="to be created")
+    kubelet.deployment_ready(ns, "plain")
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+    kube.patch(MSV, ns, "plain", {"spec": {"service": {"type": "LoadBalancer"}}})
+    msv = kube.wait_for(MSV, ns, "plain", lambda m: (condition(m, "Validated") or {}).get("status") == "False", 30)
+    assert "LoadBalancer is not allowed" in condition(msv, "Validated")["message"]
+    assert kube.get(SERVICES, ns, "plain")["spec"]["type"] == "ClusterIP"
+    kube.patch(MSV, ns, "plain", {"spec": {"service": {"type": "ClusterIP"}}})  # reverted: served as before
+    msv = kube.wait_for(MSV, ns, "plain", lambda m: (condition(m, "Validated") or {}).get("status") == "True", 30)
+    assert wait_phase(kube, ns, "plain", "Ready", res=MSV)["status"]["observedGeneration"] == 3

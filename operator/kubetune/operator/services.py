@@ -188,6 +188,9 @@ class _Service:
 
     logic: Any = ftj_logic
     refused_condition = "JobCreated"  # the condition a refused child turns False
+    # The spec can change after children exist (a ModelServe's; a FineTuneJob's is immutable but for suspend): the
+    # runtime's policy then holds for every edit, which is refused (its children left as they are) when it breaks it.
+    editable = False
 
     def _apply(self, plan: Plan, body: dict[str, Any], pending: Any = None) -> dict[str, dict[str, Any] | None]:
         """Create (never adopting a foreign object), patch our own children, write status, post events.
@@ -323,9 +326,10 @@ class _Service:
     def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None, bool]:
         """(the object with its FineTuneRuntime applied, None, False), or (it, phase, False) after refusing it: the
         runtime it names does not exist, or (only while `fresh`: no child created yet) several runtimes claim its
-        namespace or its spec breaks the runtime's policy. Which runtime: policy.runtime_name. (it, None, True): not
-        fresh, and the runtime that shaped its children cannot be read any more (deleted, invalid, contested): the
-        children it has are kept as they are, never re-rendered without it."""
+        namespace, or its spec breaks the runtime's policy (checked while `fresh`, and on every reconcile of an
+        `editable` kind). Which runtime: policy.runtime_name. (it, None, True): not fresh, and the runtime that
+        shaped its children cannot be read any more (deleted, invalid, contested): the children it has are kept as
+        they are, never re-rendered without it."""
         namespace = body["metadata"]["namespace"]
         claimants = self.ctx.namespace_runtimes(namespace)
         try:
@@ -361,7 +365,7 @@ class _Service:
                 return obj, None, True
             return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND), False
         violations, effective = self.runtime_rules
-        if fresh:
+        if fresh or self.editable:
             problems = violations(obj.spec, name, runtime)
             if problems:
                 return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION), False
@@ -592,6 +596,7 @@ class ModelServeService(_Service):
     resource = k8s.MODELSERVES
     logic = msv_logic
     refused_condition = "Ready"
+    editable = True
 
     def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> str | None:
         kube = self.ctx.kube
