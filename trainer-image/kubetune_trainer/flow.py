@@ -18,6 +18,7 @@ from kubetune.api.finetunejob import SourceMetrics
 from kubetune.api.runtime import CHECKPOINTS_DIR
 from transformers import set_seed
 
+from .augment import augment_sources
 from .checkpoints import (
     CheckpointMarker,
     newest_complete_checkpoint,
@@ -25,7 +26,7 @@ from .checkpoints import (
     remove_incomplete_checkpoints,
 )
 from .configs import build_configs
-from .data import PreparedData, prepare_data
+from .data import PreparedData, combine_sources, prepare_sources
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
 from .early_stopping import KubetuneEarlyStopping, stop_summary
@@ -88,10 +89,13 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     if not device.is_cuda:
         configure_cpu_threads(processes=me.local_world_size)
     set_seed(spec.training.seed)
-    data = prepare_data(
+    sources = prepare_sources(spec.dataset, spec.training.seed, download_dir=output_dir / ".download")
+    # dataset.augmentation: new training rows of each source (cached on the output volume), before a mix draws them.
+    sources, augmentation = augment_sources(spec, sources, output_dir, me, device)
+    data = combine_sources(
         spec.dataset,
+        sources,
         spec.training.seed,
-        download_dir=output_dir / ".download",
         all_assistant_turns=spec.training.completion_only_loss,  # without it every token is trained anyway
     )
 
@@ -146,7 +150,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     stop = stop_summary(spec, trainer.state.log_history, trainer.state.global_step, early.stopped_at if early else None)
     log.info("training ended (%s): %s", stop.reason, stop.message)
     metrics = metrics.model_copy(
-        update={"stop_reason": stop.reason, "stop_message": stop.message, "best_step": stop.best_step}
+        update={
+            "stop_reason": stop.reason,
+            "stop_message": stop.message,
+            "best_step": stop.best_step,
+            "augmentation": augmentation,
+        }
     )
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes

@@ -43,6 +43,24 @@ def _length_line(lengths: Mapping[str, LengthReport], max_seq_length: int) -> st
     return f"Rows longer than maxSeqLength {max_seq_length}: {'; '.join(parts) or 'none counted'}."
 
 
+def _augmentation_line(metrics: TrainingMetrics) -> str:
+    """What dataset.augmentation added to the training rows counted above (nothing when it was off)."""
+    if not metrics.augmentation:
+        return ""
+    parts = []
+    for result in metrics.augmentation:
+        dropped = result.total_dropped()
+        parts.append(
+            f"{result.added} by {result.kind} with {result.model} ({result.source_rows} rows chosen, "
+            f"{result.generated} texts generated, {dropped} dropped)"
+        )
+    return (
+        "\nTraining rows added by augmentation (prompts rewritten, answers kept; evaluation rows untouched): "
+        + "; ".join(parts)
+        + ".\n"
+    )
+
+
 def _mix_section(data: PreparedData, metrics: TrainingMetrics) -> str:
     """A table of the mix's sources: where from, task prefix, probability, rows and evaluation loss."""
     if data.mix is None:
@@ -159,7 +177,7 @@ library_name: {library}
 A {METHOD_NAMES[spec.method]} {artifact} trained by kubetune with trl's SFTTrainer on `{data.source}`
 ({data.format} format, {train_rows} training rows, {eval_rows} evaluation rows, {data.skipped_rows} invalid rows
 skipped). {_length_line(lengths, training.max_seq_length)}
-
+{_augmentation_line(metrics)}
 ## Training
 
 | Setting | Value |

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from .augmentation import AugmentationResult, AugmentationSpec
 from .base import (
     ApiModel,
     DataKey,
@@ -60,6 +61,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("dataset", "mixUntil"): None,
     ("training", "earlyStopping"): None,
     ("training", "lossWeights"): None,
+    ("dataset", "augmentation"): None,
 }
 
 
@@ -251,6 +253,10 @@ class DatasetSpec(DatasetSource):
 
     skip_invalid_rows: bool = False
     """Skip rows that do not fit the format (counted and reported) instead of failing the job."""
+
+    augmentation: AugmentationSpec | None = None
+    """Generate more training rows before training by paraphrase and back-translation of the prompts of the
+    training rows (evaluation rows are never augmented); empty: off."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -795,6 +801,9 @@ class TrainingMetrics(ApiModel):
 
     stop_message: str | None = Field(default=None, max_length=1024)
     """Why training ended, in words (e.g. how long the evaluation loss did not improve, and its best value)."""
+
+    augmentation: list[AugmentationResult] | None = Field(default=None, max_length=2)
+    """Rows added to the training rows by dataset.augmentation, per kind, and the generated texts dropped."""
 
 
 class OutputStatus(ApiModel):

@@ -63,6 +63,13 @@ REPORT_PROGRESS_KEY = "progress"
 REPORT_METRICS_KEY = "metrics"
 ENV_HF_TOKEN = "HF_TOKEN"
 """The base model's (and a Hub dataset's) read token: huggingface_hub reads it itself."""
+AUGMENTATION_TOKEN_ENV = {
+    "paraphrase.model": "KUBETUNE_PARAPHRASE_HF_TOKEN",
+    "backTranslation.model": "KUBETUNE_BACK_TRANSLATION_HF_TOKEN",
+    "backTranslation.reverseModel": "KUBETUNE_BACK_TRANSLATION_REVERSE_HF_TOKEN",
+}
+"""The read token of each augmentation model that names its own tokenSecretRef (one defaulting to the base model
+uses HF_TOKEN), so each token reaches only the download it is for."""
 ENV_HF_PUSH_TOKEN = "HF_PUSH_TOKEN"
 """The write token of output.hub (its tokenSecretRef): only the adapter push uses it."""
 ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"

@@ -35,6 +35,8 @@ def format_metrics(metrics: dict) -> str:
     ]
     if sources:
         parts.append(f"eval loss per source: {'; '.join(sources)}")
+    # dataset.augmentation: the training rows each kind added (details in metrics.json and the model card)
+    parts += [f"{kind.get('added', 0)} rows added by {kind.get('kind')}" for kind in metrics.get("augmentation") or []]
     return ", ".join(parts) if parts else "no metrics reported"
 
 
