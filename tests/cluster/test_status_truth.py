@@ -74,6 +74,30 @@ def test_unschedulable_pod_keeps_the_finetunejob_pending_with_the_schedulers_mes
     assert (condition(ftj, "Running") or {}).get("status") == "True"
 
 
+LONG = "sentiment-" + "x" * 60  # a valid name longer than a label value (63): the label carries a cut form
+
+
+def test_a_finetunejob_with_a_long_name_shows_why_its_pod_does_not_run(operator, kube: KubeTestClient, ns: str):
+    """Pod and Job events name their FineTuneJob by its label, whose value is cut to 63 characters for a long name:
+    the operator must still find the FineTuneJob (through the trainer Job's owner reference)."""
+    kube.create(FTJ, ns, finetunejob(ns, LONG))
+    pods = wait_until(lambda: kube.list(PODS, ns), "a trainer pod")
+    _unschedulable(kube, ns, pods[0]["metadata"]["name"], GPU_MESSAGE)
+    ftj = kube.wait_for(FTJ, ns, LONG, _message_has(GPU_MESSAGE), TIMEOUT, "the scheduler's message")
+    assert (condition(ftj, "Running") or {}).get("reason") == "Unschedulable"
+
+
+def test_a_pod_refused_for_a_finetunejob_with_a_long_name_shows_the_failed_create(
+    operator, kube: KubeTestClient, ns: str
+):
+    quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    kube.create(QUOTAS, ns, {"apiVersion": "v1", "kind": "ResourceQuota", **quota})
+    kube.patch(QUOTAS, ns, "no-pods", {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}, "status")
+    kube.create(FTJ, ns, finetunejob(ns, LONG))
+    ftj = kube.wait_for(FTJ, ns, LONG, _message_has("exceeded quota: no-pods"), TIMEOUT, "the FailedCreate message")
+    assert (condition(ftj, "Running") or {}).get("reason") == "FailedCreate"
+
+
 def test_image_pull_backoff_is_shown_until_the_pod_runs(operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):
     kube.create(FTJ, ns, finetunejob(ns))
     pod = _trainer_pod(kube, ns)["metadata"]["name"]

@@ -538,6 +538,13 @@ class FineTuneJobService(_Service):
         events = kube.list(k8s.EVENTS, meta["namespace"], field_selector=f"involvedObject.uid={uid}")
         return ftj_logic.pending_cause(job, pods, events)
 
+    def owner_of_job(self, namespace: str, job_name: str | None) -> str | None:
+        """The FineTuneJob controlling trainer Job `job_name`. Pods and Events name it by label, whose value is cut
+        to 63 characters for a longer name: the Job's owner reference has it whole."""
+        job = self.ctx.children.get(k8s.JOBS, namespace, job_name) if job_name else None
+        owner = drift.controller_of(job or {}) or {}
+        return owner.get("name") if owner.get("kind") == self.kind else None
+
     def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> None:
         """A trainer pod changed: reconcile its FineTuneJob only when what the pod says about it changed (it got
         stuck: Unschedulable, ImagePullBackOff, ...; or got unstuck), not on every status write of the kubelet."""
@@ -551,13 +558,16 @@ class FineTuneJobService(_Service):
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause
-        self.reconcile(namespace, owner)
+        self.reconcile(
+            namespace, self.owner_of_job(namespace, (meta.get("labels") or {}).get(naming.JOB_NAME_LABEL)) or owner
+        )
 
-    def pod_event(self, namespace: str, pod: str, owner: str, reason: Any, message: Any) -> None:
-        """A blocking Event on a trainer pod (FailedMount): reconcile its FineTuneJob once per new message (the
-        kubelet repeats it every couple of minutes, with a growing count)."""
+    def pod_event(self, namespace: str, pod: str, job_name: str, reason: Any, message: Any) -> None:
+        """A blocking Event on a trainer pod (FailedMount) of Job `job_name`: reconcile its FineTuneJob once per new
+        message (the kubelet repeats it every couple of minutes, with a growing count)."""
         key, cause = (namespace, f"pod/{pod}"), (str(reason), str(message or ""))
-        if self.ctx.seen_pod_cause.get(key) == cause:
+        owner = self.owner_of_job(namespace, job_name)
+        if owner is None or self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause
         self.reconcile(namespace, owner)
@@ -573,7 +583,8 @@ class FineTuneJobService(_Service):
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         job = self.ctx.children.get(k8s.JOBS, namespace, involved["name"])
-        owner = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
+        labelled = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
+        owner = self.owner_of_job(namespace, involved["name"]) if labelled else None
         if job is None or not owner:
             return
         self.ctx.seen_pod_cause[key] = cause
