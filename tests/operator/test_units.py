@@ -394,6 +394,20 @@ def test_restart_hash_ignores_the_adapter_list():
     assert restart_hash(config) != restart_hash(config.model_copy(update={"merge_adapter": True}))
 
 
+def test_decoding_defaults_reach_serve_json_and_restart_the_server_only_when_set():
+    """Unset, the decoding controls are absent from serve.json (a ModelServe from before them keeps its config and
+    restart hash, so an operator upgrade rolls no pods); set, they travel in serve.json and roll the pods, as the
+    server reads spec.generation only at start."""
+    resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
+    plain = msv_logic.serve_config(_msv(), resolution)
+    decoding = ("topK", "repetitionPenalty", "frequencyPenalty", "presencePenalty")
+    assert not set(decoding) & set(plain.to_wire()["generation"])
+    generation = {"topK": 40, "repetitionPenalty": 1.15, "frequencyPenalty": 0.4, "presencePenalty": -0.3}
+    tuned = msv_logic.serve_config(_msv(generation=generation), resolution)
+    assert {key: tuned.to_wire()["generation"][key] for key in decoding} == generation
+    assert restart_hash(tuned) != restart_hash(plain)
+
+
 def test_resync_reconciles_unfinished_finetunejobs_and_every_modelserve():
     """The periodic pass replaces kopf timers (which would put a finalizer on every object)."""
     from types import SimpleNamespace
