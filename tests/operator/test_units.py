@@ -375,6 +375,18 @@ def test_a_fully_fine_tuned_model_is_refused_as_an_adapter_with_how_to_serve_it(
     assert "baseModel: {pvc: {claimName: sentiment-output, path: adapter}}" in plan.status["message"]
 
 
+def test_a_modelserve_refused_by_its_runtime_then_fixed_is_validated_again():
+    """A runtime refusal (RuntimeNotFound, PolicyViolation) sets Validated=False; once the ModelServe deploys, the
+    refusal is over and the condition must not keep saying otherwise next to Ready=True."""
+    refused = msv_logic.plan_invalid(ModelServeStatus(), "no such runtime", 1, NOW, "RuntimeNotFound")
+    status = ModelServeStatus.model_validate(refused.status)
+    observed = {"ConfigMap": None, "Deployment": None, "Service": None}
+    plan = msv_logic.plan_modelserve(_msv(), status, {"sentiment": _succeeded()}, observed, SETTINGS, NOW)
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert plan.phase == "Deploying"
+    assert conditions["Validated"]["status"] == "True", conditions["Validated"]
+
+
 def test_restart_hash_ignores_the_adapter_list():
     resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
     config = msv_logic.serve_config(_msv(), resolution)
