@@ -216,7 +216,8 @@ def test_an_edit_that_breaks_the_runtime_policy_is_refused_on_a_running_modelser
     runtime, operator, kube, kubelet, ns
 ):
     """A ModelServe's spec can be edited after it deployed: the runtime's policy holds for the edit too (no
-    LoadBalancer the runtime does not allow). The running server and its Service are left as they were."""
+    LoadBalancer the runtime does not allow). The running server and its Service are left as they were, and the
+    status says it still serves."""
     kube.create(
         MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "Qwen/Qwen2.5-0.5B-Instruct"}, runtimeName=runtime)
     )
@@ -226,6 +227,9 @@ def test_an_edit_that_breaks_the_runtime_policy_is_refused_on_a_running_modelser
     kube.patch(MSV, ns, "plain", {"spec": {"service": {"type": "LoadBalancer"}}})
     msv = kube.wait_for(MSV, ns, "plain", lambda m: (condition(m, "Validated") or {}).get("status") == "False", 30)
     assert "LoadBalancer is not allowed" in condition(msv, "Validated")["message"]
+    assert "keeps running the last accepted spec" in msv["status"]["message"]
+    # The server does go on serving: the status says so rather than Failed.
+    assert msv["status"]["phase"] == "Ready" and condition(msv, "Ready")["status"] == "True"
     assert kube.get(SERVICES, ns, "plain")["spec"]["type"] == "ClusterIP"
     kube.patch(MSV, ns, "plain", {"spec": {"service": {"type": "ClusterIP"}}})  # reverted: served as before
     msv = kube.wait_for(MSV, ns, "plain", lambda m: (condition(m, "Validated") or {}).get("status") == "True", 30)

@@ -367,6 +367,16 @@ class _Service:
         violations, effective = self.runtime_rules
         if fresh or self.editable:
             problems = violations(obj.spec, name, runtime)
+            if problems and not fresh:  # the server runs the last accepted spec: it keeps its phase and Ready
+                plan = self.logic.plan_refused_edit(
+                    status,
+                    "; ".join(problems),
+                    body["metadata"].get("generation"),
+                    now_rfc3339(),
+                    policy.POLICY_VIOLATION,
+                )
+                self._apply(plan, body)
+                return obj, status.phase or "Pending", False
             if problems:
                 return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION), False
         return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None, False

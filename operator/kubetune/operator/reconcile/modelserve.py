@@ -368,3 +368,21 @@ def plan_invalid(
     elif status.phase != "Failed":
         plan.events.append(Event("Warning", reason, message))
     return plan
+
+
+def plan_refused_edit(
+    status: ModelServeStatus, problems: str, generation: int | None, now: str, reason: str = "PolicyViolation"
+) -> Plan:
+    """An edit of a deployed ModelServe that its FineTuneRuntime's policy refuses: the children keep the last
+    accepted spec and go on serving, so phase and Ready stay what they are; Validated=False says why this
+    generation is not applied."""
+    message = f"this edit is refused ({problems}); the server keeps running the last accepted spec"
+    nxt = status.model_copy(deep=True)
+    nxt.message, nxt.observed_generation = message, generation
+    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", reason, message, generation, now)
+    plan = Plan(phase=status.phase or "Pending", status=status_patch(nxt))
+    if status_patch(status) == plan.status:
+        plan.status = {}
+    else:
+        plan.events.append(Event("Warning", reason, message))
+    return plan
