@@ -4,19 +4,17 @@ and a FineTuneRuntime's allowedBaseModels refuses a disallowed augmentation mode
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from kubetune_trainer.kube_status import KubeStatusClient
 
 from tests.support.augmentation_models import build_ending_model, write_instruction_rows
 from tests.support.kube.server import FTJ, JOBS
 from tests.support.tiny_model import build_tiny_model
 
-from .helpers import condition, exists, finetunejob, operator_requests, wait_phase
+from .helpers import condition, exists, finetunejob, operator_requests, trainer_report_client, wait_phase
 
 RUNTIMES = ("kubetune.dev/v1alpha1", "finetuneruntimes")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "augmentation.yaml"
@@ -109,10 +107,7 @@ def test_the_rows_added_reach_the_finetunejob_status(control_plane, operator, ku
     kube.wait_for(JOBS, ns, "sentiment-train", exists)
     kubelet.start_job(ns, "sentiment-train")
     wait_phase(kube, ns, "sentiment", "Running")
-    plane = control_plane.plane
-    (tmp_path / "token").write_text(plane.service_account_token(ns, "sentiment-trainer"))
-    context = ssl.create_default_context(cafile=str(plane.pki.ca))
-    trainer = KubeStatusClient(plane.url, ns, "sentiment-report", tmp_path / "token", context)
+    trainer = trainer_report_client(control_plane, ns, "sentiment", tmp_path)
     report = {
         "kind": "paraphrase",
         "model": "Qwen/Qwen2.5-0.5B-Instruct",

@@ -8,20 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import ssl
 from pathlib import Path
 
 from kubetune.api.runtime import HUMAN_EVAL_FILE, LOSS_CURVES_FILE, METRICS_FILE, MODEL_CARD_FILE
 from kubetune.cli import main
 from kubetune_trainer.human_eval import COLUMNS
-from kubetune_trainer.kube_status import KubeStatusClient
 from kubetune_trainer.loss_curves import draw_loss_curves
 from kubetune_trainer.reporting import KubeStatusSink
 from kubetune_trainer.results_report import result_files
 
 from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS
 
-from .helpers import exists, finetunejob, wait_phase
+from .helpers import exists, finetunejob, trainer_report_client, wait_phase
 
 # ~1.2 MiB of rows with commas, quotes, newlines and Hangul: more than a ConfigMap may hold (1 MiB).
 SHEET_ROWS = [
@@ -66,9 +64,7 @@ def test_results_are_fetched_with_a_kubeconfig_once_the_job_succeeded(
     code, out, err = _results(kubeconfig, ns, target, capsys)
     assert code == 1 and out == "" and "has not finished yet (phase Running)" in err
 
-    (tmp_path / "token").write_text(plane.service_account_token(ns, "sentiment-trainer"))
-    context = ssl.create_default_context(cafile=str(plane.pki.ca))
-    sink = KubeStatusSink(KubeStatusClient(plane.url, ns, "sentiment-report", tmp_path / "token", context))
+    sink = KubeStatusSink(trainer_report_client(control_plane, ns, "sentiment", tmp_path))
     originals = _write_outputs(tmp_path / "output")
     assert len(originals[HUMAN_EVAL_FILE]) > 1024 * 1024
     sink.results(result_files(tmp_path / "output"))
