@@ -1,4 +1,4 @@
-"""The `kubetune` command line: regenerate CRDs, run jobs locally, run the demo."""
+"""The `kubetune` command line: regenerate CRDs, run jobs locally, run the demo, fetch a job's results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__, generate
+from . import __version__, generate, results
 from .local import cli as local_cli
 from .operator import cli as operator_cli
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(handler=_crds)
     local_cli.add_commands(commands)
     operator_cli.add_commands(commands)
+    results.add_commands(commands)
     return parser
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .api.runtime import ENV_MODEL_CACHE
 
-CONFIG_PATTERNS = ("*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*")
+# "*.spm": the sentencepiece files of translation models (opus-mt) that dataset.augmentation may name.
+CONFIG_PATTERNS = ("*.json", "*.model", "*.spm", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*")
 MARKERS_DIR = "kubetune/models"
 LOCKS_DIR = "kubetune/locks"
 

@@ -44,7 +44,7 @@ from .loader import (
     through_model_cache,
 )
 from .requests import Chunk, SequenceHandle
-from .sampling import SamplingParams, choose_next_tokens, make_generator
+from .sampling import SamplingParams, TokenHistory, choose_next_tokens, make_generator
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,15 @@ class _Row:
     handle: SequenceHandle
     generator: torch.Generator | None
     text: TextProgress
+    history: TokenHistory | None = None  # only for rows with penalties
     generated: list[int] = field(default_factory=list)
     unsent: str = ""
+
+    @classmethod
+    def joining(cls, handle: SequenceHandle) -> _Row:
+        params = handle.params
+        history = TokenHistory(handle.prompt_ids) if params.penalised else None
+        return cls(handle, make_generator(params), TextProgress(params.stop), history)
 
 
 @dataclass
@@ -500,8 +507,10 @@ class Engine:
             return
         self._prefilling = None
         handles = group.handles
-        rows_ = [_Row(h, make_generator(h.params), TextProgress(h.params.stop)) for h in handles]
-        tokens = choose_next_tokens(logits, [h.params for h in handles], [r.generator for r in rows_])
+        rows_ = [_Row.joining(h) for h in handles]
+        tokens = choose_next_tokens(
+            logits, [h.params for h in handles], [r.generator for r in rows_], [r.history for r in rows_]
+        )
         joining = batching.BatchState(
             cache=group.cache,
             attention_mask=group.mask,
@@ -526,7 +535,10 @@ class Engine:
                 **{self._cache_arg: state.cache},
             )
             tokens = choose_next_tokens(
-                logits, [row.handle.params for row in self._rows], [r.generator for r in self._rows]
+                logits,
+                [row.handle.params for row in self._rows],
+                [row.generator for row in self._rows],
+                [row.history for row in self._rows],
             )
         except Exception:
             batching.truncate(state.cache, length)  # layers that already took this step's column give it back
@@ -558,6 +570,8 @@ class Engine:
         """Add `token` to `row`; True while the row goes on."""
         params = row.handle.params
         finish = None
+        if row.history is not None:
+            row.history.add(token)
         if token in self._eos_ids:
             finish = "stop"
         else:

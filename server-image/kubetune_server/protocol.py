@@ -6,9 +6,12 @@ are checked by the serving logic, which names the limit in its error.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from kubetune.api.modelserve import MAX_REPETITION_PENALTY, MAX_TOP_K, MIN_REPETITION_PENALTY
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 MAX_TEXT = 1_000_000
 MAX_STOP = 4
@@ -17,6 +20,40 @@ MAX_PROMPTS = 64
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 StopStrings = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _ranged(kind: type, low: float, high: float | None, *, low_open: bool = False, note: str = ""):
+    """A number type whose out-of-range values are refused with one message naming the whole allowed range
+    (pydantic's own bound errors name only the bound that failed); the schema still advertises the bounds."""
+
+    def number(bound: float) -> str:
+        return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+    allowed = (
+        f"a finite number {'greater than' if low_open else 'at least'} {number(low)}"
+        if high is None
+        else f"between {number(low)}{' (exclusive)' if low_open else ''} and {number(high)}"
+    )
+
+    def check(value):
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not finite or value < low or (low_open and value == low) or (high is not None and value > high):
+            raise PydanticCustomError(
+                "out_of_range",
+                "must be {allowed}{note}, got {value}",
+                {"allowed": allowed, "note": note, "value": value},
+            )
+        return value
+
+    schema: dict = {"type": "integer" if kind is int else "number", "exclusiveMinimum" if low_open else "minimum": low}
+    if high is not None:
+        schema["maximum"] = high
+    return Annotated[kind, AfterValidator(check), WithJsonSchema(schema)]
+
+
+Penalty = _ranged(float, -2, 2, note=" (OpenAI's range)")
+RepetitionPenalty = _ranged(float, MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY, note=" (1 is off)")
+TopK = _ranged(int, -1, MAX_TOP_K, note=" (0 or -1 is off)")
 
 
 class Strict(BaseModel):
@@ -30,11 +67,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class DecodingFields(Strict):
+    """Decoding controls shared by every generating route; unset fields take the ModelServe's
+    `spec.generation` defaults (off unless set there)."""
+
+    top_k: TopK | None = Field(
+        default=None, description="Sample among the k most likely tokens only (vLLM's extension); 0 or -1: off."
+    )
+    repetition_penalty: RepetitionPenalty | None = Field(
+        default=None,
+        description="Divide positive (multiply negative) logits of tokens already in the prompt or the answer by "
+        "this (Hugging Face / vLLM); > 1 discourages repeats, 1 is off; 0.01 to 100.",
+    )
+    frequency_penalty: Penalty | None = Field(
+        default=None,
+        description="Subtract this times a token's count in the answer so far from its logit (OpenAI); -2 to 2.",
+    )
+    presence_penalty: Penalty | None = Field(
+        default=None,
+        description="Subtract this from the logit of every token already in the answer (OpenAI); -2 to 2.",
+    )
+
+
 class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class SamplingFields(Strict):
+class SamplingFields(DecodingFields):
     """Parameters shared by completions and chat completions."""
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -47,12 +106,6 @@ class SamplingFields(Strict):
     stream_options: StreamOptions | None = None
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
-    presence_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
-        default=None, description="Accepted for compatibility; only 0 is supported."
-    )
-    frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
-        default=None, description="Accepted for compatibility; only 0 is supported."
-    )
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -172,12 +225,14 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class GenerateRequest(Strict):
-    """The tutorial's request body, kept so its clients keep working; `model` picks an adapter (optional)."""
+class GenerateRequest(DecodingFields):
+    """The tutorial's request body, kept so its clients keep working; `model` picks an adapter (optional). The
+    decoding controls its generation chapter recommends (top_k, top_p, repetition_penalty) are accepted too."""
 
     question: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
     max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
 

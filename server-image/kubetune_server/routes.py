@@ -101,7 +101,8 @@ def openai_router(serving: Serving, api_key: str | None) -> APIRouter:
 
     @router.post("/generate", response_model=GenerateResponse, tags=["compatibility"])
     async def generate(body: GenerateRequest, request: Request):
-        """The seed tutorial's endpoint: `{question, max_tokens, temperature}` -> `{answer, tokens_used}`."""
+        """The seed tutorial's endpoint: `{question, max_tokens, temperature}` -> `{answer, tokens_used}`, plus the
+        decoding controls (top_p, top_k, repetition/frequency/presence penalties)."""
         return await _answer(request, serving.generate(body))
 
     return router

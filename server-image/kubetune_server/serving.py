@@ -29,6 +29,7 @@ from .protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    DecodingFields,
     Delta,
     GenerateRequest,
     GenerateResponse,
@@ -106,19 +107,38 @@ class Serving:
         if not self.engine.ready:
             raise NotReady("the model is still loading; retry when /ready answers 200")
 
-    def _sampling(self, max_tokens: int | None, temperature: float | None, top_p: float | None, stop, seed):
-        limit = self.limits.max_new_tokens_limit
+    def _sampling(
+        self,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop,
+        seed,
+        decoding: DecodingFields,
+    ) -> SamplingParams:
+        """The request's parameters, each unset one taken from `spec.generation` (whose decoding controls are
+        off when unset there too)."""
+        limits = self.limits
+        limit = limits.max_new_tokens_limit
         if max_tokens is not None and max_tokens > limit:
             raise InvalidRequest(
                 f"max_tokens is {max_tokens}, but this server allows at most {limit} (maxNewTokensLimit)",
                 param="max_tokens",
             )
+
+        def pick(requested, default, off):
+            return next((value for value in (requested, default) if value is not None), off)
+
         return SamplingParams(
-            max_tokens=max_tokens or self.limits.max_new_tokens,
-            temperature=self.limits.temperature if temperature is None else temperature,
-            top_p=self.limits.top_p if top_p is None else top_p,
+            max_tokens=max_tokens or limits.max_new_tokens,
+            temperature=pick(temperature, limits.temperature, 0.0),
+            top_p=pick(top_p, limits.top_p, 1.0),
             stop=stop,
             seed=seed,
+            top_k=max(0, pick(decoding.top_k, limits.top_k, 0)),  # -1 (vLLM's "off") is 0 here
+            repetition_penalty=pick(decoding.repetition_penalty, limits.repetition_penalty, 1.0),
+            frequency_penalty=pick(decoding.frequency_penalty, limits.frequency_penalty, 0.0),
+            presence_penalty=pick(decoding.presence_penalty, limits.presence_penalty, 0.0),
         )
 
     async def _encode(self, text: str, leading_specials: bool = False) -> list[int]:
@@ -227,7 +247,7 @@ class Serving:
     async def _prepare_completion(self, request: CompletionRequest):
         self._require_ready()
         params = self._sampling(
-            request.max_tokens, request.temperature, request.top_p, request.stop_strings(), request.seed
+            request.max_tokens, request.temperature, request.top_p, request.stop_strings(), request.seed, request
         )
         prompts = await self._prompt_ids(request.prompt)
         if len(prompts) * request.n > self.limits.max_batch_size * 4:
@@ -275,7 +295,9 @@ class Serving:
     async def _prepare_chat(self, request: ChatCompletionRequest):
         self._require_ready()
         max_tokens = request.max_completion_tokens or request.max_tokens
-        params = self._sampling(max_tokens, request.temperature, request.top_p, request.stop_strings(), request.seed)
+        params = self._sampling(
+            max_tokens, request.temperature, request.top_p, request.stop_strings(), request.seed, request
+        )
         ids = await self._encode(self._chat_prompt(request))
         self._check_prompt(ids, params, "messages")
         return self._submit([ids], request.model, params, request.n, request.stream)
@@ -354,7 +376,7 @@ class Serving:
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         self._require_ready()
         model = request.model or self._default_generate_model()
-        params = self._sampling(request.max_tokens, request.temperature, None, (), None)
+        params = self._sampling(request.max_tokens, request.temperature, request.top_p, (), None, request)
         ids = await self._encode(GENERATE_PROMPT.format(question=request.question), leading_specials=True)
         self._check_prompt(ids, params, "question")
         handles = self._submit([ids], model, params, 1)

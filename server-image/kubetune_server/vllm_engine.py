@@ -269,6 +269,10 @@ class VllmEngine:
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
+            top_k=params.top_k,  # 0: off, as in vLLM
+            repetition_penalty=params.repetition_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
             seed=params.seed,
             stop=list(params.stop) or None,
             output_kind=RequestOutputKind.DELTA,

@@ -62,6 +62,8 @@ def test_any_other_value_changes_the_fingerprint(path: tuple[str, ...]):
         ("dataset", "mixUntil"): "all_exhausted",
         ("training", "earlyStopping"): {"patience": 2},
         ("training", "lossWeights"): {"terms": ["insulin"]},
+        ("dataset", "augmentation"): {"paraphrase": {"copies": 2}},
+        ("evaluation", "humanEvalSamples"): 8,
     }.get(path, True if NEUTRAL_DEFAULTS[path] is False else None)
     assert changed is not None, f"give {'.'.join(path)} a changed value in this test"
     extra: dict[str, Any] = {}

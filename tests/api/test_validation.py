@@ -491,6 +491,23 @@ CASES: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
         "schema",
     ),
     (
+        "presence-penalty-high",
+        MSV,
+        {"generation": {"presencePenalty": 2.5}},
+        "generation.presencePenalty",
+        "less than or equal to 2",
+        "schema",
+    ),
+    (
+        "repetition-penalty-zero",
+        MSV,
+        {"generation": {"repetitionPenalty": 0}},
+        "generation.repetitionPenalty",
+        "greater than or equal to 0.01",
+        "cel",  # the schema's minimum 0.01 misses an integer 0 on the real server (see GenerationSpec)
+    ),
+    ("top-k-below-off", MSV, {"generation": {"topK": -2}}, "generation.topK", "greater than or equal to -1", "schema"),
+    (
         "merge-two-adapters",
         MSV,
         {

@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import copy
+import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubetune_trainer.kube_status import KubeStatusClient
 
 from tests.support.envtest.audit import AuditEvent
 from tests.support.envtest.fixtures import OPERATOR_USER, RealCluster
@@ -149,3 +154,15 @@ def delete(kube: KubeTestClient, res: tuple[str, str], ns: str, name: str, propa
     """Delete as kubectl does: batch/v1 Jobs otherwise default to orphaning their pods on a real server."""
     response = kube.http.delete(resource_path(*res, ns, name), params={"propagationPolicy": propagation})
     kube._check(response)
+
+
+def trainer_report_client(control_plane: RealCluster, ns: str, job: str, folder: Path) -> KubeStatusClient:
+    """The client a running trainer pod of FineTuneJob `job` reports through: its ServiceAccount's token (written
+    to `folder`) against its own report ConfigMap, as the pod would use them."""
+    from kubetune_trainer.kube_status import KubeStatusClient
+
+    plane = control_plane.plane
+    token = folder / "token"
+    token.write_text(plane.service_account_token(ns, f"{job}-trainer"))
+    context = ssl.create_default_context(cafile=str(plane.pki.ca))
+    return KubeStatusClient(plane.url, ns, f"{job}-report", token, context)

@@ -146,6 +146,8 @@ def test_the_server_fills_in_complete_defaults(kube, ns):
     _, body = _resource("ModelServe", ns, VALID_MSV_SPEC)
     stored = kube.create(MSV, ns, body)["spec"]
     assert stored["generation"]["maxNewTokens"] == 256 and stored["generation"]["maxNewTokensLimit"] == 2048
+    # decoding controls stay unset (off): objects stored before them read back the same
+    assert not {"topK", "repetitionPenalty", "frequencyPenalty", "presencePenalty"} & set(stored["generation"])
     assert stored["service"] == {"type": "ClusterIP", "port": 8000}
 
 

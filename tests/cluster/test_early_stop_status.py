@@ -4,13 +4,9 @@ CRD's status schema keeps them, not prunes them), and the Succeeded condition sa
 
 from __future__ import annotations
 
-import ssl
-
-from kubetune_trainer.kube_status import KubeStatusClient
-
 from tests.support.kube.server import FTJ, JOBS
 
-from .helpers import condition, exists, finetunejob, wait_phase
+from .helpers import condition, exists, finetunejob, trainer_report_client, wait_phase
 
 STOP_MESSAGE = (
     "eval loss did not improve for 2 evaluations after step 50 (best eval loss 2.4384 at step 50); stopped at step "
@@ -24,10 +20,7 @@ def test_the_stop_reason_and_the_winning_step_are_stored(control_plane, operator
     kube.wait_for(JOBS, ns, "sentiment-train", exists)
     kubelet.start_job(ns, "sentiment-train")
     wait_phase(kube, ns, "sentiment", "Running")
-    plane = control_plane.plane
-    (tmp_path / "token").write_text(plane.service_account_token(ns, "sentiment-trainer"))
-    context = ssl.create_default_context(cafile=str(plane.pki.ca))
-    trainer = KubeStatusClient(plane.url, ns, "sentiment-report", tmp_path / "token", context)
+    trainer = trainer_report_client(control_plane, ns, "sentiment", tmp_path)
 
     metrics = {
         "evalLoss": 2.4384,

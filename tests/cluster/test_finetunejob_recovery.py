@@ -180,6 +180,60 @@ def test_job_finished_and_removed_while_the_operator_was_down(operator, control_
     assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
 
 
+def test_job_finished_and_removed_while_the_operator_was_down_reported_in_its_configmap(
+    operator, control_plane, kube, kubelet, ns
+):
+    """As above, with the final metrics where the trainer really writes them: its report ConfigMap (the operator is
+    the only writer of the status). The operator reads the report even though the Job is gone: not trained again."""
+    since_start = control_plane.audit.offset()
+    kube.create(FTJ, ns, finetunejob(ns, ttlSecondsAfterFinished=1))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    operator.stop()
+    report = {"data": {"metrics": json.dumps({"trainLoss": 0.5})}}
+    kube.patch(CONFIGMAPS, ns, "sentiment-report", report)  # the trainer's write, with its own token
+    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
+    kube.wait_for(JOBS, ns, "sentiment-train", gone, what="to be removed by the ttl-after-finished controller")
+    operator.start()
+    wait_until(
+        lambda: (
+            kube.find(JOBS, ns, "sentiment-train") is not None
+            or kube.get(FTJ, ns, "sentiment")["status"]["phase"] == "Succeeded"
+        ),
+        "for the FineTuneJob to succeed (or its Job to be created again)",
+    )
+    done = kube.get(FTJ, ns, "sentiment")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["metrics"] == {"trainLoss": 0.5}
+    assert kube.find(JOBS, ns, "sentiment-train") is None
+    assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
+
+
+def test_a_failed_job_being_deleted_still_fails_the_finetunejob(operator, control_plane, kube, kubelet, ns):
+    """A Job that failed and is being deleted (foreground, as the ttl-after-finished controller deletes; held here by
+    another controller's finalizer) while the operator was down still says how the run ended: the FineTuneJob is
+    Failed, not blocked waiting for the Job to go (and, once it went, never trained again)."""
+    since_start = control_plane.audit.offset()
+    kube.create(FTJ, ns, finetunejob(ns, backoffLimit=0))
+    kube.wait_for(JOBS, ns, "sentiment-train", exists)
+    kubelet.start_job(ns, "sentiment-train")
+    wait_phase(kube, ns, "sentiment", "Running")
+    operator.stop()
+    kube.patch(JOBS, ns, "sentiment-train", {"metadata": {"finalizers": ["example.com/hold"]}})
+    kubelet.finish_job(ns, "sentiment-train", 1, json.dumps({"exitReason": "TrainerError", "message": "boom"}))
+    delete(kube, JOBS, ns, "sentiment-train", "Foreground")
+    kube.wait_for(JOBS, ns, "sentiment-train", lambda job: job and job["metadata"].get("deletionTimestamp"))
+    operator.start()
+    failed = wait_phase(kube, ns, "sentiment", "Failed")
+    assert "backoff limit" in failed["status"]["message"]  # the Job controller's reason (its pod is gone)
+    kube.patch(JOBS, ns, "sentiment-train", {"metadata": {"finalizers": []}})
+    kube.wait_for(JOBS, ns, "sentiment-train", gone)
+    _restart_and_wait_for_resume(operator, control_plane, ns)
+    assert kube.get(FTJ, ns, "sentiment")["status"]["phase"] == "Failed"
+    assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
+
+
 def test_deleting_the_finetunejob_deletes_its_children(operator, kube, kubelet, ns):
     kube.create(FTJ, ns, finetunejob(ns))
     kube.wait_for(JOBS, ns, "sentiment-train", exists)

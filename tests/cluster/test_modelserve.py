@@ -294,3 +294,23 @@ def test_deleting_the_modelserve_deletes_its_children(
     # The collector goes on down the chain: the Deployment's ReplicaSet, then its pod.
     for res in (REPLICASETS, PODS):
         wait_until(lambda res=res: not kube.list(res, ns), f"for every {res[1]} in {ns} to be garbage-collected")
+
+
+def test_a_deleted_modelserve_is_forgotten(
+    operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """kopf calls no delete handler for an object without its finalizer (and the operator adds none): the DELETED
+    event is what tells the operator to forget a ModelServe, so it leaves the kubetune_modelserves gauge."""
+    created = kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}))
+    kube.wait_for(DEPLOYMENTS, ns, "plain", exists, TIMEOUT)
+    kubelet.deployment_ready(ns, "plain")
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+    ctx = operator.current.ctx
+
+    def ready_count() -> float | None:
+        return ctx.metrics.registry.get_sample_value("kubetune_modelserves", {"phase": "Ready"})
+
+    wait_until(lambda: ready_count() == 1, "for the Ready ModelServe to be counted")
+    kube.delete(MSV, ns, "plain")
+    wait_until(lambda: ready_count() == 0, "for the deleted ModelServe to leave the kubetune_modelserves gauge")
+    assert ctx.is_gone(created["metadata"]["uid"])

@@ -11,7 +11,7 @@ import pytest
 from tests.support.envtest.fixtures import RealOperatorControl, operator_settings_for
 from tests.support.kube.server import DEPLOYMENTS, FTJ, JOBS, MSV, PVCS, SERVICES
 
-from .helpers import condition, finetunejob, modelserve, operator_requests, wait_phase
+from .helpers import condition, finetunejob, modelserve, operator_requests, wait_phase, wait_request
 
 RUNTIMES = ("kubetune.dev/v1alpha1", "finetuneruntimes")
 GPU_POOL = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
@@ -185,3 +185,52 @@ def test_two_runtimes_claiming_the_namespace_are_refused_naming_both(control_pla
     finally:
         control.stop()
     assert control.refused() == []
+
+
+def test_a_runtime_deleted_under_a_running_modelserve_does_not_reshape_its_server(
+    control_plane, operator, kube, kubelet, ns
+):
+    """Once a ModelServe runs, its runtime's later deletion must not roll its server out without the runtime's image
+    and GPU pool (the operator no longer knows them): the Deployment stays as the runtime shaped it."""
+    name = f"serve-{ns}"[:253]
+    spec = {**_runtime_spec(), "serverImage": "registry.example.com/kubetune/server:a100"}
+    _create_runtime(control_plane, name, spec)
+    try:
+        body = modelserve(ns, "plain", jobs=(), baseModel={"name": "Qwen/Qwen2.5-0.5B-Instruct"}, runtimeName=name)
+        kube.create(MSV, ns, body)
+        shaped = kube.wait_for(DEPLOYMENTS, ns, "plain", lambda d: d is not None, what="to be created")
+        assert shaped["spec"]["template"]["spec"]["containers"][0]["image"] == spec["serverImage"]
+    finally:
+        control_plane.admin.delete(RUNTIMES, None, name)
+    since = control_plane.audit.offset()
+    kubelet.deployment_ready(ns, "plain")  # Deployment events: the operator reconciles and reads the runtime again
+    wait_request(control_plane, since, "get", "finetuneruntimes")
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+    template = kube.get(DEPLOYMENTS, ns, "plain")["spec"]["template"]["spec"]
+    assert template["containers"][0]["image"] == spec["serverImage"]
+    assert TAINT in template["tolerations"] and template["nodeSelector"] == GPU_POOL
+    assert operator_requests(control_plane, since, "patch", "deployments") == []
+
+
+def test_an_edit_that_breaks_the_runtime_policy_is_refused_on_a_running_modelserve(
+    runtime, operator, kube, kubelet, ns
+):
+    """A ModelServe's spec can be edited after it deployed: the runtime's policy holds for the edit too (no
+    LoadBalancer the runtime does not allow). The running server and its Service are left as they were, and the
+    status says it still serves."""
+    kube.create(
+        MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "Qwen/Qwen2.5-0.5B-Instruct"}, runtimeName=runtime)
+    )
+    kube.wait_for(DEPLOYMENTS, ns, "plain", lambda d: d is not None, what="to be created")
+    kubelet.deployment_ready(ns, "plain")
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+    kube.patch(MSV, ns, "plain", {"spec": {"service": {"type": "LoadBalancer"}}})
+    msv = kube.wait_for(MSV, ns, "plain", lambda m: (condition(m, "Validated") or {}).get("status") == "False", 30)
+    assert "LoadBalancer is not allowed" in condition(msv, "Validated")["message"]
+    assert "keeps running the last accepted spec" in msv["status"]["message"]
+    # The server does go on serving: the status says so rather than Failed.
+    assert msv["status"]["phase"] == "Ready" and condition(msv, "Ready")["status"] == "True"
+    assert kube.get(SERVICES, ns, "plain")["spec"]["type"] == "ClusterIP"
+    kube.patch(MSV, ns, "plain", {"spec": {"service": {"type": "ClusterIP"}}})  # reverted: served as before
+    msv = kube.wait_for(MSV, ns, "plain", lambda m: (condition(m, "Validated") or {}).get("status") == "True", 30)
+    assert wait_phase(kube, ns, "plain", "Ready", res=MSV)["status"]["observedGeneration"] == 3

@@ -130,6 +130,25 @@ def test_repair_leaves_replicas_to_an_autoscaler(
     assert patches == [], "the operator does not take replicas back from the autoscaler"
 
 
+def test_a_modelserve_an_autoscaler_scaled_down_stays_ready(
+    control_plane: RealCluster, operator: RealOperatorControl, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """Once an autoscaler owns the Deployment's size, the rollout is judged against the Deployment's replicas, not
+    spec.replicas: fewer replicas than the spec asked for is the autoscaler's decision, not a stuck rollout."""
+    kube.create(MSV, ns, modelserve(ns, "plain", jobs=(), baseModel={"name": "org/base"}, replicas=2))
+    kube.wait_for(DEPLOYMENTS, ns, "plain", exists, TIMEOUT)
+    kubelet.deployment_ready(ns, "plain")
+    wait_phase(kube, ns, "plain", "Ready", res=MSV)
+
+    _scale_as_the_hpa_controller(kube, ns, "plain", 1)
+    kubelet.deployment_ready(ns, "plain", 1)
+    kube.wait_for(
+        DEPLOYMENTS, ns, "plain", lambda d: (d.get("status") or {}).get("replicas") == 1, TIMEOUT, what="to scale down"
+    )
+    served = kube.wait_for(MSV, ns, "plain", lambda m: (m.get("status") or {}).get("readyReplicas") == 1, TIMEOUT)
+    assert served["status"]["phase"] == "Ready", served["status"]["message"]
+
+
 def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("operator_scale", BENCH)
     assert spec is not None and spec.loader is not None

@@ -74,6 +74,30 @@ def test_unschedulable_pod_keeps_the_finetunejob_pending_with_the_schedulers_mes
     assert (condition(ftj, "Running") or {}).get("status") == "True"
 
 
+LONG = "sentiment-" + "x" * 60  # a valid name longer than a label value (63): the label carries a cut form
+
+
+def test_a_finetunejob_with_a_long_name_shows_why_its_pod_does_not_run(operator, kube: KubeTestClient, ns: str):
+    """Pod and Job events name their FineTuneJob by its label, whose value is cut to 63 characters for a long name:
+    the operator must still find the FineTuneJob (through the trainer Job's owner reference)."""
+    kube.create(FTJ, ns, finetunejob(ns, LONG))
+    pods = wait_until(lambda: kube.list(PODS, ns), "a trainer pod")
+    _unschedulable(kube, ns, pods[0]["metadata"]["name"], GPU_MESSAGE)
+    ftj = kube.wait_for(FTJ, ns, LONG, _message_has(GPU_MESSAGE), TIMEOUT, "the scheduler's message")
+    assert (condition(ftj, "Running") or {}).get("reason") == "Unschedulable"
+
+
+def test_a_pod_refused_for_a_finetunejob_with_a_long_name_shows_the_failed_create(
+    operator, kube: KubeTestClient, ns: str
+):
+    quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    kube.create(QUOTAS, ns, {"apiVersion": "v1", "kind": "ResourceQuota", **quota})
+    kube.patch(QUOTAS, ns, "no-pods", {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}, "status")
+    kube.create(FTJ, ns, finetunejob(ns, LONG))
+    ftj = kube.wait_for(FTJ, ns, LONG, _message_has("exceeded quota: no-pods"), TIMEOUT, "the FailedCreate message")
+    assert (condition(ftj, "Running") or {}).get("reason") == "FailedCreate"
+
+
 def test_image_pull_backoff_is_shown_until_the_pod_runs(operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):
     kube.create(FTJ, ns, finetunejob(ns))
     pod = _trainer_pod(kube, ns)["metadata"]["name"]
@@ -97,6 +121,26 @@ def test_a_pod_the_api_server_refuses_shows_the_jobs_failed_create(operator, kub
     running = condition(ftj, "Running")
     assert running is not None and running["reason"] == "FailedCreate" and "quota" in running["message"]
     assert kube.list(PODS, ns) == []
+
+
+def test_a_retry_pod_the_api_server_refuses_shows_the_jobs_failed_create(
+    operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str
+):
+    """The first trainer pod failed (counted against backoffLimit) and a quota refuses its replacement: the
+    Job's FailedCreate must show, not 'waiting for the trainer pod to start' read from the finished pod's Events."""
+    kube.create(FTJ, ns, finetunejob(ns, backoffLimit=3))
+    kube.wait_for(JOBS, ns, JOB, exists, TIMEOUT)
+    kubelet.start_job(ns, JOB)
+    wait_phase(kube, ns, "sentiment", "Running")
+    quota = {"metadata": {"name": "no-more-pods"}, "spec": {"hard": {"pods": "1"}}}
+    kube.create(QUOTAS, ns, {"apiVersion": "v1", "kind": "ResourceQuota", **quota})
+    # No quota controller runs here: write the usage it would compute (the failed pod still counts until removed).
+    kube.patch(QUOTAS, ns, "no-more-pods", {"status": {"hard": {"pods": "1"}, "used": {"pods": "1"}}}, "status")
+    kubelet.finish_job(ns, JOB, 1, '{"exitReason": "TrainerError", "message": "transient"}')
+    refused = _message_has("exceeded quota: no-more-pods")
+    ftj = kube.wait_for(FTJ, ns, "sentiment", refused, 60, "the FailedCreate message of the replacement pod")
+    assert ftj["status"]["phase"] == "Pending"
+    assert (condition(ftj, "Running") or {}).get("reason") == "FailedCreate"
 
 
 def test_a_volume_that_cannot_be_mounted_shows_at_once(operator, kube: KubeTestClient, kubelet: FakeKubelet, ns: str):

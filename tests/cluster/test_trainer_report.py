@@ -4,14 +4,11 @@ it finds there and copies only progress and metrics. Its token is refused on the
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
-from kubetune_trainer.kube_status import KubeStatusClient
 
 from tests.support.kube.server import CONFIGMAPS, FTJ, JOBS, KubeError
 
-from .helpers import exists, finetunejob, wait_phase
+from .helpers import exists, finetunejob, trainer_report_client, wait_phase
 
 FORGED_OUTPUT = {"pvc": {"claimName": "someone-elses-claim", "path": "adapter"}, "method": "lora"}
 
@@ -32,11 +29,7 @@ def test_the_trainer_reports_to_its_configmap_and_cannot_forge_status(
     kube.wait_for(JOBS, ns, "sentiment-train", exists)
     kubelet.start_job(ns, "sentiment-train")
     wait_phase(kube, ns, "sentiment", "Running")
-    plane = control_plane.plane
-    token = plane.service_account_token(ns, "sentiment-trainer")  # what the trainer pod holds
-    (tmp_path / "token").write_text(token)
-    context = ssl.create_default_context(cafile=str(plane.pki.ca))
-    trainer = KubeStatusClient(plane.url, ns, "sentiment-report", tmp_path / "token", context)
+    trainer = trainer_report_client(control_plane, ns, "sentiment", tmp_path)
 
     assert trainer.patch_status({"progress": {"step": 2, "totalSteps": 4, "percent": 50}})
     _progress(kube, ns, 50)
@@ -63,7 +56,7 @@ def test_the_trainer_reports_to_its_configmap_and_cannot_forge_status(
     assert stored["status"]["progress"]["evalLoss"] == 0.5
 
     # The status itself, the spec ConfigMap and the FineTuneJob are out of the token's reach.
-    as_trainer = plane.token_client(token)
+    as_trainer = control_plane.plane.token_client((tmp_path / "token").read_text())
     try:
         for attempt in (
             lambda: as_trainer.patch(

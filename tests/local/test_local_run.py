@@ -48,6 +48,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "baseModel": {"pvc": {"claimName": "models", "path": "tiny"}},
                 "dataset": {"pvc": {"claimName": "data", "path": "facts.jsonl"}, "evalFraction": 0.1},
                 "training": LEARNING_TRAINING,
+                "evaluation": {"humanEvalSamples": 2, "maxNewTokens": 6},
                 "resources": {"gpus": 0},
             },
         },
@@ -97,6 +98,19 @@ def test_trains_serves_and_answers_with_the_adapter(workspace: Path) -> None:
     assert base_correct <= 2, base
     assert any("curl -s http://127.0.0.1" in line for line in lines)
     assert run.servers == []
+    _assert_result_paths_printed(lines, result.adapter_dir)
+
+
+def _assert_result_paths_printed(lines: list[str], adapter_dir: Path) -> None:
+    """Where the card, the loss-curve picture and the review sheet are, as printed after training."""
+    expected = {
+        "model card": adapter_dir / "README.md",
+        "loss curves": adapter_dir / "loss-curves.png",
+        "human-eval sheet": adapter_dir.parent / "human-eval.csv",
+    }
+    for what, path in expected.items():
+        assert f"  {what}: {path}" in lines, (what, lines)
+        assert path.is_file()
 
 
 def test_second_run_reuses_the_finished_adapter(workspace: Path) -> None:
@@ -105,3 +119,4 @@ def test_second_run_reuses_the_finished_adapter(workspace: Path) -> None:
         run.train_all()
     assert run.trained["facts"].how == "reused"
     assert any("reusing the finished adapter" in line for line in lines)
+    _assert_result_paths_printed(lines, run.trained["facts"].adapter_dir)

@@ -167,19 +167,19 @@ def _service(runtimes: dict[str, dict], claims: dict[str, list[str]]):
 def test_a_conflict_refuses_a_new_object_and_leaves_a_running_one_alone():
     runtimes = {"a100": {"trainerImage": "r/a100:1"}, "l4": {"trainerImage": "r/l4:1"}}
     service, kube, ftj, body = _service(runtimes, {"team-a": ["a100", "l4"]})
-    _, phase = service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
+    _, phase, _ = service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
     assert phase == "Failed"
     validated = next(c for c in kube.patches[-1]["status"]["conditions"] if c["type"] == "Validated")
     assert validated["reason"] == "RuntimeConflict" and "a100, l4" in validated["message"]
     kube.patches.clear()
-    rendered, phase = service._with_runtime(ftj, FineTuneJobStatus(job_name="sentiment-train"), body, fresh=False)
-    assert (phase, kube.patches, rendered.spec.image) == (None, [], ftj.spec.image)
+    rendered, phase, lost = service._with_runtime(ftj, FineTuneJobStatus(job_name="sentiment-train"), body, fresh=False)
+    assert (phase, kube.patches, rendered.spec.image, lost) == (None, [], ftj.spec.image, True)
 
 
 def test_the_namespace_s_runtime_is_applied_and_a_vanished_one_is_retried_not_skipped():
     service, _, ftj, body = _service({"a100": {"trainerImage": "r/a100:1"}}, {"team-a": ["a100"]})
-    rendered, phase = service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
-    assert (phase, rendered.spec.image) == (None, "r/a100:1")
+    rendered, phase, lost = service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)
+    assert (phase, rendered.spec.image, lost) == (None, "r/a100:1", False)
     service, _, ftj, body = _service({}, {"team-a": ["a100"]})  # deleted since the watch saw it
     with pytest.raises(kopf.TemporaryError):
         service._with_runtime(ftj, FineTuneJobStatus(), body, fresh=True)

@@ -375,11 +375,37 @@ def test_a_fully_fine_tuned_model_is_refused_as_an_adapter_with_how_to_serve_it(
     assert "baseModel: {pvc: {claimName: sentiment-output, path: adapter}}" in plan.status["message"]
 
 
+def test_a_modelserve_refused_by_its_runtime_then_fixed_is_validated_again():
+    """A runtime refusal (RuntimeNotFound, PolicyViolation) sets Validated=False; once the ModelServe deploys, the
+    refusal is over and the condition must not keep saying otherwise next to Ready=True."""
+    refused = msv_logic.plan_invalid(ModelServeStatus(), "no such runtime", 1, NOW, "RuntimeNotFound")
+    status = ModelServeStatus.model_validate(refused.status)
+    observed = {"ConfigMap": None, "Deployment": None, "Service": None}
+    plan = msv_logic.plan_modelserve(_msv(), status, {"sentiment": _succeeded()}, observed, SETTINGS, NOW)
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert plan.phase == "Deploying"
+    assert conditions["Validated"]["status"] == "True", conditions["Validated"]
+
+
 def test_restart_hash_ignores_the_adapter_list():
     resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
     config = msv_logic.serve_config(_msv(), resolution)
     assert restart_hash(config) == restart_hash(config.model_copy(update={"adapters": []}))
     assert restart_hash(config) != restart_hash(config.model_copy(update={"merge_adapter": True}))
+
+
+def test_decoding_defaults_reach_serve_json_and_restart_the_server_only_when_set():
+    """Unset, the decoding controls are absent from serve.json (a ModelServe from before them keeps its config and
+    restart hash, so an operator upgrade rolls no pods); set, they travel in serve.json and roll the pods, as the
+    server reads spec.generation only at start."""
+    resolution = msv_logic.resolve_adapters(_msv(), {"sentiment": _succeeded()})
+    plain = msv_logic.serve_config(_msv(), resolution)
+    decoding = ("topK", "repetitionPenalty", "frequencyPenalty", "presencePenalty")
+    assert not set(decoding) & set(plain.to_wire()["generation"])
+    generation = {"topK": 40, "repetitionPenalty": 1.15, "frequencyPenalty": 0.4, "presencePenalty": -0.3}
+    tuned = msv_logic.serve_config(_msv(generation=generation), resolution)
+    assert {key: tuned.to_wire()["generation"][key] for key in decoding} == generation
+    assert restart_hash(tuned) != restart_hash(plain)
 
 
 def test_resync_reconciles_unfinished_finetunejobs_and_every_modelserve():

@@ -15,6 +15,7 @@ equal texts.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -95,8 +96,9 @@ def vllm_server(pvc_root, tmp_path_factory):
             process.wait(10)
 
 
-def transformers_answers(pvc_root: Path, jobs: list[tuple[str, str, int]]) -> list[str]:
-    """Greedy texts of the transformers engine (in this process) for (model, prompt, max_tokens) jobs."""
+def transformers_answers(pvc_root: Path, jobs: list[tuple[str, str, int]], **decoding) -> list[str]:
+    """Greedy texts of the transformers engine (in this process) for (model, prompt, max_tokens) jobs, with the
+    decoding controls in `decoding` (SamplingParams fields: repetition_penalty, ...)."""
     config = ServeConfig.model_validate(serve_config({"facts-a": "facts-a", "facts-b": "facts-b"}))
     engine = Engine(config, pvc_root=str(pvc_root), device="cpu")
     engine.load()
@@ -105,7 +107,7 @@ def transformers_answers(pvc_root: Path, jobs: list[tuple[str, str, int]]) -> li
     async def run():
         async def one(model, prompt, max_tokens):
             ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            handle = engine.submit(ids, model, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+            handle = engine.submit(ids, model, SamplingParams(max_tokens=max_tokens, temperature=0.0, **decoding))
             parts = []
             async for chunk in handle.chunks():
                 assert chunk.error is None
@@ -260,6 +262,86 @@ def test_generate_probes_metrics_key_and_error_envelope(vllm_server):
     assert 'kubetune_requests_total{route="/generate",status="200"}' in metrics
     assert "vllm:" in metrics  # vLLM's own engine metrics, served on the same /metrics
     assert "kubetune_running_sequences 0.0" in metrics
+
+
+def test_decoding_controls_are_handed_to_vllm_sampling_params():
+    """The mapping itself, in .venv-vllm: each request field lands in vLLM's SamplingParams under its own name."""
+    script = """
+import json
+from kubetune.api import ServeConfig
+from kubetune_server.sampling import SamplingParams
+from kubetune_server.vllm_engine import VllmEngine
+config = ServeConfig.model_validate({"baseModel": {"name": "org/model"}, "engine": "vllm"})
+ours = SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9, top_k=5, repetition_penalty=1.3,
+                      frequency_penalty=-0.5, presence_penalty=1.5, seed=3)
+theirs = VllmEngine(config, device="cpu")._sampling(ours)
+print(json.dumps({name: getattr(theirs, name) for name in
+      ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty",
+       "presence_penalty", "seed")}))
+"""
+    result = subprocess.run(
+        [str(VLLM_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mapped = json.loads(result.stdout.strip().splitlines()[-1])
+    assert mapped == {
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 5,
+        "repetition_penalty": 1.3,
+        "frequency_penalty": -0.5,
+        "presence_penalty": 1.5,
+        "seed": 3,
+    }
+
+
+def test_penalised_greedy_answers_equal_the_transformers_engine(vllm_server, pvc_root):
+    """vLLM's penalties (repetition over prompt + answer, frequency and presence over the answer) and the
+    transformers engine's give the same greedy texts, within this module's tolerance; top_k=1 sampling is greedy;
+    an out-of-range penalty is refused before vLLM sees it."""
+    url, config_path, _ = vllm_server
+    write_serve_config(config_path, vllm_serve_body({"facts-a": "facts-a"}))
+    _wait_models(url, {"base", "facts-a"})
+    prompts = [f"The quick brown {word}" for word in ("fox", "dog", "cat", "owl", "eel", "bat")]
+    jobs = [("base", prompt, 24) for prompt in prompts] + [
+        ("facts-a", PROMPT.format(question=f.question), 24) for f in synthetic_facts(0)[:4]
+    ]
+    settings = {
+        "repetition": {"repetition_penalty": 1.5},
+        "frequency+presence": {"frequency_penalty": 1.0, "presence_penalty": 0.5},
+    }
+
+    async def run(decoding: dict, **extra) -> list[str]:
+        client = _client(url)
+        named = {k: v for k, v in decoding.items() if k != "repetition_penalty"}
+        body = {"extra_body": {k: v for k, v in decoding.items() if k == "repetition_penalty"} | extra, **named}
+        results = await asyncio.gather(
+            *(client.completions.create(model=m, prompt=p, max_tokens=n, temperature=0, **body) for m, p, n in jobs)
+        )
+        await client.close()
+        return [r.choices[0].text for r in results]
+
+    plain = asyncio.run(run({}))
+    for name, decoding in settings.items():
+        served = asyncio.run(run(decoding))
+        reference = transformers_answers(pvc_root, jobs, **decoding)
+        differing = [(s, r) for s, r in zip(served, reference, strict=True) if s.rstrip("\ufffd") != r.rstrip("\ufffd")]
+        assert len(differing) <= 1, (name, differing)
+        assert all(s[:4] == r[:4] for s, r in differing), name
+        assert sum(s != p for s, p in zip(served, plain, strict=True)) >= len(jobs) // 2, name  # it did something
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    top_one = client.completions.create(
+        model="base", prompt=prompts[0], max_tokens=24, temperature=1.0, seed=5, extra_body={"top_k": 1}
+    )
+    assert top_one.choices[0].text == plain[0]
+    refused = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "base", "prompt": "hi", "presence_penalty": 2.5},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "presence_penalty"
 
 
 if __name__ == "__main__":  # pragma: no cover

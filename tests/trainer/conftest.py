@@ -28,3 +28,10 @@ def pvc_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(pvc_root: Path) -> Path:
     return pvc_root / MODEL_CLAIM / MODEL_PATH
+
+
+@pytest.fixture(autouse=True)
+def tensorboard_in_tmp(tmp_path: Path, monkeypatch) -> None:
+    """Tests that build a Trainer without the flow's prepare_tracking would log TensorBoard files to ./runs of
+    the checkout (transformers' default); the flow itself always sets the output volume's folder."""
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tensorboard"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -108,9 +109,15 @@ def test_a_fully_fine_tuned_model_is_served_as_a_base_and_answers(pvc_root: Path
     from tests.server.conftest import live_server, serve_config, write_serve_config
 
     training = {"maxSteps": 60, "learningRate": 1e-3, "loggingSteps": 20}
-    spec = base_spec(method="full", training=training, tracking={"tensorboard": False})
+    review = {"humanEvalSamples": 2, "maxNewTokens": 6}
+    spec = base_spec(method="full", training=training, tracking={"tensorboard": False}, evaluation=review)
     output = tmp_path / "volumes" / "out"
     assert run_in_process(write_spec(tmp_path, spec), output, pvc_root) == 0
+    with (output / "human-eval.csv").open(encoding="utf-8", newline="") as handle:
+        sheet = list(csv.DictReader(handle))
+    # The base column is the original model, loaded again (it knows no fact), not the trained one.
+    assert len(sheet) == 2 and all(row["base_answer"] != row["reference"] for row in sheet), sheet
+    assert any(row["finetuned_answer"] == row["reference"] for row in sheet), sheet
 
     model_dir = output / "adapter"
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()

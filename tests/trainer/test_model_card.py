@@ -47,3 +47,11 @@ def test_layers_epochs_run_and_length_counts_are_shown():
 def test_the_generation_metric_method_is_named_when_scored():
     assert METHOD not in card(prepared(ALPACA_TEMPLATE))
     assert f"ROUGE-L and BLEU: {METHOD}." in card(prepared(ALPACA_TEMPLATE), TrainingMetrics(rouge_l=0.5, bleu=0.2))
+
+
+def test_the_card_embeds_the_loss_curves_and_names_the_review_sheet():
+    plain = card(prepared(ALPACA_TEMPLATE))
+    assert "![" not in plain and "human-eval.csv" not in plain
+    text = card(prepared(ALPACA_TEMPLATE), loss_curves="loss-curves.png", human_eval_rows=8)
+    assert "![Train and eval loss against the training step](loss-curves.png)" in text
+    assert "A human-evaluation sheet with 8 held-out prompts" in text and "`human-eval.csv`" in text

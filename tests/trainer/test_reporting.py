@@ -243,7 +243,9 @@ def test_a_run_in_a_pod_reports_to_the_api_server_over_tls(pvc_root: Path, tmp_p
             ENV_JOB_NAME: "facts-job",
             ENV_REPORT_CONFIGMAP: "facts-job-report",
         }
-        spec = base_spec(training={"maxSteps": 3, "loggingSteps": 1})
+        spec = base_spec(
+            training={"maxSteps": 3, "loggingSteps": 1}, evaluation={"humanEvalSamples": 2, "maxNewTokens": 4}
+        )
         assert run_in_process(write_spec(tmp_path, spec), tmp_path / "output", pvc_root, **env) == 0
     assert server.requests, "the trainer patched its report ConfigMap"
     assert {r["path"] for r in server.requests} == {"/api/v1/namespaces/team-a/configmaps/facts-job-report"}
@@ -255,3 +257,30 @@ def test_a_run_in_a_pod_reports_to_the_api_server_over_tls(pvc_root: Path, tmp_p
     assert final["metrics"]["skippedRows"] == 0
     assert not (tmp_path / "output" / PROGRESS_FILE).exists(), "in a pod, progress goes to the report ConfigMap only"
     assert (tmp_path / "output" / ADAPTER_DIR / "adapter_config.json").is_file()
+    _assert_results_reported(server.requests, tmp_path / "output")
+
+
+def _assert_results_reported(requests: list[dict], output: Path) -> None:
+    """The run wrote the loss-curve picture (linked from its card) and a 2-prompt review sheet, and sent all the
+    result files, byte for byte, in one patch before the final metrics."""
+    import base64
+    import csv
+
+    from kubetune.api.runtime import ADAPTER_DIR, HUMAN_EVAL_FILE, LOSS_CURVES_FILE, METRICS_FILE, MODEL_CARD_FILE
+    from PIL import Image
+
+    adapter = output / ADAPTER_DIR
+    with Image.open(adapter / LOSS_CURVES_FILE) as picture:
+        assert picture.format == "PNG"
+    assert f"]({LOSS_CURVES_FILE})" in (adapter / MODEL_CARD_FILE).read_text(encoding="utf-8")
+    with (output / HUMAN_EVAL_FILE).open(encoding="utf-8", newline="") as handle:
+        sheet = list(csv.DictReader(handle))
+    assert len(sheet) == 2 and all(row["prompt"] and row["reference"] for row in sheet)
+    [patch] = [request["body"] for request in requests if "binaryData" in request["body"]]
+    assert requests[-1]["body"]["data"].keys() == {"progress", "metrics"}, "the results came before the end"
+    data, binary = patch["data"], patch["binaryData"]
+    assert base64.b64decode(binary[f"results.{LOSS_CURVES_FILE}"]) == (adapter / LOSS_CURVES_FILE).read_bytes()
+    for name, folder in ((MODEL_CARD_FILE, adapter), (METRICS_FILE, adapter), (HUMAN_EVAL_FILE, output)):
+        assert data[f"results.{name}"].encode() == (folder / name).read_bytes(), name
+    index = json.loads(data["results"])["files"]
+    assert index[HUMAN_EVAL_FILE]["rows"] == index[HUMAN_EVAL_FILE]["rowsIncluded"] == 2

@@ -9,15 +9,18 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from kubetune.api import FineTuneJobSpec, TrainingMetrics
 from kubetune.api.finetunejob import SourceMetrics
-from kubetune.api.runtime import CHECKPOINTS_DIR
+from kubetune.api.runtime import CHECKPOINTS_DIR, HUMAN_EVAL_FILE, LOSS_CURVES_FILE
 from transformers import set_seed
 
+from .augment import augment_sources
 from .checkpoints import (
     CheckpointMarker,
     newest_complete_checkpoint,
@@ -25,7 +28,7 @@ from .checkpoints import (
     remove_incomplete_checkpoints,
 )
 from .configs import build_configs
-from .data import PreparedData, prepare_data
+from .data import PreparedData, combine_sources, prepare_sources
 from .device import configure_cpu_threads, detect_device
 from .distributed import ProcessInfo, barrier, process_info
 from .early_stopping import KubetuneEarlyStopping, stop_summary
@@ -33,6 +36,8 @@ from .full_memory import check_full_training_memory
 from .generation_eval import METHOD as GENERATION_METHOD
 from .generation_eval import generation_scores
 from .hub_push import push_adapter
+from .human_eval import HumanEvalExport, write_human_eval
+from .loss_curves import draw_loss_curves
 from .manifest import build_manifest, run_identity, spec_hash
 from .model_card import render_model_card
 from .model_loading import load_model, load_tokenizer, locate_model
@@ -48,6 +53,7 @@ from .outputs import (
 )
 from .preemption import PreemptionCallback, PreemptionWatch
 from .reporting import ProgressCallback, choose_sink
+from .results_report import result_files
 from .settings import TrainerArgs, load_spec
 from .sft_trainer import KubetuneSFTTrainer, build_trainer, check_prompts_fit
 from .tracking import prepare_tracking
@@ -88,10 +94,13 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     if not device.is_cuda:
         configure_cpu_threads(processes=me.local_world_size)
     set_seed(spec.training.seed)
-    data = prepare_data(
+    sources = prepare_sources(spec.dataset, spec.training.seed, download_dir=output_dir / ".download")
+    # dataset.augmentation: new training rows of each source (cached on the output volume), before a mix draws them.
+    sources, augmentation = augment_sources(spec, sources, output_dir, me, device)
+    data = combine_sources(
         spec.dataset,
+        sources,
         spec.training.seed,
-        download_dir=output_dir / ".download",
         all_assistant_turns=spec.training.completion_only_loss,  # without it every token is trained anyway
     )
 
@@ -146,7 +155,12 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
     stop = stop_summary(spec, trainer.state.log_history, trainer.state.global_step, early.stopped_at if early else None)
     log.info("training ended (%s): %s", stop.reason, stop.message)
     metrics = metrics.model_copy(
-        update={"stop_reason": stop.reason, "stop_message": stop.message, "best_step": stop.best_step}
+        update={
+            "stop_reason": stop.reason,
+            "stop_message": stop.message,
+            "best_step": stop.best_step,
+            "augmentation": augmentation,
+        }
     )
 
     trainer.save_model(str(partial_adapter_dir(output_dir)))  # every process calls it; only the main one writes
@@ -163,18 +177,27 @@ def _train(spec: FineTuneJobSpec, output_dir: Path, me: ProcessInfo, watch: Pree
             device_name=device.name,
             steps=trainer.state.global_step,
         )
-        write_adapter_extras(
-            partial_adapter_dir(output_dir),
-            render_model_card(spec, data, metrics, manifest, lengths=lengths, epochs_run=trainer.state.epoch),
-            metrics.to_wire(),
+        untrained_base = partial(load_model, location, configs.precision, device, None, False)  # for inference
+        sheet = _human_eval(spec, trainer, tokenizer, data, output_dir, untrained_base)
+        curves = draw_loss_curves(trainer.state.log_history, partial_adapter_dir(output_dir) / LOSS_CURVES_FILE)
+        card = render_model_card(
+            spec,
+            data,
+            metrics,
             manifest,
+            lengths=lengths,
+            epochs_run=trainer.state.epoch,
+            loss_curves=LOSS_CURVES_FILE if curves else None,
+            human_eval_rows=sheet.rows if sheet else None,
         )
+        write_adapter_extras(partial_adapter_dir(output_dir), card, metrics.to_wire(), manifest)
         final = publish_adapter(output_dir)
         publish_to_store(final)
         hub_repo = push_adapter(final, spec.output)
         last = progress.last_progress.model_copy(
             update={"step": trainer.state.global_step, "percent": 100, "eta_seconds": 0, "eval_loss": metrics.eval_loss}
         )
+        progress.sink.results(result_files(output_dir))
         progress.sink.finish(last, metrics)
         summary = _summary(final, metrics, data.skipped_rows, hub_repo)
     barrier()
@@ -238,6 +261,30 @@ def _source_metrics(data: PreparedData, final_eval: dict[str, float]) -> list[So
     ]
 
 
+def _human_eval(
+    spec: FineTuneJobSpec,
+    trainer: KubetuneSFTTrainer,
+    tokenizer: Any,
+    data: PreparedData,
+    output_dir: Path,
+    load_base: Callable[[], torch.nn.Module],
+) -> HumanEvalExport | None:
+    """The human-evaluation sheet (evaluation.humanEvalSamples); an older run's sheet goes when none is asked."""
+    sheet = write_human_eval(
+        trainer.model,
+        tokenizer,
+        data.eval,
+        samples=spec.evaluation.human_eval_samples,
+        max_new_tokens=spec.evaluation.max_new_tokens,
+        seed=spec.training.seed,
+        path=output_dir / HUMAN_EVAL_FILE,
+        load_base=load_base,
+    )
+    if sheet is None:
+        (output_dir / HUMAN_EVAL_FILE).unlink(missing_ok=True)
+    return sheet
+
+
 def _published_step(trainer: KubetuneSFTTrainer) -> int:
     """The step whose weights are published: the best checkpoint's with loadBestModelAtEnd, else the last."""
     best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
@@ -299,6 +346,7 @@ def _summary_of_finished(output_dir: Path, spec: FineTuneJobSpec) -> dict[str, A
     final = adapter_dir(output_dir)
     if process_info().is_main:
         publish_to_store(final)
+        choose_sink(output_dir).results(result_files(output_dir))  # a pod retried after the first one finished
     stored = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
     metrics = TrainingMetrics.model_validate({key: value for key, value in stored.items() if key in METRIC_FIELDS})
     hub_repo = push_adapter(final, spec.output) if process_info().is_main else None

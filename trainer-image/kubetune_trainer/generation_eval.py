@@ -86,6 +86,23 @@ def score(predictions: list[str], references: list[str]) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def greedy_answer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, row: dict, max_new_tokens: int) -> str:
+    """The model's greedy answer to one row's prompt (rendered as in training), stripped; an answer cut at
+    max_new_tokens inside a multi-byte character loses the partial character (U+FFFD) it would end with."""
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompt_text(row, tokenizer), return_tensors="pt", add_special_tokens=False).to(device)
+    output = model.generate(
+        **encoded,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    answer = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    return answer.rstrip().rstrip("\ufffd").strip()
+
+
+@torch.no_grad()
 def generation_scores(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Dataset, samples: int, max_new_tokens: int
 ) -> GenerationScores | None:
@@ -95,19 +112,9 @@ def generation_scores(
             log.warning("evaluation.generationSamples needs prompt/answer data; skipped for text data")
         return None
     model.eval()
-    device = next(model.parameters()).device
     predictions, references = [], []
     for row in rows.select(range(min(samples, len(rows)))):
-        encoded = tokenizer(prompt_text(row, tokenizer), return_tensors="pt", add_special_tokens=False).to(device)
-        output = model.generate(
-            **encoded,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        answer = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        predictions.append(answer.strip())
+        predictions.append(greedy_answer(model, tokenizer, row, max_new_tokens))
         references.append(reference_text(row).strip())
     rouge_l, bleu = score(predictions, references)
     return GenerationScores(rouge_l=rouge_l, bleu=bleu, samples=len(predictions))

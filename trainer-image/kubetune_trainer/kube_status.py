@@ -3,7 +3,8 @@
 The pod's service account may patch only its own report ConfigMap (the operator's Role restricts it by
 resourceNames); it cannot write the FineTuneJob or its status. The trainer writes `data.progress` and, at the
 end, `data.metrics` (JSON); the operator validates them and copies them into the FineTuneJob's status, and owns
-everything else there. A failed patch never fails training, and the token never appears in logs.
+everything else there. At the very end the trainer also copies its result files there (results_report), for
+`kubetune results`; the operator ignores them. A failed patch never fails training, and the token never appears in logs.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ class KubeStatusClient:
         """Send each top-level field of `status` (progress, metrics) as one JSON value of the ConfigMap's data, as a
         merge patch; True on success, a warning (no token) on failure."""
         data = {key: json.dumps(value, sort_keys=True) for key, value in status.items()}
-        body = json.dumps({"data": data}).encode()
+        return self.patch({"data": data})
+
+    def patch(self, patch: dict[str, Any], timeout: float | None = None) -> bool:
+        """Merge-patch the report ConfigMap with `patch` (data, binaryData); True on success, else a warning."""
+        body = json.dumps(patch).encode()
         try:
             # Re-read each time: projected service account tokens are rotated by the kubelet.
             token = self.token_file.read_text().strip()
@@ -88,7 +93,7 @@ class KubeStatusClient:
                     "Authorization": f"Bearer {token}",
                 },
             )
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as response:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout, context=self.ssl_context) as response:
                 response.read()
             return True
         except urllib.error.HTTPError as error:

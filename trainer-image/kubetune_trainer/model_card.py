@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubetune.api import FineTuneJobSpec, TrainingMetrics
+from kubetune.api.runtime import HUMAN_EVAL_FILE
 
 from .data import PreparedData
 from .generation_eval import METHOD as GENERATION_METHOD
@@ -41,6 +42,24 @@ def _length_line(lengths: Mapping[str, LengthReport], max_seq_length: int) -> st
         for split, report in lengths.items()
     ]
     return f"Rows longer than maxSeqLength {max_seq_length}: {'; '.join(parts) or 'none counted'}."
+
+
+def _augmentation_line(metrics: TrainingMetrics) -> str:
+    """What dataset.augmentation added to the training rows counted above (nothing when it was off)."""
+    if not metrics.augmentation:
+        return ""
+    parts = []
+    for result in metrics.augmentation:
+        dropped = result.total_dropped()
+        parts.append(
+            f"{result.added} by {result.kind} with {result.model} ({result.source_rows} rows chosen, "
+            f"{result.generated} texts generated, {dropped} dropped)"
+        )
+    return (
+        "\nTraining rows added by augmentation (prompts rewritten, answers kept; evaluation rows untouched): "
+        + "; ".join(parts)
+        + ".\n"
+    )
 
 
 def _mix_section(data: PreparedData, metrics: TrainingMetrics) -> str:
@@ -104,6 +123,22 @@ def _stop_rows(metrics: TrainingMetrics) -> str:
     return rows
 
 
+def _loss_curves_section(file_name: str | None) -> str:
+    """The picture, linked relative to the card so it shows on the Hub and in any Markdown viewer of the folder."""
+    if file_name is None:
+        return ""
+    return f"\n### Loss curves\n\n![Train and eval loss against the training step]({file_name})\n"
+
+
+def _human_eval_line(rows: int | None) -> str:
+    if rows is None:
+        return ""
+    return (
+        f"\nA human-evaluation sheet with {rows} held-out prompts (reference, base and fine-tuned answers, empty "
+        f"rating and comment columns) is `{HUMAN_EVAL_FILE}` in the output folder, beside this one.\n"
+    )
+
+
 def _value(number: float | int | None, digits: int = 4) -> str:
     if number is None:
         return "n/a"
@@ -118,11 +153,14 @@ def render_model_card(
     *,
     lengths: Mapping[str, LengthReport] | None = None,
     epochs_run: float | None = None,
+    loss_curves: str | None = None,
+    human_eval_rows: int | None = None,
 ) -> str:
     """Markdown with Hub-style front matter (library_name: peft, base_model) so the Hub shows it properly.
 
     `lengths`: rows cut/dropped by maxSeqLength per split; `epochs_run`: epochs actually trained (maxSteps can
-    stop a run before `training.epochs`). Row counts are those that reached training."""
+    stop a run before `training.epochs`). Row counts are those that reached training. `loss_curves`: the file name
+    of the loss-curve picture beside the card (embedded); `human_eval_rows`: prompts in the human-eval sheet."""
     base = spec.base_model.describe()
     eval_rows = len(data.eval) if data.eval is not None else 0
     example_prompt = _example_prompt(data)
@@ -145,6 +183,7 @@ def render_model_card(
     full = spec.method == "full"
     artifact, library = ("model", "transformers") if full else ("adapter", "peft")
     lora_row = "" if full else f"| LoRA | {_lora_settings(spec)} |\n"
+    readable = _loss_curves_section(loss_curves) + _human_eval_line(human_eval_rows)
     return f"""---
 library_name: {library}
 {front_matter_base}tags:
@@ -159,7 +198,7 @@ library_name: {library}
 A {METHOD_NAMES[spec.method]} {artifact} trained by kubetune with trl's SFTTrainer on `{data.source}`
 ({data.format} format, {train_rows} training rows, {eval_rows} evaluation rows, {data.skipped_rows} invalid rows
 skipped). {_length_line(lengths, training.max_seq_length)}
-
+{_augmentation_line(metrics)}
 ## Training
 
 | Setting | Value |
@@ -185,7 +224,7 @@ skipped). {_length_line(lengths, training.max_seq_length)}
 | BLEU | {_value(metrics.bleu)} |
 | Steps | {_value(metrics.steps)} |
 | Loss-bearing tokens / s | {_value(metrics.tokens_per_second, 1)} |
-{_stop_rows(metrics)}{generation}{_mix_section(data, metrics)}
+{_stop_rows(metrics)}{generation}{_mix_section(data, metrics)}{readable}
 ## Usage
 
 ```python

@@ -41,6 +41,8 @@ class ModelLocation:
     trust_remote_code: bool
     local_only: bool = False
     """The files are complete in the shared model cache: load them without contacting the Hub."""
+    token_env: str = ENV_HF_TOKEN
+    """The environment variable holding this model's read token (an augmentation model may have its own)."""
 
     def kwargs(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
@@ -48,20 +50,20 @@ class ModelLocation:
             arguments["revision"] = self.revision
         if self.local_only:
             arguments["local_files_only"] = True
-        token = os.environ.get(ENV_HF_TOKEN)
+        token = os.environ.get(self.token_env)
         if token:
             arguments["token"] = token
         return arguments
 
 
-def locate_model(source: ModelSource) -> ModelLocation:
+def locate_model(source: ModelSource, field: str = "baseModel", token_env: str = ENV_HF_TOKEN) -> ModelLocation:
     """A Hub id (fetched once into the shared model cache when the pod has one), or the mounted folder of a PVC
-    reference (which must exist)."""
+    reference (which must exist). `field` names the spec field in errors; `token_env` holds its read token."""
     if source.name is not None:
         root = cache_root()
         if root is None:
-            return ModelLocation(source.name, source.revision, source.trust_remote_code)
-        name, token = source.name, os.environ.get(ENV_HF_TOKEN) or None
+            return ModelLocation(source.name, source.revision, source.trust_remote_code, token_env=token_env)
+        name, token = source.name, os.environ.get(token_env) or None
         try:
             commit = with_retries(
                 f"fetching {name!r} into the model cache",
@@ -71,17 +73,17 @@ def locate_model(source: ModelSource) -> ModelLocation:
             raise
         except Exception as error:
             raise ModelLoadError(
-                f"baseModel.name: cannot fetch {name!r} into the model cache {root}: {type(error).__name__}: {error}"
+                f"{field}.name: cannot fetch {name!r} into the model cache {root}: {type(error).__name__}: {error}"
             ) from error
-        return ModelLocation(name, commit, source.trust_remote_code, local_only=True)
+        return ModelLocation(name, commit, source.trust_remote_code, local_only=True, token_env=token_env)
     assert source.pvc is not None
     path = resolve_pvc_path(source.pvc)
     if not Path(path, "config.json").is_file():
         raise ModelLoadError(
-            f"baseModel.pvc: no model at {path} (expected a Hugging Face model folder with config.json on claim "
+            f"{field}.pvc: no model at {path} (expected a Hugging Face model folder with config.json on claim "
             f"{source.pvc.claim_name!r}, path {source.pvc.path!r})"
         )
-    return ModelLocation(path, None, source.trust_remote_code)
+    return ModelLocation(path, None, source.trust_remote_code, token_env=token_env)
 
 
 def _load_error(what: str, location: ModelLocation, error: Exception) -> ModelLoadError:

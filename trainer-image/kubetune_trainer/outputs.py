@@ -14,14 +14,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.runtime import ADAPTER_DIR, ENV_ADAPTER_STORE, MANIFEST_FILE, METRICS_FILE
+from kubetune.api.runtime import ADAPTER_DIR, ENV_ADAPTER_STORE, MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE
 
 from .reporting import write_json_atomically
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-README_FILE = "README.md"
+README_FILE = MODEL_CARD_FILE
 
 
 def adapter_dir(output_dir: Path) -> Path:

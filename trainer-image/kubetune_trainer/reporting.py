@@ -22,10 +22,12 @@ from kubetune.api.runtime import PROGRESS_FILE
 from transformers import TrainerCallback
 
 from .kube_status import KubeStatusClient
+from .results_report import results_patch
 
 log = logging.getLogger(__name__)
 
 MIN_REPORT_INTERVAL_SECONDS = 30.0  # one status write per trainer per 30 s: 500 trainers = 17 writes/s
+RESULTS_PATCH_TIMEOUT_SECONDS = 30.0  # up to ~1 MiB once per run, not a few hundred bytes
 
 
 def now_rfc3339() -> str:
@@ -46,6 +48,8 @@ class ProgressSink(Protocol):
 
     def finish(self, progress: Progress, metrics: TrainingMetrics) -> None: ...
 
+    def results(self, files: dict[str, Path]) -> None: ...
+
 
 class KubeStatusSink:
     """Progress and final metrics into the trainer's report ConfigMap (the operator copies them into the status)."""
@@ -59,6 +63,11 @@ class KubeStatusSink:
     def finish(self, progress: Progress, metrics: TrainingMetrics) -> None:
         self.client.patch_status({"progress": progress.to_wire(), "metrics": metrics.to_wire()})
 
+    def results(self, files: dict[str, Path]) -> None:
+        """The result files, for `kubetune results` (up to the ConfigMap's size budget: results_report)."""
+        if self.client.patch(results_patch(files), timeout=RESULTS_PATCH_TIMEOUT_SECONDS):
+            log.info("result files copied to configmap %s/%s", self.client.namespace, self.client.name)
+
 
 class FileSink:
     """Progress into `<output>/progress.json` when not running in a pod (local runs, tests)."""
@@ -71,6 +80,9 @@ class FileSink:
 
     def finish(self, progress: Progress, metrics: TrainingMetrics) -> None:
         write_json_atomically(self.path, {"progress": progress.to_wire(), "metrics": metrics.to_wire()})
+
+    def results(self, files: dict[str, Path]) -> None:
+        """Nothing to copy: outside a pod the files are read where they lie."""
 
 
 def choose_sink(output_dir: Path) -> ProgressSink:

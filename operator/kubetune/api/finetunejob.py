@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from .augmentation import AugmentationResult, AugmentationSpec
 from .base import (
     ApiModel,
     DataKey,
@@ -60,6 +61,8 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("dataset", "mixUntil"): None,
     ("training", "earlyStopping"): None,
     ("training", "lossWeights"): None,
+    ("dataset", "augmentation"): None,
+    ("evaluation", "humanEvalSamples"): 0,
 }
 
 
@@ -251,6 +254,10 @@ class DatasetSpec(DatasetSource):
 
     skip_invalid_rows: bool = False
     """Skip rows that do not fit the format (counted and reported) instead of failing the job."""
+
+    augmentation: AugmentationSpec | None = None
+    """Generate more training rows before training by paraphrase and back-translation of the prompts of the
+    training rows (evaluation rows are never augmented); empty: off."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -473,7 +480,13 @@ class EvaluationSpec(ApiModel):
     """Generate answers for up to this many evaluation rows and score them with ROUGE-L and BLEU; 0 skips it."""
 
     max_new_tokens: int = Field(default=128, ge=1, le=4096)
-    """Longest generated answer during this evaluation."""
+    """Longest generated answer during this evaluation (and of the human-evaluation export)."""
+
+    human_eval_samples: int = Field(default=0, ge=0, le=1000)
+    """Write `human-eval.csv` beside the adapter on the output volume: this many held-out (evaluation) prompts,
+    chosen by training.seed, with the reference answer, the base model's and the fine-tuned model's greedy answers,
+    and empty `rating` and `comment` columns for people to fill in. Needs prompt/answer data and evaluation rows;
+    0 writes nothing. `kubetune results` fetches it (the first rows that fit the report's size budget)."""
 
 
 class ResourceSpec(ApiModel):
@@ -795,6 +808,9 @@ class TrainingMetrics(ApiModel):
 
     stop_message: str | None = Field(default=None, max_length=1024)
     """Why training ended, in words (e.g. how long the evaluation loss did not improve, and its best value)."""
+
+    augmentation: list[AugmentationResult] | None = Field(default=None, max_length=2)
+    """Rows added to the training rows by dataset.augmentation, per kind, and the generated texts dropped."""
 
 
 class OutputStatus(ApiModel):

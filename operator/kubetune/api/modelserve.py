@@ -27,6 +27,10 @@ VLLM_NEEDS_GPUS = (
 )
 ModelServePhase = Literal["Pending", "WaitingForAdapters", "Deploying", "Ready", "Failed"]
 MAX_ADAPTERS = 32
+MAX_TOP_K = 1 << 20
+"""Largest top_k accepted (above any vocabulary; larger values mean the whole vocabulary, as 0)."""
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+"""repetition_penalty's range: beyond it logits divided or multiplied by it overflow float32 (inf, then NaN)."""
 
 
 class FineTuneJobRef(ApiModel):
@@ -109,7 +113,15 @@ class GenerationSpec(ApiModel):
                 {
                     "rule": "self.maxNewTokens <= self.maxNewTokensLimit",
                     "message": "maxNewTokens must not exceed maxNewTokensLimit",
-                }
+                },
+                {
+                    # The schema's minimum alone does not hold: kube-apiserver checks an integer value (0, -1)
+                    # against the bound truncated to an integer (0), so repetitionPenalty: 0 would pass it.
+                    "rule": "!has(self.repetitionPenalty) || (self.repetitionPenalty >= "
+                    f"{MIN_REPETITION_PENALTY} && self.repetitionPenalty <= {MAX_REPETITION_PENALTY})",
+                    "message": f"repetitionPenalty must be between {MIN_REPETITION_PENALTY} and "
+                    f"{MAX_REPETITION_PENALTY:g} (1 is off)",
+                },
             ]
         }
     }
@@ -128,6 +140,26 @@ class GenerationSpec(ApiModel):
 
     top_p: float = Field(default=0.9, gt=0, le=1)
     """Default nucleus sampling probability mass."""
+
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOP_K)
+    """Default top-k: sample only among the k most likely tokens (vLLM's extension of the OpenAI API; requests
+    send `top_k`). Empty, 0 or -1: off. Greedy requests (temperature 0) take the most likely token either way."""
+
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    """Default repetition penalty (CTRL / Hugging Face / vLLM): the logit of every token already in the prompt or
+    the answer is divided by it when positive and multiplied by it when negative, so values above 1 discourage
+    repeats (the tutorial uses 1.1 to 1.2) and values below 1 encourage them. Empty or 1: off. vLLM takes any
+    positive number; kubetune bounds it to 0.01-100, where logits stay finite in float32 (far beyond any useful
+    value: 2 already all but bans a repeat)."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Default OpenAI frequency penalty: subtracted from a token's logit once per time it already occurs in the
+    answer generated so far (not the prompt, as vLLM counts). Positive values curb verbatim repetition. Empty or
+    0: off."""
+
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Default OpenAI presence penalty: subtracted once from the logit of every token that already occurs in the
+    answer generated so far, pushing towards new tokens. Empty or 0: off."""
 
     max_batch_size: int = Field(default=16, ge=1, le=256)
     """Most requests decoded together in one batch (vLLM: max_num_seqs; raise it for vLLM on GPUs, whose paged

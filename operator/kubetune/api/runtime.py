@@ -37,6 +37,11 @@ PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "kubetune.json"
 LOCK_FILE = ".kubetune.lock"
+MODEL_CARD_FILE = "README.md"
+LOSS_CURVES_FILE = "loss-curves.png"
+"""Train and eval loss against step, beside the model card (which embeds it) in the adapter folder."""
+HUMAN_EVAL_FILE = "human-eval.csv"
+"""evaluation.humanEvalSamples' export, in the output folder beside `adapter/` (held-out rows stay off the Hub)."""
 
 # Environment variables.
 ENV_SPEC = "KUBETUNE_SPEC"
@@ -61,8 +66,23 @@ ENV_NODE_RANK = "JOB_COMPLETION_INDEX"
 RENDEZVOUS_PORT = 29500
 REPORT_PROGRESS_KEY = "progress"
 REPORT_METRICS_KEY = "metrics"
+REPORT_RESULTS_KEY = "results"
+"""In the report ConfigMap: a JSON index of the result files the trainer copied there when it finished (for
+`kubetune results`); each file is under `results.<file name>`, text in `data`, images in `binaryData`. The operator
+reads only progress and metrics."""
+REPORT_RESULTS_PREFIX = "results."
+RESULTS_BUDGET_BYTES = 768 * 1024
+"""Most bytes of result files in the report ConfigMap (a ConfigMap holds at most 1 MiB): the card, metrics and
+picture first, then as many human-evaluation rows as fit."""
 ENV_HF_TOKEN = "HF_TOKEN"
 """The base model's (and a Hub dataset's) read token: huggingface_hub reads it itself."""
+AUGMENTATION_TOKEN_ENV = {
+    "paraphrase.model": "KUBETUNE_PARAPHRASE_HF_TOKEN",
+    "backTranslation.model": "KUBETUNE_BACK_TRANSLATION_HF_TOKEN",
+    "backTranslation.reverseModel": "KUBETUNE_BACK_TRANSLATION_REVERSE_HF_TOKEN",
+}
+"""The read token of each augmentation model that names its own tokenSecretRef (one defaulting to the base model
+uses HF_TOKEN), so each token reaches only the download it is for."""
 ENV_HF_PUSH_TOKEN = "HF_PUSH_TOKEN"
 """The write token of output.hub (its tokenSecretRef): only the adapter push uses it."""
 ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"

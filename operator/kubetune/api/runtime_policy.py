@@ -53,7 +53,8 @@ class FineTuneRuntimeSpec(ApiModel):
     """Most pods (resources.nodes) one FineTuneJob may span; empty: no limit."""
 
     allowed_base_models: list[ModelPattern] = Field(default_factory=list, max_length=256)
-    """Base models users may fine-tune or serve, as globs ('meta-llama/*', 'pvc:models/*'); empty allows any."""
+    """Models users may fine-tune, serve or generate training rows with (dataset.augmentation models), as globs
+    ('meta-llama/*', 'pvc:models/*'); empty allows any."""
 
     default_queue_name: ObjectName | None = None
     """Kueue LocalQueue for FineTuneJobs that name none (spec.queueName)."""

@@ -137,6 +137,10 @@ def run_demo(workdir: Path, port: int) -> int:
         print(f"  prompt: {sample.prompt!r}")
         # A reply cut at max_tokens can end inside a multi-byte character; show only whole characters.
         print(f"  answer: {reply['choices'][0]['text'].rstrip(chr(0xFFFD))!r}")
+    trained = run.trained[run.bundle.jobs[0].metadata.name]
+    print("\nResults of the training run (what `kubetune results ftj/demo-sentiment` fetches on a cluster):")
+    for what, path in trained.result_files():
+        print(f"  {what}: {path}")
     print(
         f"\ndemo finished in {time.monotonic() - started:.0f} s "
         f"(model conversion and training {trained_at - started:.0f} s)"

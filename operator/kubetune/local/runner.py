@@ -35,6 +35,8 @@ def format_metrics(metrics: dict) -> str:
     ]
     if sources:
         parts.append(f"eval loss per source: {'; '.join(sources)}")
+    # dataset.augmentation: the training rows each kind added (details in metrics.json and the model card)
+    parts += [f"{kind.get('added', 0)} rows added by {kind.get('kind')}" for kind in metrics.get("augmentation") or []]
     return ", ".join(parts) if parts else "no metrics reported"
 
 
@@ -88,6 +90,8 @@ class LocalRun:
             self.trained[job.metadata.name] = result
             self.say(f"FineTuneJob {job.metadata.name} {result.how}: {format_metrics(result.metrics)}")
             self.say(f"  adapter: {result.adapter_dir}")
+            for what, path in result.result_files():
+                self.say(f"  {what}: {path}")
 
     def serve_all(self) -> None:
         for offset, serve in enumerate(self.bundle.serves):

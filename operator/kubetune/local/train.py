@@ -18,8 +18,11 @@ from kubetune.api.runtime import (
     ENV_JOB_NAME,
     ENV_TERMINATION_LOG,
     EXIT_REASONS,
+    HUMAN_EVAL_FILE,
+    LOSS_CURVES_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
+    MODEL_CARD_FILE,
     PROGRESS_FILE,
     TrainerExit,
     adapter_path,
@@ -53,6 +56,18 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     how: str = "trained"
     """trained, resumed (from a checkpoint) or reused (a finished adapter with the same spec)."""
+    output_dir: Path | None = None
+    """The trainer's output folder (`adapter/` and the human-eval sheet are in it)."""
+
+    def result_files(self) -> list[tuple[str, Path]]:
+        """(what, where) of the files a person reads after training, those the run wrote."""
+        candidates = [
+            ("model card", self.adapter_dir / MODEL_CARD_FILE),
+            ("loss curves", self.adapter_dir / LOSS_CURVES_FILE),
+        ]
+        if self.output_dir is not None:
+            candidates.append(("human-eval sheet", self.output_dir / HUMAN_EVAL_FILE))
+        return [(what, path) for what, path in candidates if path.is_file()]
 
 
 def _finished_with_same_spec(adapter_dir: Path, job: FineTuneJob) -> bool:
@@ -98,7 +113,7 @@ def train_locally(
     adapter_dir = Path(resolve_pvc_path(adapter, str(volumes.pvc_root)))
     if _finished_with_same_spec(adapter_dir, job):
         say(f"FineTuneJob {name}: reusing the finished adapter in {adapter_dir} (same spec; delete it to retrain)")
-        return TrainResult(name, adapter, adapter_dir, _metrics(adapter_dir), how="reused")
+        return TrainResult(name, adapter, adapter_dir, _metrics(adapter_dir), how="reused", output_dir=output_dir)
     checkpoint = _newest_checkpoint(output_dir)
     how = "resumed" if checkpoint else "trained"
     say(f"FineTuneJob {name}: " + (f"resuming from {checkpoint}" if checkpoint else "training") + f" -> {output_dir}")
@@ -135,7 +150,7 @@ def train_locally(
             line.close()
     if process.returncode != 0:
         raise TrainingFailed(name, process.returncode, _failure_message(termination_log, log_file))
-    return TrainResult(name, adapter, adapter_dir, _metrics(adapter_dir), how=how)
+    return TrainResult(name, adapter, adapter_dir, _metrics(adapter_dir), how=how, output_dir=output_dir)
 
 
 def _failure_message(termination_log: Path, log_file: Path) -> str:

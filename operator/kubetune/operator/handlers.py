@@ -13,6 +13,7 @@ from kubetune.api.base import API_GROUP, API_VERSION
 from . import naming
 from .manifests.trainer import REPORT_COMPONENT
 from .reconcile.finetunejob import job_phase
+from .reconcile.trainer_report import without_results
 from .services import FORGOTTEN, OperatorContext
 
 REGISTRY = kopf.OperatorRegistry()
@@ -64,9 +65,20 @@ def _by_name(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple
     return {(namespace, name): dict(body)}
 
 
+def _configmap_by_name(
+    body: kopf.Body, namespace: str, name: str, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """As _by_name, but a trainer's report ConfigMap without the result files it carries for `kubetune results`."""
+    configmap = dict(body)
+    if labels.get(naming.LABEL_COMPONENT) == REPORT_COMPONENT:
+        configmap = without_results(configmap)
+    return {(namespace, name): configmap}
+
+
 for _kind, (_resource, _index_id) in CACHED_CHILDREN.items():
     _label = CHILD_WATCHES[_resource].split("=")[0]
-    kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_by_name)
+    _indexer = _configmap_by_name if _kind == "ConfigMap" else _by_name
+    kopf.index(*_resource, id=_index_id, labels={_label: kopf.PRESENT}, registry=REGISTRY)(_indexer)
 # A ModelServe reads the FineTuneJobs it serves from (their phase and output) from kopf's index too: a phase change
 # reaches the index before finetunejob_phase_changed wakes the ModelServe.
 CACHED_FINETUNEJOBS = "cached_finetunejobs"
@@ -235,8 +247,8 @@ async def child_deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, m
 
 @kopf.index("", "v1", "pods", labels=OWNED_BY_FTJ, registry=REGISTRY)
 def trainer_pods(namespace: str, name: str, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], str]:
-    """Trainer pod -> its FineTuneJob (an Event names only the pod)."""
-    return {(namespace, name): labels[naming.LABEL_FINETUNEJOB]}
+    """Trainer pod -> its Job (an Event names only the pod; the Job's owner reference names the FineTuneJob)."""
+    return {(namespace, name): labels.get(naming.JOB_NAME_LABEL, "")}
 
 
 @kopf.on.event(*EVENTS_V1, registry=REGISTRY)
@@ -244,9 +256,9 @@ def trainer_volume_stuck(body: kopf.Body, namespace: str, memo: Any, trainer_pod
     """A FailedMount Event of a trainer pod (server-side field selector STUCK_MOUNTS): show it on the FineTuneJob
     now, not at the next resync (the pod's own status only says ContainerCreating)."""
     regarding = body.get("regarding") or {}
-    owner = next(iter(trainer_pods.get((namespace, regarding.get("name")), [])), None)
-    if owner is not None:
-        _ctx(memo).finetunejobs.pod_event(namespace, regarding["name"], owner, body.get("reason"), body.get("note"))
+    job = next(iter(trainer_pods.get((namespace, regarding.get("name")), [])), None)
+    if job:
+        _ctx(memo).finetunejobs.pod_event(namespace, regarding["name"], job, body.get("reason"), body.get("note"))
 
 
 @kopf.index(*MSV, registry=REGISTRY)
@@ -295,9 +307,12 @@ def modelserve_changed(name: str, namespace: str, memo: Any, **_: Any) -> None:
     _ctx(memo).modelserves.reconcile(namespace, name)
 
 
-@kopf.on.delete(*MSV, registry=REGISTRY, optional=True)
-def modelserve_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
-    _ctx(memo).modelserves.forget(dict(body))
+@kopf.on.event(*MSV, registry=REGISTRY)
+def modelserve_deleted(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Forget a deleted ModelServe. Its DELETED event, not kopf.on.delete: kopf calls delete handlers only while its
+    own finalizer holds the object, and no handler puts one there."""
+    if event.get("type") == "DELETED":
+        _ctx(memo).modelserves.forget(dict(body))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED_BY_MSV, registry=REGISTRY)

@@ -86,6 +86,14 @@ def _common(
 def finetunejob_violations(spec: FineTuneJobSpec, name: str, runtime: FineTuneRuntimeSpec) -> list[str]:
     """Every way `spec` breaks the runtime's policy, each naming the field, the limit and the runtime."""
     problems = _common(name, runtime, spec.image, spec.resources.gpus, spec.base_model)
+    augmentation = spec.dataset.augmentation
+    for model in augmentation.models(spec.base_model) if augmentation is not None else []:
+        if not model.is_base_model and not runtime.allows_model(model_label(model.source)):
+            allowed = ", ".join(runtime.allowed_base_models)
+            problems.append(
+                f"{model.path} {model_label(model.source)!r} is not allowed by FineTuneRuntime {name} "
+                f"(allowedBaseModels: {allowed})"
+            )
     if runtime.max_nodes is not None and spec.resources.nodes > runtime.max_nodes:
         nodes, limit = spec.resources.nodes, runtime.max_nodes
         problems.append(f"spec.resources.nodes {nodes} exceeds maxNodes {limit} of FineTuneRuntime {name}")

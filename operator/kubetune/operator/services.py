@@ -188,6 +188,9 @@ class _Service:
 
     logic: Any = ftj_logic
     refused_condition = "JobCreated"  # the condition a refused child turns False
+    # The spec can change after children exist (a ModelServe's; a FineTuneJob's is immutable but for suspend): the
+    # runtime's policy then holds for every edit, which is refused (its children left as they are) when it breaks it.
+    editable = False
 
     def _apply(self, plan: Plan, body: dict[str, Any], pending: Any = None) -> dict[str, dict[str, Any] | None]:
         """Create (never adopting a foreign object), patch our own children, write status, post events.
@@ -320,10 +323,13 @@ class _Service:
             self._apply(plan, body)
             return None, status, plan.phase
 
-    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None]:
-        """(the object with its FineTuneRuntime applied, None), or (it, phase) after refusing it: the runtime it
-        names does not exist, or (only while `fresh`: no child created yet) several runtimes claim its namespace
-        or its spec breaks the runtime's policy. Which runtime: policy.runtime_name."""
+    def _with_runtime(self, obj: Any, status: Any, body: dict[str, Any], fresh: bool) -> tuple[Any, str | None, bool]:
+        """(the object with its FineTuneRuntime applied, None, False), or (it, phase, False) after refusing it: the
+        runtime it names does not exist, or (only while `fresh`: no child created yet) several runtimes claim its
+        namespace, or its spec breaks the runtime's policy (checked while `fresh`, and on every reconcile of an
+        `editable` kind). Which runtime: policy.runtime_name. (it, None, True): not fresh, and the runtime that
+        shaped its children cannot be read any more (deleted, invalid, contested): the children it has are kept as
+        they are, never re-rendered without it."""
         namespace = body["metadata"]["namespace"]
         claimants = self.ctx.namespace_runtimes(namespace)
         try:
@@ -332,38 +338,48 @@ class _Service:
             if not fresh:  # a running child is never stopped by an admin's later mistake
                 where = f"{self.kind} {namespace}/{obj.metadata.name}"
                 log.warning("%s: %s; rendering without a runtime", where, conflict)
-                return obj, None
-            return obj, self._refuse(body, status, str(conflict), policy.RUNTIME_CONFLICT)
+                return obj, None, True
+            return obj, self._refuse(body, status, str(conflict), policy.RUNTIME_CONFLICT), False
         if name is None:
-            return obj, None
+            return obj, None, False
         found = self.ctx.kube.get(k8s.FINETUNERUNTIMES, None, name)
         if found is None:
             if not obj.spec.runtime_name and claimants:  # deleted since the watch saw it: its claim goes next
                 raise kopf.TemporaryError(f"FineTuneRuntime {name} is being deleted", delay=WAIT_SECONDS)
             if not obj.spec.runtime_name:  # the operator's default is not installed: no runtime applies
                 log.warning("the default FineTuneRuntime %s does not exist; %ss run without one", name, self.kind)
-                return obj, None
+                return obj, None, False
             if not fresh:
-                return obj, None  # deleted under a running child: keep rendering as it was created
+                return obj, None, True  # deleted under a running child: keep its children as they were created
             message = (
                 f"spec.runtimeName: FineTuneRuntime {name} does not exist (kubectl get finetuneruntimes lists them); "
                 "name an existing runtime"
             )
-            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND), False
         try:
             runtime = FineTuneRuntimeSpec.model_validate(found.get("spec") or {})
         except ValidationError as exc:  # only past an older CRD: refused once, never retried
             message = f"FineTuneRuntime {name} is invalid: {format_validation_error(exc, 'spec')}"
             if not fresh:
                 log.warning("%s; rendering without it", message)
-                return obj, None
-            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND)
+                return obj, None, True
+            return obj, self._refuse(body, status, message, policy.RUNTIME_NOT_FOUND), False
         violations, effective = self.runtime_rules
-        if fresh:
+        if fresh or self.editable:
             problems = violations(obj.spec, name, runtime)
+            if problems and not fresh:  # the server runs the last accepted spec: it keeps its phase and Ready
+                plan = self.logic.plan_refused_edit(
+                    status,
+                    "; ".join(problems),
+                    body["metadata"].get("generation"),
+                    now_rfc3339(),
+                    policy.POLICY_VIOLATION,
+                )
+                self._apply(plan, body)
+                return obj, status.phase or "Pending", False
             if problems:
-                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION)
-        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None
+                return obj, self._refuse(body, status, "; ".join(problems), policy.POLICY_VIOLATION), False
+        return obj.model_copy(update={"spec": effective(obj.spec, runtime)}), None, False
 
     def _refuse(self, body: dict[str, Any], status: Any, message: str, reason: str) -> str:
         plan = self.logic.plan_invalid(status, message, body["metadata"].get("generation"), now_rfc3339(), reason)
@@ -405,7 +421,7 @@ class FineTuneJobService(_Service):
             if status.phase in ftj_logic.TERMINAL:
                 self.ctx.metrics.set_phase(self.kind, body["metadata"]["uid"], status.phase)
                 return status.phase
-            ftj, refused = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
+            ftj, refused, _ = self._with_runtime(ftj, status, body, fresh=status.job_name is None)
             if refused is not None:
                 return refused
             try:
@@ -431,7 +447,10 @@ class FineTuneJobService(_Service):
         checked = job is None  # the plan creates (and so checks) every child when there is no Job
         if job is not None:
             desired = trainer_children(ftj_logic.owner_of(ftj), ftj.spec, self.ctx.settings)
-            self._verify({"kind": "Job", **job}, desired[-1])
+            observed = {"kind": "Job", **job}
+            if ftj_logic.job_phase(job) in ftj_logic.TERMINAL:  # being deleted (TTL) or not, it says how it ended
+                observed["metadata"] = {k: v for k, v in job["metadata"].items() if k != "deletionTimestamp"}
+            self._verify(observed, desired[-1])
             if ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:  # a finished Job needs no children
                 problem, checked = self._ensure_each(desired[:-1], body), True
         if job is not None and ftj_logic.job_phase(job) not in ftj_logic.TERMINAL:
@@ -494,9 +513,13 @@ class FineTuneJobService(_Service):
             )
         pending = self.pending_cause(job) if ftj_logic.job_phase(job) == "Pending" else None
         meta, reported = ftj.metadata, None
-        if job is not None:  # the report ConfigMap is created with the other children, before the Job
+        # The report ConfigMap is created with the other children, before the Job; it outlives a Job that finished
+        # and was removed (TTL), and then says whether the trainer got to its final metrics.
+        if job is not None or status.job_name is not None:
             name = naming.report_configmap(meta.name)
-            reported = parse_report(self.ctx.children.get(k8s.CONFIGMAPS, meta.namespace or "default", name))
+            found = self.ctx.children.get(k8s.CONFIGMAPS, meta.namespace or "default", name)
+            if found is not None and (drift.controller_of(found) or {}).get("uid") == meta.uid:
+                reported = parse_report(found)
         return ftj_logic.plan_finetunejob(ftj, job, report, self.ctx.settings, now_rfc3339(), pending, reported)
 
     def report_changed(self, namespace: str, configmap: dict[str, Any]) -> None:
@@ -518,10 +541,19 @@ class FineTuneJobService(_Service):
         cause = ftj_logic.pending_cause(job, pods, [])
         if cause is not None:
             return cause
-        newest = max(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=job)
+        # A finished pod's Events explain nothing now: with no live pod, the Job's (FailedCreate of the next pod).
+        live = [pod for pod in pods if (pod.get("status") or {}).get("phase") in (None, "Pending")]
+        newest = max(live, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=job)
         uid = newest["metadata"]["uid"]
         events = kube.list(k8s.EVENTS, meta["namespace"], field_selector=f"involvedObject.uid={uid}")
         return ftj_logic.pending_cause(job, pods, events)
+
+    def owner_of_job(self, namespace: str, job_name: str | None) -> str | None:
+        """The FineTuneJob controlling trainer Job `job_name`. Pods and Events name it by label, whose value is cut
+        to 63 characters for a longer name: the Job's owner reference has it whole."""
+        job = self.ctx.children.get(k8s.JOBS, namespace, job_name) if job_name else None
+        owner = drift.controller_of(job or {}) or {}
+        return owner.get("name") if owner.get("kind") == self.kind else None
 
     def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> None:
         """A trainer pod changed: reconcile its FineTuneJob only when what the pod says about it changed (it got
@@ -536,13 +568,16 @@ class FineTuneJobService(_Service):
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause
-        self.reconcile(namespace, owner)
+        self.reconcile(
+            namespace, self.owner_of_job(namespace, (meta.get("labels") or {}).get(naming.JOB_NAME_LABEL)) or owner
+        )
 
-    def pod_event(self, namespace: str, pod: str, owner: str, reason: Any, message: Any) -> None:
-        """A blocking Event on a trainer pod (FailedMount): reconcile its FineTuneJob once per new message (the
-        kubelet repeats it every couple of minutes, with a growing count)."""
+    def pod_event(self, namespace: str, pod: str, job_name: str, reason: Any, message: Any) -> None:
+        """A blocking Event on a trainer pod (FailedMount) of Job `job_name`: reconcile its FineTuneJob once per new
+        message (the kubelet repeats it every couple of minutes, with a growing count)."""
         key, cause = (namespace, f"pod/{pod}"), (str(reason), str(message or ""))
-        if self.ctx.seen_pod_cause.get(key) == cause:
+        owner = self.owner_of_job(namespace, job_name)
+        if owner is None or self.ctx.seen_pod_cause.get(key) == cause:
             return
         self.ctx.seen_pod_cause[key] = cause
         self.reconcile(namespace, owner)
@@ -558,7 +593,8 @@ class FineTuneJobService(_Service):
         if self.ctx.seen_pod_cause.get(key) == cause:
             return
         job = self.ctx.children.get(k8s.JOBS, namespace, involved["name"])
-        owner = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
+        labelled = ((job or {}).get("metadata", {}).get("labels") or {}).get(naming.LABEL_FINETUNEJOB)
+        owner = self.owner_of_job(namespace, involved["name"]) if labelled else None
         if job is None or not owner:
             return
         self.ctx.seen_pod_cause[key] = cause
@@ -581,6 +617,7 @@ class ModelServeService(_Service):
     resource = k8s.MODELSERVES
     logic = msv_logic
     refused_condition = "Ready"
+    editable = True
 
     def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> str | None:
         kube = self.ctx.kube
@@ -591,18 +628,20 @@ class ModelServeService(_Service):
             msv, status, invalid_phase = self._validate(body, ModelServe, ModelServeStatus, msv_logic, outcome)
             if msv is None:
                 return invalid_phase
-            msv, refused = self._with_runtime(msv, status, body, fresh=status.deployment_name is None)
+            fresh = status.deployment_name is None
+            msv, refused, runtime_lost = self._with_runtime(msv, status, body, fresh=fresh)
             if refused is not None:
                 return refused
             try:
-                phase = self._step(msv, status, body)
+                phase = self._step(msv, status, body, keep_deployment=runtime_lost)
             except ChildProblem as problem:
                 raise self._blocked(body, status, problem) from None
             self._settled(body)
             return phase
 
-    def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any]) -> str:
-        """Resolve adapters, read the children (refusing any that is not ours), plan and apply."""
+    def _step(self, msv: ModelServe, status: ModelServeStatus, body: dict[str, Any], keep_deployment: bool) -> str:
+        """Resolve adapters, read the children (refusing any that is not ours), plan and apply. `keep_deployment`:
+        the runtime that shaped the Deployment is gone, so its drift is not repaired (see _with_runtime)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         cleared = self._cleared(body, status)
         refs = sorted({a.fine_tune_job_ref.name for a in msv.spec.adapters if a.fine_tune_job_ref is not None})
@@ -631,7 +670,7 @@ class ModelServeService(_Service):
                     self._verify(child, _stub(child, body))
         reports = self._ask_servers(namespace, observed.get("Deployment"))
         plan = msv_logic.plan_modelserve(
-            msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports, access_modes
+            msv, cleared, jobs, observed, self.ctx.settings, now_rfc3339(), reports, access_modes, keep_deployment
         )
         self._apply(plan, body, pending=cleared if cleared is not status else None)
         if plan.recheck:

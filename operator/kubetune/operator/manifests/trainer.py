@@ -6,6 +6,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api import runtime
+from kubetune.api.augmentation import AugmentationModel
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.sources import PvcPath
 
@@ -95,9 +96,18 @@ def trainer_rbac(owner: Owner) -> list[dict[str, Any]]:
     ]
 
 
+def augmentation_models(spec: FineTuneJobSpec) -> list[AugmentationModel]:
+    """The models dataset.augmentation loads besides the base model (defaults resolved)."""
+    augmentation = spec.dataset.augmentation
+    return augmentation.models(spec.base_model) if augmentation is not None else []
+
+
 def trainer_model_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> storage.ModelStorage:
-    """Where the trainer downloads a Hub base model or dataset: the shared model cache, or its scratch volume."""
-    needs_hub = spec.base_model.name is not None or any(source.hf is not None for source in spec.dataset.sources())
+    """Where the trainer downloads a Hub base model, augmentation model or dataset: the shared model cache, or its
+    scratch volume."""
+    hub_models = [spec.base_model, *(model.source for model in augmentation_models(spec))]
+    needs_hub = any(model.name is not None for model in hub_models)
+    needs_hub = needs_hub or any(source.hf is not None for source in spec.dataset.sources())
     return storage.model_storage(spec.model_cache, needs_hub, settings)
 
 
@@ -114,7 +124,8 @@ def trainer_volumes(
     output = output_location(owner.name, spec)
     volumes.add_claim("output", output.claim_name, runtime.claim_mount_path(output.claim_name, runtime.PVC_ROOT), False)
     data = spec.dataset.sources()  # the dataset itself, or every source of its mix
-    for claim in (spec.base_model.pvc, *(source.pvc for source in data)):
+    model_claims = [model.source.pvc for model in augmentation_models(spec)]  # dataset.augmentation's models
+    for claim in (spec.base_model.pvc, *(source.pvc for source in data), *model_claims):
         if claim is not None:
             path = runtime.claim_mount_path(claim.claim_name, runtime.PVC_ROOT)
             volumes.add_claim(naming.volume_name("pvc", claim.claim_name), claim.claim_name, path, True)
@@ -150,6 +161,9 @@ def trainer_env(
     # token is never handed to the push, nor a write token to every download.
     if spec.base_model.token_secret_ref is not None:
         env.append(pod.env_secret(runtime.ENV_HF_TOKEN, spec.base_model.token_secret_ref))
+    for model in augmentation_models(spec):  # an augmentation model's own token, under its own variable
+        if not model.is_base_model and model.source.token_secret_ref is not None:
+            env.append(pod.env_secret(runtime.AUGMENTATION_TOKEN_ENV[model.field], model.source.token_secret_ref))
     if spec.output.hub is not None:
         env.append(pod.env_secret(runtime.ENV_HF_PUSH_TOKEN, spec.output.hub.token_secret_ref))
     return env

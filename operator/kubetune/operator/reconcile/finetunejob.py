@@ -289,7 +289,7 @@ def plan_finetunejob(
     conds = set_condition(nxt.conditions, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
     phase = job_phase(job)
 
-    if job is None and current.job_name is not None and current.metrics is not None:
+    if job is None and current.job_name is not None and nxt.metrics is not None:
         # The trainer writes final metrics only after the adapter is saved: its Job finished and was removed
         # (TTL, GC) before the operator saw it. Finished work is never re-run.
         nxt.phase, nxt.output = "Succeeded", _output_status(ftj, None, settings)

@@ -27,7 +27,7 @@ from ..manifests.server import (
 from ..manifests.storage import cache_claim
 from ..settings import OperatorSettings
 from .conditions import get_condition, raw_condition, set_condition
-from .drift import drifted, repair_patch
+from .drift import drifted, repair_patch, scaled_elsewhere
 from .plan import Event, Plan
 from .served_adapters import ReplicaReport, loaded_condition, needs_recheck, served_adapters
 
@@ -266,10 +266,12 @@ def plan_modelserve(
     now: str,
     reports: list[ReplicaReport] | None = None,
     access_modes: dict[str, list[str]] | None = None,
+    keep_deployment: bool = False,
 ) -> Plan:
     """`observed` maps each desired child's kind ('ConfigMap', 'Deployment', 'Service') to what exists; `reports`
     are the ready server replicas' GET /adapters answers (served_adapters.py); `access_modes` the access modes of
-    the claims the replicas mount (read when replicas > 1)."""
+    the claims the replicas mount (read when replicas > 1); `keep_deployment`: an existing Deployment is left as
+    it is (the FineTuneRuntime that shaped it cannot be read any more)."""
     plan = Plan()
     generation = msv.metadata.generation
     nxt = status.model_copy(deep=True)
@@ -283,6 +285,8 @@ def plan_modelserve(
         if refusal is not None:
             resolution.failed.append(("StorageNotShared", refusal))
     conds = nxt.conditions
+    if get_condition(conds, "Validated") is not None:  # a refusal of plan_invalid is over: the spec passed
+        conds = set_condition(conds, "Validated", "True", "SpecValid", "the spec is valid", generation, now)
     if resolution.failed:
         reason, _ = resolution.failed[0]
         message = "; ".join(text for _, text in resolution.failed)
@@ -302,14 +306,18 @@ def plan_modelserve(
             current = observed.get(child["kind"])
             if current is None:
                 plan.create.append(child)
-            elif drifted(current, child):
+            elif drifted(current, child) and not (keep_deployment and child["kind"] == "Deployment"):
                 plan.patches.append((current, repair_patch(child, current)))
         if any(child["kind"] == "Deployment" for child in plan.create):
             deployment = None
             models = server_model_storage(msv.spec, serve_config(msv, resolution), settings)
             cache = cache_claim(owner.namespace, models, settings)
             plan.shared = [cache] if cache is not None else []
-        phase, reason, message, ready = _deployment_state(deployment, msv.spec.replicas)
+        wanted = msv.spec.replicas
+        if deployment is not None and scaled_elsewhere(deployment):  # the autoscaler's size is the one wanted
+            wanted = int((deployment.get("spec") or {}).get("replicas", wanted))
+            nxt.replicas = wanted
+        phase, reason, message, ready = _deployment_state(deployment, wanted)
         if phase != "Failed" and any(current["kind"] == "Deployment" for current, _ in plan.patches):
             # What was observed predates this reconcile's patch: a rollout of the patched spec starts now.
             phase, reason, message = "Deploying", "RolloutInProgress", "updating the server Deployment"
@@ -358,5 +366,23 @@ def plan_invalid(
     if status_patch(status) == plan.status:
         plan.status = {}
     elif status.phase != "Failed":
+        plan.events.append(Event("Warning", reason, message))
+    return plan
+
+
+def plan_refused_edit(
+    status: ModelServeStatus, problems: str, generation: int | None, now: str, reason: str = "PolicyViolation"
+) -> Plan:
+    """An edit of a deployed ModelServe that its FineTuneRuntime's policy refuses: the children keep the last
+    accepted spec and go on serving, so phase and Ready stay what they are; Validated=False says why this
+    generation is not applied."""
+    message = f"this edit is refused ({problems}); the server keeps running the last accepted spec"
+    nxt = status.model_copy(deep=True)
+    nxt.message, nxt.observed_generation = message, generation
+    nxt.conditions = set_condition(nxt.conditions, "Validated", "False", reason, message, generation, now)
+    plan = Plan(phase=status.phase or "Pending", status=status_patch(nxt))
+    if status_patch(status) == plan.status:
+        plan.status = {}
+    else:
         plan.events.append(Event("Warning", reason, message))
     return plan

@@ -39,6 +39,16 @@ def _parse(configmap: dict[str, Any], key: str, model: type[BaseModel]) -> Any:
         return None
 
 
+def without_results(configmap: dict[str, Any]) -> dict[str, Any]:
+    """The report ConfigMap as the operator keeps it in its watch cache: progress and metrics only. The result files
+    the trainer copies there at the end (up to RESULTS_BUDGET_BYTES each, for `kubetune results`) are for users;
+    holding them for every finished job would grow the operator's memory with each one."""
+    data = configmap.get("data") or {}
+    kept = {key: value for key, value in data.items() if key in (REPORT_PROGRESS_KEY, REPORT_METRICS_KEY)}
+    trimmed = {key: value for key, value in configmap.items() if key not in ("data", "binaryData")}
+    return {**trimmed, "data": kept} if "data" in configmap or "binaryData" in configmap else trimmed
+
+
 def parse_report(configmap: dict[str, Any] | None) -> ReportedProgress | None:
     """The validated progress and metrics of a report ConfigMap (None when there is none)."""
     if configmap is None:
