@@ -1,13 +1,16 @@
-"""Pin kubetune's three images to the digests a release pushed, in the Helm chart's values and in rendered manifests.
+"""Pin kubetune's four images to the digests a release pushed, in the Helm chart's values and in rendered manifests.
 
 A tag can be pushed again; a digest names exactly the bytes that were tested, scanned and signed. The release
 workflow runs this after pushing the images: `values` writes the digests into the chart's values.yaml before it is
-packaged (the published chart then pulls repository:tag@digest), `manifests` rewrites a kustomize build of the
-manifests (the release's install.yaml) the same way, in the operator's container image and in the trainer and
-server image settings it passes on.
+packaged (the published chart then pulls repository:tag@digest; the vLLM server image is `server.vllmImage`),
+`manifests` rewrites a kustomize build of the manifests (the release's install.yaml) the same way, in the
+operator's container image and in the trainer, server and vLLM server image settings it passes on
+(KUBETUNE_TRAINER_IMAGE, KUBETUNE_SERVER_IMAGE, KUBETUNE_SERVER_VLLM_IMAGE).
 
-    python tools/pin_digests.py values deploy/helm/kubetune/values.yaml --operator sha256:... --trainer ... --server ...
-    python tools/pin_digests.py manifests install.yaml --operator sha256:... --trainer ... --server ...
+    python tools/pin_digests.py values deploy/helm/kubetune/values.yaml \
+        --operator sha256:... --trainer ... --server ... --server-vllm ...
+    python tools/pin_digests.py manifests install.yaml \
+        --operator sha256:... --trainer ... --server ... --server-vllm ...
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import sys
 from pathlib import Path
 
 REGISTRY = "ghcr.io/kubetune"
-IMAGES = ("operator", "trainer", "server")
+# The images the release pushes, as ghcr.io/kubetune/kubetune-<name> (server-vllm: server-image/Dockerfile.vllm).
+IMAGES = ("operator", "trainer", "server", "server-vllm")
 DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 
 
@@ -53,7 +57,10 @@ def pin_values(text: str, digests: dict[str, str]) -> str:
 
 
 def pin_manifests(text: str, digests: dict[str, str]) -> str:
-    """Rendered manifests with every `<repository>:<tag>` of the three images followed by `@<digest>`."""
+    """Rendered manifests with every `<repository>:<tag>` of the images followed by `@<digest>`.
+
+    `kubetune-server:` never matches inside `kubetune-server-vllm:`: the tag's colon must follow the repository.
+    """
     for image, digest in _checked(digests).items():
         pattern = re.compile(rf"(\b{re.escape(repository(image))}:[\w.-]+)(?:@sha256:[a-f0-9]{{64}})?(?=[\s\"']|$)")
         text, count = pattern.subn(rf"\g<1>@{digest}", text)
@@ -67,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=["values", "manifests"], help="a chart values.yaml, or rendered manifests")
     parser.add_argument("file", type=Path, help="rewritten in place")
     for image in IMAGES:
-        parser.add_argument(f"--{image}", required=True, metavar="SHA256", help=f"digest of the {image} image")
+        parser.add_argument(f"--{image}", required=True, metavar="SHA256", help=f"digest of {repository(image)}")
     args = parser.parse_args(argv)
-    digests = {image: getattr(args, image) for image in IMAGES}
+    digests = {image: getattr(args, image.replace("-", "_")) for image in IMAGES}
     pin = pin_values if args.kind == "values" else pin_manifests
     try:
         args.file.write_text(pin(args.file.read_text("utf-8"), digests), "utf-8")

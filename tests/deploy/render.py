@@ -94,13 +94,15 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
 
 
 def operator_images(manifests: list[Manifest]) -> dict[str, str]:
-    """The images an install runs: the operator's own, and the trainer and server images it hands to its children."""
+    """The images an install runs: the operator's own, and the trainer, server and vLLM server images it hands to its
+    children (named as tools/pin_digests.py names them)."""
     container = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in container["env"]}
     return {
         "operator": container["image"],
         "trainer": env["KUBETUNE_TRAINER_IMAGE"],
         "server": env["KUBETUNE_SERVER_IMAGE"],
+        "server-vllm": env["KUBETUNE_SERVER_VLLM_IMAGE"],
     }
 
 

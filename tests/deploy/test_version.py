@@ -52,11 +52,17 @@ def test_installs_and_operator_defaults_name_the_released_images(cluster_wide, h
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     released = {name: f"{values[name]['image']['repository']}:{VERSION}" for name in ("operator", "trainer", "server")}
+    released["server-vllm"] = f"{values['server']['vllmImage']['repository']}:{VERSION}"
     assert released["operator"] == f"ghcr.io/kubetune/kubetune-operator:{VERSION}"
+    assert released["server-vllm"] == f"ghcr.io/kubetune/kubetune-server-vllm:{VERSION}"
     assert render.operator_images(cluster_wide) == released
     assert render.operator_images(helm_default) == released
     defaults = OperatorSettings()
-    assert (defaults.trainer_image, defaults.server_image) == (released["trainer"], released["server"])
+    assert (defaults.trainer_image, defaults.server_image, defaults.server_vllm_image) == (
+        released["trainer"],
+        released["server"],
+        released["server-vllm"],
+    )
 
 
 def test_the_changelog_has_notes_for_the_version():

@@ -1,10 +1,12 @@
 """The GitHub Actions workflows: actionlint (with shellcheck on every `run:` script) finds nothing, and the
 workflows do what docs/releasing.md promises: pull requests run `make lint` and `make test`; a version tag is checked
-against the tree, builds and pushes the three images of this repository for their platforms with an SBOM, signs
-them keyless, publishes the chart with pinned digests and writes the release notes from CHANGELOG.md."""
+against the tree, builds and pushes the four images of this repository (the vLLM server's too) for their platforms
+with an SBOM, signs them keyless, publishes the chart with all four digests pinned and writes the release notes from
+CHANGELOG.md."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 import yaml
 
 from tests.support.binaries import REPO_ROOT
+from tools import pin_digests
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 BIN = Path(sys.executable).parent
@@ -84,14 +87,20 @@ def test_a_version_tag_releases_the_repositorys_images_signed_with_sboms():
         "operator": "linux/amd64,linux/arm64",
         "trainer": "linux/amd64",
         "server": "linux/amd64",
+        "server-vllm": "linux/amd64",
     }
     dockerfiles = {"operator": "deploy/operator.Dockerfile", "trainer": "trainer-image/Dockerfile"}
     dockerfiles["server"] = "server-image/Dockerfile"
+    dockerfiles["server-vllm"] = "server-image/Dockerfile.vllm"
     assert {name: entry["dockerfile"] for name, entry in matrix.items()} == dockerfiles
     assert all((REPO_ROOT / path).is_file() for path in dockerfiles.values())
     build = next(step for step in images["steps"] if step.get("uses", "").startswith("docker/build-push-action"))
     assert build["with"]["push"] is True and build["with"]["sbom"] is True
     assert "cosign sign --yes" in runs and "cosign attest --yes --type spdxjson" in runs
+    conditional = [step.get("name", step.get("uses")) for step in images["steps"] if "if" in step]
+    assert all("room" in name.lower() for name in conditional), (
+        f"every image is built, signed and attested: {conditional}"
+    )
 
 
 def test_the_chart_and_install_yaml_are_published_with_pinned_digests_and_notes_from_the_changelog():
@@ -104,3 +113,18 @@ def test_the_chart_and_install_yaml_are_published_with_pinned_digests_and_notes_
     assert "gh release create" in runs
     assert release["jobs"]["release"]["permissions"] == {"contents": "write"}
     assert release["permissions"] == {"contents": "read"}, "jobs widen their own rights, nothing else gets them"
+
+
+def test_every_released_image_is_pinned_in_the_chart_and_listed_in_the_notes():
+    """The images the matrix pushes are the images tools/pin_digests.py pins and the release notes list."""
+    release = _load("release.yml")
+    pushed = [entry["image"] for entry in release["jobs"]["images"]["strategy"]["matrix"]["include"]]
+    assert tuple(pushed) == pin_digests.IMAGES
+    pin = next(step["run"] for step in release["jobs"]["chart"]["steps"] if "pin_digests.py" in step.get("run", ""))
+    for image in pushed:
+        assert f'--{image} "$(cat images/{image}.digest)"' in pin, f"the chart and install.yaml must pin {image}"
+    notes = next(
+        step["run"] for step in release["jobs"]["release"]["steps"] if "version.py notes" in step.get("run", "")
+    )
+    listed = re.search(r"for image in ([\w\s-]+?); do", notes)
+    assert listed and listed.group(1).split() == pushed, "the release notes list every pushed image with its digest"
