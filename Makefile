@@ -92,14 +92,15 @@ version:  ## print the version (image tags, chart, distribution)
 set-version:  ## VERSION=x.y.z: write a new version into the source, the chart and the kustomize manifests
 	$(PYTHON) tools/version.py set $(VERSION)
 
-images:  ## build the three images tagged $(REGISTRY)/kubetune-<name>:$(VERSION) (the release workflow pushes them); not the vLLM server image: `make image-vllm`
+images:  ## build the three images tagged $(REGISTRY)/kubetune-<name>:$(VERSION); the vLLM server image is `make image-vllm` (the release workflow pushes all four)
 	$(BUILD) -f deploy/operator.Dockerfile -t $(REGISTRY)/kubetune-operator:$(VERSION) .
 	$(BUILD) -f trainer-image/Dockerfile -t $(REGISTRY)/kubetune-trainer:$(VERSION) .
 	$(BUILD) -f server-image/Dockerfile -t $(REGISTRY)/kubetune-server:$(VERSION) .
 
 # The vLLM server image is FROM vLLM's CUDA image (vllm/vllm-openai, about 10 GB, pulled from Docker Hub), so it is
-# built only where that registry is reachable, and never by `make images` or `make test` (hadolint checks its
-# Dockerfile in the suite: tests/deploy/test_dockerfiles.py). VLLM_BASE overrides the base (a mirror, another tag).
+# built only where that registry is reachable (the release workflow builds and pushes it on GitHub's runners), never
+# by `make images` or `make test` (hadolint checks its Dockerfile in the suite: tests/deploy/test_dockerfiles.py).
+# VLLM_BASE overrides the base (a mirror, another tag).
 VLLM_BASE ?=
 image-vllm:  ## build $(REGISTRY)/kubetune-server-vllm:$(VERSION) from server-image/Dockerfile.vllm (pulls vLLM's ~10 GB CUDA image; VLLM_BASE=... for a mirror)
 	$(BUILD) -f server-image/Dockerfile.vllm $(if $(VLLM_BASE),--build-arg BASE=$(VLLM_BASE)) -t $(REGISTRY)/kubetune-server-vllm:$(VERSION) .

@@ -143,6 +143,7 @@ def test_the_install_docs_overlay_example_builds(tmp_path):
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.example.com/")
     assert env["KUBETUNE_TRAINER_IMAGE"].startswith("registry.example.com/kubetune/trainer:")
     assert env["KUBETUNE_SERVER_IMAGE"].startswith("registry.example.com/kubetune/server:")
+    assert env["KUBETUNE_SERVER_VLLM_IMAGE"].startswith("registry.example.com/kubetune/server-vllm:")
 
 
 def test_the_install_docs_settings_overlay_reaches_the_operator(tmp_path):
