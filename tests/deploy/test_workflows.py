@@ -6,15 +6,18 @@ CHANGELOG.md."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import kubetune
 import pytest
 import yaml
 
-from tests.support.binaries import REPO_ROOT
+from tests.support.binaries import REPO_ROOT, kubectl
 from tools import pin_digests
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
@@ -128,3 +131,53 @@ def test_every_released_image_is_pinned_in_the_chart_and_listed_in_the_notes():
     )
     listed = re.search(r"for image in ([\w\s-]+?); do", notes)
     assert listed and listed.group(1).split() == pushed, "the release notes list every pushed image with its digest"
+
+
+def _step_script(job: dict, marker: str) -> str:
+    return next(step["run"] for step in job["steps"] if marker in step.get("run", ""))
+
+
+def _run_as_actions(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A `run:` script the way GitHub Actions runs it on Linux (`bash --noprofile --norc -eo pipefail`)."""
+    command = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_release_scripts_pin_and_list_all_four_images(tmp_path):
+    """The chart job's pin step and the release notes step, run on a scratch checkout with a digest artifact per
+    image: every image's digest lands in values.yaml, in install.yaml and in the notes."""
+    from . import render
+
+    release = _load("release.yml")
+    digests = {image: "sha256:" + f"{index + 1:x}" * 64 for index, image in enumerate(pin_digests.IMAGES)}
+    for folder in ("deploy", "tools", "operator/kubetune"):
+        shutil.copytree(
+            REPO_ROOT / folder, tmp_path / folder, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(REPO_ROOT / "CHANGELOG.md", tmp_path / "CHANGELOG.md")
+    for folder in ("images", "assets"):
+        (tmp_path / folder).mkdir()
+        for image, digest in digests.items():
+            (tmp_path / folder / f"{image}.digest").write_text(digest + "\n")
+    (tmp_path / "assets" / "chart.digest").write_text("sha256:" + "0" * 64 + "\n")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "python").symlink_to(sys.executable)
+    (tools / "kubectl").symlink_to(kubectl())
+    env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "REGISTRY": "ghcr.io/kubetune"}
+    env["VERSION"] = kubetune.__version__
+
+    pinned = _run_as_actions(_step_script(release["jobs"]["chart"], "pin_digests.py"), tmp_path, env)
+    assert pinned.returncode == 0, pinned.stderr
+    values = yaml.safe_load((tmp_path / "deploy/helm/kubetune/values.yaml").read_text())
+    chart_digests = {name: values[name]["image"]["digest"] for name in ("operator", "trainer", "server")}
+    chart_digests["server-vllm"] = values["server"]["vllmImage"]["digest"]
+    assert chart_digests == digests
+    installed = render.operator_images(render.parse_documents((tmp_path / "dist/install.yaml").read_text()))
+    assert {name: image.rsplit("@", 1)[1] for name, image in installed.items()} == digests
+
+    notes = _run_as_actions(_step_script(release["jobs"]["release"], "version.py notes"), tmp_path, env)
+    assert notes.returncode == 0, notes.stderr
+    text = (tmp_path / "notes.md").read_text()
+    for image, digest in digests.items():
+        assert f"`ghcr.io/kubetune/kubetune-{image}:{kubetune.__version__}@{digest}`" in text
