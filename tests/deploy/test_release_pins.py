@@ -66,15 +66,14 @@ def test_pinning_refuses_bad_digests_and_missing_images():
         pin_digests.pin_values("operator:\n  image:\n    repository: ghcr.io/kubetune/kubetune-operator\n", DIGESTS)
 
 
-def test_pinning_the_server_image_leaves_the_vllm_image_alone_and_back():
-    """`kubetune-server` is a prefix of `kubetune-server-vllm`: each digest lands on its own image only."""
-    text = "a: ghcr.io/kubetune/kubetune-server:1.0.0\nb: ghcr.io/kubetune/kubetune-server-vllm:1.0.0\n"
-    server = pin_digests.pin_manifests(text, {"server": DIGESTS["server"]})
-    assert server == f"a: ghcr.io/kubetune/kubetune-server:1.0.0@{DIGESTS['server']}\nb: {text.split('b: ')[1]}"
-    vllm = pin_digests.pin_manifests(text, {"server-vllm": DIGESTS["server-vllm"]})
-    assert (
-        vllm == f"{text.split(chr(10))[0]}\nb: ghcr.io/kubetune/kubetune-server-vllm:1.0.0@{DIGESTS['server-vllm']}\n"
-    )
+def test_each_server_digest_lands_on_its_own_image():
+    """`kubetune-server` is a prefix of `kubetune-server-vllm`: neither digest may land on the other image."""
+    server, vllm = "a: ghcr.io/kubetune/kubetune-server:1.0.0", "b: ghcr.io/kubetune/kubetune-server-vllm:1.0.0"
+    text = f"{server}\n{vllm}\n"
+    pinned_server = pin_digests.pin_manifests(text, {"server": DIGESTS["server"]})
+    assert pinned_server == f"{server}@{DIGESTS['server']}\n{vllm}\n"
+    pinned_vllm = pin_digests.pin_manifests(text, {"server-vllm": DIGESTS["server-vllm"]})
+    assert pinned_vllm == f"{server}\n{vllm}@{DIGESTS['server-vllm']}\n"
     values = (render.CHART / "values.yaml").read_text()
     server_values = yaml.safe_load(pin_digests.pin_values(values, {"server": DIGESTS["server"]}))["server"]
     assert (server_values["image"]["digest"], server_values["vllmImage"]["digest"]) == (DIGESTS["server"], "")
