@@ -18,9 +18,9 @@ from kubetune.api.augmentation import TEXT_PLACEHOLDER, GenerationSettings
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .device import DeviceInfo
-from .errors import ModelLoadError, NetworkError
+from .errors import ModelLoadError
 from .model_loading import ModelLocation, load_tokenizer
-from .retries import with_retries
+from .retries import with_retries_or
 
 log = logging.getLogger(__name__)
 SEED_STRIDE = 1_000_003  # batch seeds of nearby augmentation seeds do not overlap for any realistic batch count
@@ -39,15 +39,11 @@ class TextGenerator:
 
     def __init__(self, location: ModelLocation, device: DeviceInfo, field: str) -> None:
         self.location, self.field = location, field
-        try:
-            config = with_retries(
-                f"reading the config of {location.path!r}",
-                lambda: AutoConfig.from_pretrained(location.path, **location.kwargs()),
-            )
-        except NetworkError:
-            raise
-        except Exception as error:
-            raise ModelLoadError(f"{field}: cannot read the model config at {location.path!r}: {error}") from error
+        config = with_retries_or(
+            f"reading the config of {location.path!r}",
+            lambda: AutoConfig.from_pretrained(location.path, **location.kwargs()),
+            lambda error: ModelLoadError(f"{field}: cannot read the model config at {location.path!r}: {error}"),
+        )
         self.encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.tokenizer = load_tokenizer(location)
         if not self.encoder_decoder:
@@ -56,19 +52,15 @@ class TextGenerator:
         dtype = (torch.bfloat16 if device.bf16_supported else torch.float16) if device.is_cuda else torch.float32
         auto = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
         placement = {"": self.device} if device.is_cuda else None
-        try:
-            self.model = with_retries(
-                f"loading the augmentation model from {location.path!r}",
-                # Straight onto the GPU (device_map), not through a copy in host memory.
-                lambda: auto.from_pretrained(location.path, dtype=dtype, device_map=placement, **location.kwargs()),
-            )
-        except NetworkError:
-            raise
-        except Exception as error:
-            raise ModelLoadError(
-                f"{field}: cannot load {location.path!r} as a {'translation' if self.encoder_decoder else 'causal'} "
-                f"model: {type(error).__name__}: {error}"
-            ) from error
+        kind = "translation" if self.encoder_decoder else "causal"
+        self.model = with_retries_or(
+            f"loading the augmentation model from {location.path!r}",
+            # Straight onto the GPU (device_map), not through a copy in host memory.
+            lambda: auto.from_pretrained(location.path, dtype=dtype, device_map=placement, **location.kwargs()),
+            lambda error: ModelLoadError(
+                f"{field}: cannot load {location.path!r} as a {kind} model: {type(error).__name__}: {error}"
+            ),
+        )
         self.model.eval()
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else self.tokenizer.eos_token_id

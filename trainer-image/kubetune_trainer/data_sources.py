@@ -20,7 +20,7 @@ from kubetune.api.finetunejob import DatasetSource, HfDataset
 from kubetune.api.runtime import ENV_HF_TOKEN, configmap_file_path, resolve_pvc_path
 
 from .errors import InvalidInputError, NetworkError, TrainerFailure
-from .retries import with_retries
+from .retries import with_retries, with_retries_or
 from .safe_fetch import AddressPolicy, UnsafeUrlError, open_public_https, public_only
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -69,15 +69,14 @@ def _load_hub(hf: HfDataset, eval_split: str | None, where: str) -> RawData:
         def load() -> Dataset:
             return load_dataset(hf.name, hf.config, split=name, revision=hf.revision, token=token)  # type: ignore[return-value]
 
-        try:
-            return with_retries(f"{where}.hf: loading {hf.name!r} split {name!r}", load)
-        except NetworkError:
-            raise
-        except Exception as error:  # datasets raises many types (FileNotFoundError, ValueError, HfHubHTTPError)
-            raise InvalidInputError(
+        return with_retries_or(  # datasets raises many types (FileNotFoundError, ValueError, HfHubHTTPError)
+            f"{where}.hf: loading {hf.name!r} split {name!r}",
+            load,
+            lambda error: InvalidInputError(
                 f"{where}.hf: cannot load {hf.name!r} (config {hf.config!r}, split {name!r}): "
                 f"{type(error).__name__}: {error}"
-            ) from error
+            ),
+        )
 
     eval_rows = split(eval_split) if eval_split else None
     return RawData(split(hf.split), eval_rows, f"hf:{hf.name}")

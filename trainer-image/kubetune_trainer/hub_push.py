@@ -9,8 +9,8 @@ from pathlib import Path
 from kubetune.api import OutputSpec
 from kubetune.api.runtime import ENV_HF_PUSH_TOKEN
 
-from .errors import NetworkError, TrainerFailure
-from .retries import with_retries
+from .errors import TrainerFailure
+from .retries import with_retries_or
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,10 @@ def push_adapter(adapter_dir: Path, output: OutputSpec) -> str | None:
             ignore_patterns=["training_args.bin"],  # a pickle (runs code when loaded) that older runs left here
         )
 
-    try:
-        with_retries(f"output.hub: pushing to {hub.repo!r}", push)
-    except NetworkError:
-        raise
-    except Exception as error:  # hub errors come in many types; the token is never part of their message
-        raise TrainerFailure(
-            f"output.hub: pushing to {output.hub.repo!r} failed: {type(error).__name__}: {error}"
-        ) from error
+    with_retries_or(  # hub errors come in many types; the token is never part of their message
+        f"output.hub: pushing to {hub.repo!r}",
+        push,
+        lambda error: TrainerFailure(f"output.hub: pushing to {hub.repo!r} failed: {type(error).__name__}: {error}"),
+    )
     log.info("pushed the adapter to the Hub repository %s", output.hub.repo)
     return output.hub.repo

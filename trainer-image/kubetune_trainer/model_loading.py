@@ -15,9 +15,9 @@ from kubetune.model_cache import cache_root, ensure_cached
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from .device import DeviceInfo, ResolvedPrecision
-from .errors import ModelLoadError, NetworkError
+from .errors import ModelLoadError
 from .quantized_cpu import keep_4bit_training_layout
-from .retries import with_retries
+from .retries import with_retries_or
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,13 @@ def locate_model(source: ModelSource, field: str = "baseModel", token_env: str =
         if root is None:
             return ModelLocation(source.name, source.revision, source.trust_remote_code, token_env=token_env)
         name, token = source.name, os.environ.get(token_env) or None
-        try:
-            commit = with_retries(
-                f"fetching {name!r} into the model cache",
-                lambda: ensure_cached(root, name, source.revision, token, source.trust_remote_code),
-            )
-        except NetworkError:
-            raise
-        except Exception as error:
-            raise ModelLoadError(
+        commit = with_retries_or(
+            f"fetching {name!r} into the model cache",
+            lambda: ensure_cached(root, name, source.revision, token, source.trust_remote_code),
+            lambda error: ModelLoadError(
                 f"{field}.name: cannot fetch {name!r} into the model cache {root}: {type(error).__name__}: {error}"
-            ) from error
+            ),
+        )
         return ModelLocation(name, commit, source.trust_remote_code, local_only=True, token_env=token_env)
     assert source.pvc is not None
     path = resolve_pvc_path(source.pvc)
@@ -94,15 +90,11 @@ def _load_error(what: str, location: ModelLocation, error: Exception) -> ModelLo
 
 def load_tokenizer(location: ModelLocation) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token and a chat template guaranteed."""
-    try:
-        tokenizer = with_retries(
-            f"loading the tokenizer from {location.path!r}",
-            lambda: AutoTokenizer.from_pretrained(location.path, **location.kwargs()),
-        )
-    except NetworkError:
-        raise
-    except Exception as error:
-        raise _load_error("tokenizer", location, error) from error
+    tokenizer = with_retries_or(
+        f"loading the tokenizer from {location.path!r}",
+        lambda: AutoTokenizer.from_pretrained(location.path, **location.kwargs()),
+        lambda error: _load_error("tokenizer", location, error),
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
@@ -124,15 +116,11 @@ def load_model(
         arguments["quantization_config"] = quantization
         # A quantized model is placed at load time; each DDP process takes its own GPU.
         arguments["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if device.is_cuda else {"": "cpu"}
-    try:
-        model = with_retries(
-            f"loading the base model from {location.path!r}",
-            lambda: AutoModelForCausalLM.from_pretrained(location.path, **arguments),
-        )
-    except NetworkError:
-        raise
-    except Exception as error:
-        raise _load_error("base model", location, error) from error
+    model = with_retries_or(
+        f"loading the base model from {location.path!r}",
+        lambda: AutoModelForCausalLM.from_pretrained(location.path, **arguments),
+        lambda error: _load_error("base model", location, error),
+    )
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -126,3 +126,15 @@ def with_retries(
             )
             (sleep or time.sleep)(delay)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def with_retries_or(what: str, call: Callable[[], T], failed: Callable[[Exception], Exception]) -> T:
+    """with_retries(what, call), where any other failure than the network's is raised as `failed(error)`: loaders
+    raise many types (HTTP, file, value errors) that retrying cannot fix, so each caller says them in its field's
+    terms. NetworkError (transient, retried by the Job) passes through as it is."""
+    try:
+        return with_retries(what, call)
+    except NetworkError:
+        raise
+    except Exception as error:
+        raise failed(error) from error
