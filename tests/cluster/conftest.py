@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import tiers
 from tests.support.envtest.controlplane import HOW_TO_GET, REQUIRE_ENV, assets_folder
 from tests.support.envtest.fixtures import (  # noqa: F401
     control_plane,
@@ -24,7 +25,6 @@ from tests.support.envtest.fixtures import (  # noqa: F401
 
 TIER = Path(__file__).parent
 AFTER_EVERYTHING = "test_rbac_audit.py"  # reads the audit log all other tests of the session wrote
-_NOT_RUN = pytest.StashKey[int]()
 COLLECTED_MODULES = pytest.StashKey[set[str]]()
 
 
@@ -34,14 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for item in items if item not in last] + last
     if assets_folder() is not None or os.environ.get(REQUIRE_ENV) == "1":
         return
-    tier = [item for item in items if TIER in Path(str(item.path)).parents]
-    if tier:
-        config.hook.pytest_deselected(items=tier)
-        items[:] = [item for item in items if item not in tier]
-        config.stash[_NOT_RUN] = len(tier)
+    tiers.set_aside(config, items, "cluster", lambda item: TIER in Path(str(item.path)).parents)
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    count = config.stash.get(_NOT_RUN, 0)
+    count = tiers.not_run(config, "cluster")
     if count:
         terminalreporter.write_line(f"real-control-plane tier: {count} tests not run; {HOW_TO_GET}", yellow=True)

@@ -13,25 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import images
+from tests.support import images, tiers
 
 TIER = Path(__file__).parent
 REQUIRE_ENV = "KUBETUNE_REQUIRE_IMAGES"
-_NOT_RUN = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not images.missing_tools() or os.environ.get(REQUIRE_ENV) == "1":
         return
-    tier = [item for item in items if TIER in Path(str(item.path)).parents or item.get_closest_marker("images")]
-    if tier:
-        config.hook.pytest_deselected(items=tier)
-        items[:] = [item for item in items if item not in tier]
-        config.stash[_NOT_RUN] = len(tier)
+    tiers.set_aside(
+        config, items, "images", lambda item: TIER in Path(str(item.path)).parents or item.get_closest_marker("images")
+    )
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    count = config.stash.get(_NOT_RUN, 0)
+    count = tiers.not_run(config, "images")
     if count:
         missing = ", ".join(images.missing_tools())
         terminalreporter.write_line(f"images tier: {count} tests not run (missing {missing}); {images.HOW_TO_GET}")
