@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from kubetune.api.resources import FineTuneJob
 from kubetune.operator.manifests.meta import Owner
 from kubetune.operator.manifests.trainer import spec_configmap, trainer_rbac
@@ -160,39 +161,27 @@ def test_job_removed_by_the_ttl_controller_leaves_the_finetunejob_succeeded(oper
     assert event_reasons(kube, ns, "sentiment") == ["JobCreated", "Started", "Succeeded"]
 
 
-def test_job_finished_and_removed_while_the_operator_was_down(operator, control_plane, kube, kubelet, ns):
+# Where the final metrics are when the Job is gone: its report ConfigMap, where the trainer really writes them with
+# its own token, or the status (an older trainer, or a status written before the operator stopped).
+FINAL_METRICS_WRITES = {
+    "report-configmap": (CONFIGMAPS, "sentiment-report", {"data": {"metrics": json.dumps({"trainLoss": 0.5})}}, None),
+    "status": (FTJ, "sentiment", {"status": {"metrics": {"trainLoss": 0.5}}}, "status"),
+}
+
+
+@pytest.mark.parametrize("where", list(FINAL_METRICS_WRITES))
+def test_job_finished_and_removed_while_the_operator_was_down(where, operator, control_plane, kube, kubelet, ns):
     """The trainer wrote its final metrics, then its Job ended and the TTL controller removed it before the
-    operator came back: the FineTuneJob is Succeeded, not trained again."""
+    operator came back: the operator reads them even though the Job is gone, and the FineTuneJob is Succeeded,
+    not trained again."""
     since_start = control_plane.audit.offset()
     kube.create(FTJ, ns, finetunejob(ns, ttlSecondsAfterFinished=1))
     kube.wait_for(JOBS, ns, "sentiment-train", exists)
     kubelet.start_job(ns, "sentiment-train")
     wait_phase(kube, ns, "sentiment", "Running")
     operator.stop()
-    kube.patch(FTJ, ns, "sentiment", {"status": {"metrics": {"trainLoss": 0.5}}}, "status")  # the trainer's write
-    kubelet.finish_job(ns, "sentiment-train", 0, "{}")
-    kube.wait_for(JOBS, ns, "sentiment-train", gone, what="to be removed by the ttl-after-finished controller")
-    operator.start()
-    done = wait_phase(kube, ns, "sentiment", "Succeeded")
-    assert done["status"]["metrics"] == {"trainLoss": 0.5}
-    assert done["status"]["output"]["pvc"]["claimName"] == "sentiment-output"
-    assert kube.find(JOBS, ns, "sentiment-train") is None
-    assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
-
-
-def test_job_finished_and_removed_while_the_operator_was_down_reported_in_its_configmap(
-    operator, control_plane, kube, kubelet, ns
-):
-    """As above, with the final metrics where the trainer really writes them: its report ConfigMap (the operator is
-    the only writer of the status). The operator reads the report even though the Job is gone: not trained again."""
-    since_start = control_plane.audit.offset()
-    kube.create(FTJ, ns, finetunejob(ns, ttlSecondsAfterFinished=1))
-    kube.wait_for(JOBS, ns, "sentiment-train", exists)
-    kubelet.start_job(ns, "sentiment-train")
-    wait_phase(kube, ns, "sentiment", "Running")
-    operator.stop()
-    report = {"data": {"metrics": json.dumps({"trainLoss": 0.5})}}
-    kube.patch(CONFIGMAPS, ns, "sentiment-report", report)  # the trainer's write, with its own token
+    resource, name, write, subresource = FINAL_METRICS_WRITES[where]
+    kube.patch(resource, ns, name, write, subresource)
     kubelet.finish_job(ns, "sentiment-train", 0, "{}")
     kube.wait_for(JOBS, ns, "sentiment-train", gone, what="to be removed by the ttl-after-finished controller")
     operator.start()
@@ -206,6 +195,7 @@ def test_job_finished_and_removed_while_the_operator_was_down_reported_in_its_co
     done = kube.get(FTJ, ns, "sentiment")
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert done["status"]["metrics"] == {"trainLoss": 0.5}
+    assert done["status"]["output"]["pvc"]["claimName"] == "sentiment-output"
     assert kube.find(JOBS, ns, "sentiment-train") is None
     assert len(operator_requests(control_plane, since_start, "create", "jobs")) == 1
 
