@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.runtime import ENV_PVC_ROOT, ENV_TERMINATION_LOG
+from kubetune.api.runtime import CHECKPOINTS_DIR, ENV_PVC_ROOT, ENV_TERMINATION_LOG
+from kubetune_trainer.checkpoints import list_checkpoints
 
 from tests.support.tiny_model import synthetic_facts
 
@@ -185,3 +186,9 @@ def allow_loopback(address):
     from kubetune_trainer.safe_fetch import public_only
 
     return None if address.is_loopback else public_only(address)
+
+
+def newest_log_history(output: Path) -> list[dict[str, Any]]:
+    """The Trainer's log history (every logged loss and evaluation so far) as the run's newest checkpoint saved it."""
+    _, newest = list_checkpoints(output / CHECKPOINTS_DIR)[-1]
+    return json.loads((newest / "trainer_state.json").read_text())["log_history"]

@@ -9,15 +9,13 @@ from pathlib import Path
 from kubetune.api.runtime import ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from safetensors.torch import load_file
 
-from tests.trainer.helpers import base_spec, run_in_process, write_spec
+from tests.trainer.helpers import base_spec, newest_log_history, run_in_process, write_spec
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def _eval_losses(checkpoints: Path) -> dict[int, float]:
-    newest = max(checkpoints.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
-    history = json.loads((newest / "trainer_state.json").read_text())["log_history"]
-    return {entry["step"]: entry["eval_loss"] for entry in history if "eval_loss" in entry}
+def _eval_losses(output: Path) -> dict[int, float]:
+    return {entry["step"]: entry["eval_loss"] for entry in newest_log_history(output) if "eval_loss" in entry}
 
 
 def test_the_best_checkpoint_is_published(pvc_root: Path, tmp_path: Path):
@@ -34,7 +32,7 @@ def test_the_best_checkpoint_is_published(pvc_root: Path, tmp_path: Path):
     spec = base_spec(training=training)
     output = tmp_path / "output"
     assert run_in_process(write_spec(tmp_path, spec), output, pvc_root) == 0
-    losses = _eval_losses(output / CHECKPOINTS_DIR)
+    losses = _eval_losses(output)
     best_step = min(losses, key=losses.get)
     assert best_step < 40, f"the scenario needs a best step before the last: {losses}"
     metrics = json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())

@@ -13,7 +13,7 @@ from kubetune.api.runtime import ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from kubetune_trainer.early_stopping import best_evaluation, eval_history, evaluations_without_improvement
 from safetensors.torch import load_file
 
-from tests.trainer.helpers import base_spec, run_in_process, write_spec
+from tests.trainer.helpers import base_spec, newest_log_history, run_in_process, write_spec
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PATIENCE = 2
@@ -36,8 +36,7 @@ def test_training_stops_early_and_publishes_the_best_checkpoint(pvc_root: Path, 
     assert run_in_process(write_spec(tmp_path, base_spec(training=training)), output, pvc_root) == 0
 
     metrics = json.loads((output / ADAPTER_DIR / METRICS_FILE).read_text())
-    newest = max((output / CHECKPOINTS_DIR).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    history = eval_history(json.loads((newest / "trainer_state.json").read_text())["log_history"])
+    history = eval_history(newest_log_history(output))
     best_step, best_loss = best_evaluation(history)
     stopped = metrics["steps"]
     assert stopped < 100, f"early stopping never triggered: {history}"

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from kubetune.api.runtime import ADAPTER_DIR, CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE
+from kubetune.api.runtime import ADAPTER_DIR, MANIFEST_FILE, METRICS_FILE
 
-from tests.trainer.helpers import DATA_CLAIM, base_spec, run_in_process, write_spec
+from tests.trainer.helpers import DATA_CLAIM, base_spec, newest_log_history, run_in_process, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +30,6 @@ def mix_run(pvc_root: Path, tmp_path_factory) -> Path:
     return output
 
 
-def _history(output: Path) -> list[dict]:
-    newest = max((output / CHECKPOINTS_DIR).glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
-    return json.loads((newest / "trainer_state.json").read_text())["log_history"]
-
-
 def test_each_source_is_evaluated_apart_and_eval_loss_is_their_row_weighted_mean(mix_run: Path):
     metrics = json.loads((mix_run / ADAPTER_DIR / METRICS_FILE).read_text())
     sources = {source["name"]: source for source in metrics["sources"]}
@@ -47,7 +42,7 @@ def test_each_source_is_evaluated_apart_and_eval_loss_is_their_row_weighted_mean
     assert all(loss is not None and loss > 0 for loss in losses.values())
     weighted = (losses["facts"] * 13 + losses["quiz"] * 26) / 39
     assert metrics["evalLoss"] == pytest.approx(weighted, rel=1e-6)
-    history = _history(mix_run)
+    history = newest_log_history(mix_run)
     step = metrics["publishedStep"]
     logged = {key: value for entry in history if entry.get("step") == step for key, value in entry.items()}
     assert logged["eval_facts_loss"] == pytest.approx(losses["facts"])
